@@ -1,0 +1,51 @@
+# The two commands of the README:
+#   make run   installs everything into .venv and serves on the built-in sandbox
+#   make test  installs everything and runs the whole test suite
+# Both work on a fresh machine that has python3, pip, node/npm and make.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LISTEN ?= 127.0.0.1:50051
+
+.PHONY: run test install lint typecheck buf-lint pytest generate clean
+
+run: install
+	$(BIN)/yunpian-sms serve --sandbox --listen $(LISTEN)
+
+test: install lint typecheck buf-lint pytest
+
+# Tools and third-party packages: reinstalled only when their pins change.
+$(BIN)/.deps: requirements-dev.txt pyproject.toml client/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+node_modules/.deps: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# The project itself: always reinstalled (not editable), so tests import what a user installs.
+install: $(BIN)/.deps node_modules/.deps
+	$(BIN)/pip install --quiet --force-reinstall --no-deps ./client .
+	$(BIN)/pip install --quiet ./client .
+
+lint: install
+	$(BIN)/ruff check server client/src tests tools
+	$(BIN)/ruff format --check server client/src tests tools
+
+typecheck: install
+	$(BIN)/mypy
+
+buf-lint: node_modules/.deps
+	cd protos && ../node_modules/.bin/buf lint
+
+pytest: install
+	$(BIN)/pytest
+
+generate: $(BIN)/.deps
+	$(BIN)/python tools/generate_protos.py
+
+clean:
+	rm -rf $(VENV) node_modules build client/build *.egg-info client/src/*.egg-info

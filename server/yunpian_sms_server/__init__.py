@@ -1,0 +1,1 @@
+"""yunpian-sms: a gRPC service that sends SMS verification codes through YunPian."""

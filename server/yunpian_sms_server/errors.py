@@ -1,7 +1,7 @@
 """Domain errors of the service and the one table that turns them into gRPC statuses.
 
-Handlers raise `ServiceError`; `to_grpc_status` builds the `google.rpc.Status` (with ErrorInfo and
-the detail messages design.md §6 names) in one place. YunPian's answer codes map to reasons here too.
+Handlers raise `ServiceError`; `to_grpc_status` builds the `google.rpc.Status` (with ErrorInfo
+and the detail messages design.md §6 names) in one place. YunPian's answer codes map here too.
 """
 
 from __future__ import annotations
@@ -287,9 +287,7 @@ def provider_error(yunpian_code: int, yunpian_msg: str, detail: str, subject: st
     quota = None
     if reason is Reason.PROVIDER_RATE_LIMITED:
         quota = QuotaViolation(subject, detail or yunpian_msg or message)
-    return ServiceError(
-        reason, message, metadata=metadata, quota=quota, retry_after_s=retry_after
-    )
+    return ServiceError(reason, message, metadata=metadata, quota=quota, retry_after_s=retry_after)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,139 @@
+"""The server's lifecycle in one place: HTTP session, optional sandbox, gRPC server, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Final
+
+import aiohttp
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from yunpian.sms.v1 import sms_service_pb2 as pb
+from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
+from yunpian_sms_server.config import Config, YunpianConfig
+from yunpian_sms_server.interceptors import RpcEventInterceptor
+from yunpian_sms_server.sandbox import (
+    DEFAULT_SIGNATURE,
+    SANDBOX_API_KEY,
+    RunningSandbox,
+    Sandbox,
+    SandboxTemplate,
+    start_sandbox,
+)
+from yunpian_sms_server.service import SmsServicer
+from yunpian_sms_server.templates import yunpian_form
+from yunpian_sms_server.yunpian import CONNECTION_LIMIT, YunpianClient
+
+SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["SmsService"].full_name
+# Region list of the sandbox's international templates: every region.
+SANDBOX_ALL_REGIONS: Final = "ALL"
+
+_log = structlog.get_logger("yunpian_sms.app")
+
+
+def sandbox_for(config: Config) -> Sandbox:
+    """A sandbox that has approved every template the config names, with its signature."""
+    templates: list[SandboxTemplate] = []
+    seen: set[tuple[str, bool]] = set()
+    book = config.templates
+    for international, contents in ((False, book.domestic), (True, book.international)):
+        for content in contents.values():
+            if (content, international) in seen:
+                continue
+            seen.add((content, international))
+            templates.append(
+                SandboxTemplate(
+                    tpl_id=len(templates) + 1,
+                    content=DEFAULT_SIGNATURE + yunpian_form(content),
+                    country_code=SANDBOX_ALL_REGIONS if international else None,
+                )
+            )
+    return Sandbox(config.yunpian.api_key or SANDBOX_API_KEY, templates)
+
+
+class SmsServer:
+    """A running yunpian-sms server: start it, read its port, stop it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.port = 0
+        self.sandbox: RunningSandbox | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._servicer: SmsServicer | None = None
+
+    async def start(self, *, listen: str | None = None, sandbox: bool = False) -> None:
+        """Starts the sandbox (if asked), the HTTP session and the gRPC server; then SERVING."""
+        config = self.config
+        if sandbox:
+            self.sandbox = await start_sandbox(sandbox_for(config))
+            config = dataclasses.replace(
+                config,
+                yunpian=YunpianConfig(
+                    api_key=config.yunpian.api_key or SANDBOX_API_KEY,
+                    base_url=self.sandbox.url,
+                    timeout_seconds=config.yunpian.timeout_seconds,
+                ),
+            )
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=config.yunpian.timeout_seconds),
+            connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
+            trace_configs=[YunpianClient.trace_config()],
+        )
+        yunpian = YunpianClient(
+            self._session,
+            base_url=config.yunpian.base_url,
+            api_key=config.yunpian.api_key,
+            timeout_s=config.yunpian.timeout_seconds,
+        )
+        self._servicer = SmsServicer(config, yunpian)
+        server = grpc.aio.server(interceptors=[RpcEventInterceptor()])
+        pb_grpc.add_SmsServiceServicer_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = listen or config.server.listen
+        self.port = server.add_insecure_port(address)
+        self._server = server
+        await server.start()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        _log.info(
+            "serving",
+            listen=address,
+            port=self.port,
+            sandbox=self.sandbox.url if self.sandbox else None,
+            yunpian=config.yunpian.base_url,
+        )
+
+    async def stop(self) -> None:
+        """NOT_SERVING, lets in-flight RPCs finish within the grace period, closes everything."""
+        grace = self.config.server.grace_period_seconds
+        if self._servicer is not None:
+            self._servicer.shutting_down = True
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            _log.info("stopping", grace_period_seconds=grace)
+            await self._server.stop(grace)
+        if self._session is not None:
+            await self._session.close()
+        if self.sandbox is not None:
+            await self.sandbox.close()
+        _log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        """Waits until the gRPC server has stopped."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve_until(stop: asyncio.Event, server: SmsServer) -> None:
+    """Runs a started server until `stop` is set, then shuts it down gracefully."""
+    await stop.wait()
+    await server.stop()

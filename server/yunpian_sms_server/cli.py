@@ -1,0 +1,202 @@
+"""The `yunpian-sms` command: serve, send, validate-template, check-config, sandbox."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from yunpian_sms_client import SmsClient, SmsError
+from yunpian_sms_server.app import SmsServer, sandbox_for
+from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV, Config, load_config, parse_listen
+from yunpian_sms_server.errors import ConfigError
+from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
+from yunpian_sms_server.sandbox import start_sandbox
+from yunpian_sms_server.usage import USAGE_TYPE_VALUES
+
+TARGET_ENV: Final = "YUNPIAN_SMS_TARGET"
+DEFAULT_TARGET: Final = "127.0.0.1:50051"
+DEFAULT_SANDBOX_LISTEN: Final = "127.0.0.1:8080"
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2  # a bad command line or config file
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yunpian-sms", description="Send SMS verification codes through YunPian over gRPC."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    config_help = "config file (TOML); default: $YUNPIAN_SMS_CONFIG, else built-in defaults"
+    target_help = f"server address; default: ${TARGET_ENV}, else {DEFAULT_TARGET}"
+    usage_names = list(USAGE_TYPE_VALUES)
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--config", type=Path, help=config_help)
+    serve.add_argument("--listen", help="HOST:PORT to listen on (overrides server.listen)")
+    serve.add_argument("--sandbox", action="store_true", help="send through the built-in sandbox")
+    serve.add_argument("--log-format", choices=LOG_FORMATS, help="default: json unless a terminal")
+
+    send = commands.add_parser("send", help="send one verification code")
+    send.add_argument("phone", help='phone number, e.g. 13800138000 or "+14155552671"')
+    send.add_argument("code", help="the code, 4-10 letters or digits")
+    send.add_argument("--usage-type", default="Generic", choices=usage_names)
+    send.add_argument("--request-id", help="idempotency key")
+    send.add_argument("--target", help=target_help)
+
+    validate = commands.add_parser("validate-template", help="check a template")
+    which = validate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--usage-type", choices=usage_names, help="a configured template")
+    which.add_argument("--content", help="template content with {{code}}")
+    validate.add_argument("--international", action="store_true")
+    validate.add_argument("--skip-remote", action="store_true", help="local checks only")
+    validate.add_argument("--target", help=target_help)
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", type=Path, help=config_help)
+    check.add_argument("--remote", action="store_true", help="also check templates at YunPian")
+
+    sandbox = commands.add_parser("sandbox", help="run the YunPian sandbox alone")
+    sandbox.add_argument("--listen", default=DEFAULT_SANDBOX_LISTEN, help="HOST:PORT")
+    sandbox.add_argument("--config", type=Path, help="its API key and approved templates")
+    return parser
+
+
+def _load(path: Path | None, *, needs_api_key: bool) -> Config | None:
+    """Loads the config, printing one line per problem to stderr; None when it is invalid."""
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return None
+    if needs_api_key and not config.yunpian.api_key:
+        print(
+            f"config error: yunpian.api_key: is required (or set {API_KEY_ENV}); "
+            "use serve --sandbox to run without YunPian",
+            file=sys.stderr,
+        )
+        return None
+    return config
+
+
+async def _run_until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+async def _serve(config: Config, listen: str | None, sandbox: bool) -> None:
+    server = SmsServer(config)
+    await server.start(listen=listen, sandbox=sandbox)
+    try:
+        await _run_until_signalled()
+    finally:
+        await server.stop()
+
+
+async def _sandbox(config: Config, listen: str) -> None:
+    host, port = parse_listen(listen)
+    running = await start_sandbox(sandbox_for(config), host, port)
+    structlog.get_logger("yunpian_sms.sandbox").info("sandbox_serving", url=running.url)
+    try:
+        await _run_until_signalled()
+    finally:
+        await running.close()
+
+
+def _target(value: str | None) -> str:
+    return value or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+
+
+def _report_error(error: SmsError) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _send(args: argparse.Namespace) -> int:
+    with SmsClient(_target(args.target)) as client:
+        try:
+            sent = client.send_code(
+                args.phone, args.code, usage_type=args.usage_type, request_id=args.request_id
+            )
+        except SmsError as error:
+            return _report_error(error)
+    print(
+        f"sent: message_id={sent.message_id} mobile={sent.mobile} segments={sent.segment_count} "
+        f"fee={sent.fee} {sent.fee_unit}" + (" (replayed)" if sent.replayed else "")
+    )
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    with SmsClient(_target(args.target)) as client:
+        try:
+            report = client.validate_template(
+                usage_type=args.usage_type,
+                content=args.content,
+                international=args.international,
+                skip_remote=args.skip_remote,
+            )
+        except SmsError as error:
+            return _report_error(error)
+    print(f"valid: {'yes' if report.valid else 'no'}")
+    print(f"content: {report.content}")
+    print(f"register at YunPian as: {report.yunpian_content}")
+    print(f"status: {report.status}")
+    for problem in report.problems:
+        print(f"problem {problem.reason}: {problem.message}")
+    return EXIT_OK if report.valid else EXIT_FAILED
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config, needs_api_key=True)
+    if config is None:
+        return EXIT_USAGE
+    print(f"config OK: {args.config or os.environ.get(CONFIG_ENV) or '(defaults)'}")
+    for name, content in config.templates.domestic.items():
+        print(f"template {name}: {content}")
+    for name, content in config.templates.international.items():
+        print(f"template international {name}: {content}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "send":
+        return _send(args)
+    if args.command == "validate-template":
+        return _validate(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    serving_yunpian = args.command == "serve" and not args.sandbox
+    config = _load(args.config, needs_api_key=serving_yunpian)
+    if config is None:
+        return EXIT_USAGE
+    if args.command == "serve":
+        if args.listen is not None:
+            try:
+                parse_listen(args.listen)
+            except ValueError as error:
+                print(f"argument error: --listen: {error}", file=sys.stderr)
+                return EXIT_USAGE
+        configure_logging(args.log_format)
+        asyncio.run(_serve(config, args.listen, args.sandbox))
+        return EXIT_OK
+    configure_logging()
+    asyncio.run(_sandbox(config, args.listen))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

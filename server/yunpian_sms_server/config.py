@@ -1,0 +1,343 @@
+"""The configuration: a TOML file (design.md §8), validated whole at start-up.
+
+`load_config` collects every problem before it fails, so an operator fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import phonenumbers
+
+from yunpian_sms_server.errors import ConfigError, ConfigProblem
+from yunpian_sms_server.templates import TemplateBook, local_problems
+from yunpian_sms_server.usage import REQUIRED_USAGE_TYPES, USAGE_TYPE_VALUES
+
+CONFIG_ENV: Final = "YUNPIAN_SMS_CONFIG"
+API_KEY_ENV: Final = "YUNPIAN_API_KEY"
+DEFAULT_LISTEN: Final = "127.0.0.1:50051"
+DEFAULT_GRACE_PERIOD_S: Final = 10.0
+DEFAULT_BASE_URL: Final = "https://sms.yunpian.com"
+DEFAULT_TIMEOUT_S: Final = 5.0
+DEFAULT_REFUSAL_MESSAGE: Final = "International SMS is not enabled."
+DEFAULT_TEMPLATE: Final = "您的验证码是{{code}}。如非本人操作，请忽略本短信"
+DEFAULT_PER_PHONE_LIMITS: Final = ("1/60s", "5/1h", "10/1d")
+DEFAULT_STORE_URL: Final = "memory://"
+DEFAULT_IDEMPOTENCY_TTL_S: Final = 86400.0
+STORE_ON_ERROR_CHOICES: Final = ("deny", "allow")
+# YunPian's upstream deadline may not exceed this: a caller waiting longer has given up anyway.
+MAX_TIMEOUT_S: Final = 60.0
+_API_KEY = re.compile(r"[0-9a-fA-F]{32}")
+_LIMIT = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*")
+_PERIOD_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_TEMPLATE_OPTIONS: Final = frozenset({"international"})
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """At most `count` sends per `period_s` seconds."""
+
+    count: int
+    period_s: float
+    text: str  # as configured, "5/1h": names the limit in errors
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    grace_period_seconds: float = DEFAULT_GRACE_PERIOD_S
+    metrics_listen: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class YunpianConfig:
+    api_key: str = field(default="", repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    timeout_seconds: float = DEFAULT_TIMEOUT_S
+
+
+@dataclass(frozen=True, slots=True)
+class InternationalConfig:
+    enabled: bool = False
+    refusal_message: str = DEFAULT_REFUSAL_MESSAGE
+    allowed_regions: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    per_phone: tuple[Limit, ...] = ()
+    per_caller: tuple[Limit, ...] = ()
+    global_: tuple[Limit, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str = DEFAULT_STORE_URL
+    on_error: str = "deny"
+    idempotency_ttl_seconds: float = DEFAULT_IDEMPOTENCY_TTL_S
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole, validated configuration."""
+
+    server: ServerConfig = ServerConfig()
+    yunpian: YunpianConfig = YunpianConfig()
+    international: InternationalConfig = InternationalConfig()
+    templates: TemplateBook = field(
+        default_factory=lambda: TemplateBook(dict.fromkeys(REQUIRED_USAGE_TYPES, DEFAULT_TEMPLATE))
+    )
+    limits: LimitsConfig = LimitsConfig()
+    store: StoreConfig = StoreConfig()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Splits "HOST:PORT" (IPv6 hosts in brackets); raises ValueError when malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:50051")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError("port must be 0 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+def parse_limit(text: str) -> Limit:
+    """Parses "COUNT/PERIOD" ("1/60s", "5/1h", "10/1d"); raises ValueError when malformed."""
+    match = _LIMIT.fullmatch(text)
+    if not match or int(match.group(1)) < 1 or match.group(2) == "0":
+        raise ValueError(f"{text!r} is not COUNT/PERIOD with PERIOD in s, m, h or d, e.g. '5/1h'")
+    period = int(match.group(2) or 1) * _PERIOD_SECONDS[match.group(3)]
+    return Limit(count=int(match.group(1)), period_s=float(period), text=text.strip())
+
+
+class _Reader:
+    """Reads one table of the file, noting each problem under its dotted key."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str, problems: list[ConfigProblem]) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.problems = problems
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def problem(self, name: str, text: str) -> None:
+        self.problems.append(ConfigProblem(self.key(name), text))
+
+    def table(self, name: str) -> _Reader:
+        value = self.data.get(name, {})
+        if not isinstance(value, dict):
+            self.problem(name, "must be a table")
+            value = {}
+        return _Reader(value, self.key(name), self.problems)
+
+    def only(self, allowed: set[str] | frozenset[str]) -> None:
+        for name in sorted(set(self.data) - allowed):
+            self.problem(name, "is not a known key")
+
+    def string(self, name: str, default: str, check: Callable[[str], None] | None = None) -> str:
+        value = self.data.get(name, default)
+        if not isinstance(value, str):
+            self.problem(name, "must be a string")
+            return default
+        if check is not None:
+            try:
+                check(value)
+            except ValueError as error:
+                self.problem(name, str(error))
+                return default
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            self.problem(name, "must be a number")
+            return default
+        if not low < value <= high:
+            self.problem(name, f"must be more than {low:g} and at most {high:g}")
+            return default
+        return float(value)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.data.get(name, default)
+        if not isinstance(value, bool):
+            self.problem(name, "must be true or false")
+            return default
+        return value
+
+    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.data.get(name, list(default))
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            self.problem(name, "must be a list of strings")
+            return default
+        return tuple(value)
+
+    def limits(self, name: str, default: tuple[str, ...]) -> tuple[Limit, ...]:
+        parsed = []
+        for text in self.strings(name, default):
+            try:
+                parsed.append(parse_limit(text))
+            except ValueError as error:
+                self.problem(name, str(error))
+        return tuple(parsed)
+
+
+def _check_listen(value: str) -> None:
+    parse_listen(value)
+
+
+def _check_optional_listen(value: str) -> None:
+    if value:
+        parse_listen(value)
+
+
+def _check_base_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ValueError("must be an http:// or https:// URL, e.g. https://sms.yunpian.com")
+
+
+def _check_api_key(value: str) -> None:
+    # The key itself is never repeated in a message.
+    if value and not _API_KEY.fullmatch(value):
+        raise ValueError("must be YunPian's 32 hexadecimal characters")
+
+
+def _read_templates(reader: _Reader, *, international: bool) -> dict[str, str]:
+    templates: dict[str, str] = {}
+    for name, content in reader.data.items():
+        if name in _TEMPLATE_OPTIONS and not international:
+            continue
+        if name not in USAGE_TYPE_VALUES:
+            known = ", ".join(USAGE_TYPE_VALUES)
+            reader.problem(name, f"is not a usage type (known: {known})")
+            continue
+        if not isinstance(content, str):
+            reader.problem(name, "must be a string")
+            continue
+        for problem in local_problems(content):
+            reader.problem(name, problem.message)
+        templates[name] = content
+    return templates
+
+
+def parse_config(data: Mapping[str, Any], env: Mapping[str, str]) -> Config:
+    """Validates the parsed TOML data; raises ConfigError listing every problem."""
+    problems: list[ConfigProblem] = []
+    root = _Reader(data, "", problems)
+    root.only({"server", "yunpian", "international", "templates", "limits", "store"})
+
+    server_table = root.table("server")
+    server_table.only({"listen", "grace_period_seconds", "metrics_listen"})
+    server = ServerConfig(
+        listen=server_table.string("listen", DEFAULT_LISTEN, _check_listen),
+        grace_period_seconds=server_table.number(
+            "grace_period_seconds", DEFAULT_GRACE_PERIOD_S, 0.0, 3600.0
+        ),
+        metrics_listen=server_table.string("metrics_listen", "", _check_optional_listen),
+    )
+
+    yunpian_table = root.table("yunpian")
+    yunpian_table.only({"api_key", "base_url", "timeout_seconds"})
+    api_key = yunpian_table.string("api_key", "", _check_api_key)
+    if env.get(API_KEY_ENV):
+        api_key = env[API_KEY_ENV]
+        if not _API_KEY.fullmatch(api_key):
+            problems.append(
+                ConfigProblem(API_KEY_ENV, "must be YunPian's 32 hexadecimal characters")
+            )
+    yunpian = YunpianConfig(
+        api_key=api_key,
+        base_url=yunpian_table.string("base_url", DEFAULT_BASE_URL, _check_base_url).rstrip("/"),
+        timeout_seconds=yunpian_table.number(
+            "timeout_seconds", DEFAULT_TIMEOUT_S, 0.0, MAX_TIMEOUT_S
+        ),
+    )
+
+    intl_table = root.table("international")
+    intl_table.only({"enabled", "refusal_message", "allowed_regions"})
+    regions = intl_table.strings("allowed_regions", ())
+    supported = phonenumbers.SUPPORTED_REGIONS
+    for region in regions:
+        if region.upper() not in supported:
+            intl_table.problem("allowed_regions", f"{region!r} is not an ISO region code")
+    refusal = intl_table.string("refusal_message", DEFAULT_REFUSAL_MESSAGE)
+    if not refusal.strip():
+        intl_table.problem("refusal_message", "must not be empty")
+    international = InternationalConfig(
+        enabled=intl_table.boolean("enabled", False),
+        refusal_message=refusal,
+        allowed_regions=frozenset(region.upper() for region in regions),
+    )
+
+    if "templates" in data:
+        templates_table = root.table("templates")
+        domestic = _read_templates(templates_table, international=False)
+        for name in REQUIRED_USAGE_TYPES:
+            if name not in domestic and name not in templates_table.data:
+                templates_table.problem(name, "is required")
+        intl_templates = _read_templates(templates_table.table("international"), international=True)
+        templates = TemplateBook(domestic, intl_templates)
+    else:
+        templates = Config().templates
+
+    limits_table = root.table("limits")
+    limits_table.only({"per_phone", "per_caller", "global"})
+    limits = LimitsConfig(
+        per_phone=limits_table.limits("per_phone", DEFAULT_PER_PHONE_LIMITS),
+        per_caller=limits_table.limits("per_caller", ()),
+        global_=limits_table.limits("global", ()),
+    )
+
+    store_table = root.table("store")
+    store_table.only({"url", "on_error", "idempotency_ttl_seconds"})
+    store = StoreConfig(
+        url=store_table.string("url", DEFAULT_STORE_URL, _check_store_url),
+        on_error=store_table.string("on_error", "deny", _check_on_error),
+        idempotency_ttl_seconds=store_table.number(
+            "idempotency_ttl_seconds", DEFAULT_IDEMPOTENCY_TTL_S, 0.0, 30 * 86400.0
+        ),
+    )
+    if problems:
+        raise ConfigError(problems)
+    return Config(server, yunpian, international, templates, limits, store)
+
+
+def _check_store_url(value: str) -> None:
+    scheme = urlsplit(value).scheme
+    if scheme not in ("memory", "redis", "rediss"):
+        raise ValueError("must be memory:// or redis://HOST:PORT/DB")
+
+
+def _check_on_error(value: str) -> None:
+    if value not in STORE_ON_ERROR_CHOICES:
+        raise ValueError(f"must be one of {', '.join(STORE_ON_ERROR_CHOICES)}")
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Reads and validates the config file (`path`, else $YUNPIAN_SMS_CONFIG, else defaults)."""
+    env = os.environ if env is None else env
+    if path is None and env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+    if path is None:
+        return parse_config({}, env)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError([ConfigProblem(str(path), f"cannot be read: {error.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigProblem(str(path), "is not UTF-8 text")]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([ConfigProblem(str(path), f"is not valid TOML: {error}")]) from None
+    return parse_config(data, env)

@@ -1,0 +1,150 @@
+"""SMS templates: lookup by usage type, rendering, and the local checks of design.md §5."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+from yunpian_sms_server.codes import MAX_CODE_LENGTH
+from yunpian_sms_server.usage import GENERIC
+
+# `{{code}}`, spaces inside the braces allowed: our form. YunPian's is `#code#`.
+_CODE_PLACEHOLDER = re.compile(r"\{\{\s*code\s*\}\}")
+_ANY_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_LEADING_SIGNATURE = re.compile(r"^\s*【[^】]*】")
+YUNPIAN_CODE_VARIABLE: Final = "#code#"
+# YunPian refuses longer texts (yunpian-api.md §5).
+MAX_RENDERED_LENGTH: Final = 500
+# One SMS holds 70 characters; a longer one is billed in segments of 67 (yunpian-api.md §5).
+SINGLE_SEGMENT_LENGTH: Final = 70
+MULTI_SEGMENT_LENGTH: Final = 67
+# Characters the account's 【signature】 adds to every text, which YunPian prepends itself.
+SIGNATURE_ALLOWANCE: Final = 8
+
+
+class ProblemReason(StrEnum):
+    """The TemplateProblem reasons of design.md §5."""
+
+    CODE_PLACEHOLDER_MISSING = "CODE_PLACEHOLDER_MISSING"
+    CODE_PLACEHOLDER_REPEATED = "CODE_PLACEHOLDER_REPEATED"
+    UNKNOWN_PLACEHOLDER = "UNKNOWN_PLACEHOLDER"
+    SIGNATURE_INCLUDED = "SIGNATURE_INCLUDED"
+    EMPTY_CONTENT = "EMPTY_CONTENT"
+    TOO_LONG = "TOO_LONG"
+    NO_MATCHING_TEMPLATE = "NO_MATCHING_TEMPLATE"
+    REMOTE_CHECK_FAILED = "REMOTE_CHECK_FAILED"
+    TEMPLATE_PENDING = "TEMPLATE_PENDING"
+    TEMPLATE_REJECTED = "TEMPLATE_REJECTED"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a template, and what to change."""
+
+    reason: ProblemReason
+    message: str
+
+
+def render(content: str, code: str) -> str:
+    """Fills the verification code into a template."""
+    return _CODE_PLACEHOLDER.sub(lambda _: code, content)
+
+
+def yunpian_form(content: str) -> str:
+    """The text to register at YunPian: `{{code}}` written as `#code#`."""
+    return _CODE_PLACEHOLDER.sub(YUNPIAN_CODE_VARIABLE, content)
+
+
+def strip_signature(text: str) -> str:
+    """Removes a leading 【signature】 (as YunPian lists its templates)."""
+    return _LEADING_SIGNATURE.sub("", text, count=1)
+
+
+def segments_for_length(length: int) -> int:
+    """Billed SMS segments for a text of this many characters, signature included."""
+    if length <= SINGLE_SEGMENT_LENGTH:
+        return 1
+    return math.ceil(length / MULTI_SEGMENT_LENGTH)
+
+
+def longest_rendering_length(content: str) -> int:
+    """Length of the template rendered with the longest code allowed."""
+    return len(render(content, "0" * MAX_CODE_LENGTH))
+
+
+def estimate_segments(content: str) -> int:
+    """Segments of the template rendered with the longest code, plus the signature allowance."""
+    return segments_for_length(longest_rendering_length(content) + SIGNATURE_ALLOWANCE)
+
+
+def local_problems(content: str) -> list[Problem]:
+    """Every local problem of a template in `{{code}}` form (empty when it is well formed)."""
+    if not content.strip():
+        return [Problem(ProblemReason.EMPTY_CONTENT, "The template is empty; write the SMS text.")]
+    problems = []
+    codes = len(_CODE_PLACEHOLDER.findall(content))
+    if codes == 0:
+        problems.append(
+            Problem(
+                ProblemReason.CODE_PLACEHOLDER_MISSING,
+                "The template has no {{code}} placeholder; add one where the code goes.",
+            )
+        )
+    elif codes > 1:
+        problems.append(
+            Problem(
+                ProblemReason.CODE_PLACEHOLDER_REPEATED,
+                f"The template has {codes} {{{{code}}}} placeholders; keep exactly one.",
+            )
+        )
+    unknown = sorted({m.group(1) for m in _ANY_PLACEHOLDER.finditer(content)} - {"code"})
+    if unknown:
+        names = ", ".join("{{" + name + "}}" for name in unknown)
+        problems.append(
+            Problem(
+                ProblemReason.UNKNOWN_PLACEHOLDER,
+                f"The template has unknown placeholders ({names}); only {{{{code}}}} is filled in.",
+            )
+        )
+    if _LEADING_SIGNATURE.match(content):
+        problems.append(
+            Problem(
+                ProblemReason.SIGNATURE_INCLUDED,
+                "The template starts with a 【signature】; remove it, YunPian adds the "
+                "account's signature itself.",
+            )
+        )
+    length = longest_rendering_length(content)
+    if length > MAX_RENDERED_LENGTH:
+        problems.append(
+            Problem(
+                ProblemReason.TOO_LONG,
+                f"The rendered SMS can be {length} characters; YunPian accepts at most "
+                f"{MAX_RENDERED_LENGTH}. Shorten the template.",
+            )
+        )
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateBook:
+    """The configured templates, by usage type name, domestic and international."""
+
+    domestic: Mapping[str, str] = field(default_factory=dict)
+    international: Mapping[str, str] = field(default_factory=dict)
+
+    def lookup(self, usage_type: str, *, international: bool) -> str | None:
+        """The template for a usage type, with design.md §5's fallbacks; None when there is none.
+
+        International: the exact international template, its Generic, then the mainland lookup.
+        Mainland: the exact template, then Generic.
+        """
+        if international:
+            found = self.international.get(usage_type) or self.international.get(GENERIC)
+            if found is not None:
+                return found
+        return self.domestic.get(usage_type) or self.domestic.get(GENERIC)

@@ -3,38 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
+from support import StartServer, make_config
 
 from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server.app import SmsServer, sandbox_for
-from yunpian_sms_server.config import Config, parse_config
-from yunpian_sms_server.sandbox import SANDBOX_API_KEY, RunningSandbox, start_sandbox
-
-SIGN_IN_TEMPLATE = "您的登录验证码是{{code}}，5分钟内有效。"
-GENERIC_TEMPLATE = "您的验证码是{{code}}。如非本人操作，请忽略本短信"
-INTERNATIONAL_TEMPLATE = "Your verification code is {{code}}."
-
-# The config the end-to-end tests start from; tests replace sections with dataclasses.replace.
-BASE_CONFIG: dict[str, Any] = {
-    "yunpian": {"api_key": SANDBOX_API_KEY, "timeout_seconds": 2.0},
-    "templates": {
-        "SignIn": SIGN_IN_TEMPLATE,
-        "Register": GENERIC_TEMPLATE,
-        "ForgotPassword": GENERIC_TEMPLATE,
-        "Generic": GENERIC_TEMPLATE,
-        "international": {"Generic": INTERNATIONAL_TEMPLATE},
-    },
-    "international": {"enabled": True},
-    "limits": {"per_phone": []},
-}
-
-
-def make_config(**sections: dict[str, Any]) -> Config:
-    """BASE_CONFIG with whole top-level tables replaced."""
-    return parse_config({**BASE_CONFIG, **sections}, env={})
+from yunpian_sms_server.config import Config
+from yunpian_sms_server.sandbox import RunningSandbox, start_sandbox
 
 
 @pytest.fixture
@@ -47,9 +24,6 @@ async def sandbox(config: Config) -> AsyncIterator[RunningSandbox]:
     running = await start_sandbox(sandbox_for(config))
     yield running
     await running.close()
-
-
-StartServer = Callable[..., Awaitable[SmsServer]]
 
 
 @pytest.fixture

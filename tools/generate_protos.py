@@ -52,8 +52,8 @@ def generate(out_dir: Path) -> list[Path]:
 
 def generated_files(root: Path) -> list[Path]:
     """Lists the generated files below root, relative to it."""
-    found = [*root.glob("yunpian/**/*_pb2*.py*"), root / TYPED_MARKER]
-    return sorted(p.relative_to(root) for p in found if p.is_file())
+    found = [*root.glob("yunpian/**/*_pb2*.py"), *root.glob("yunpian/**/*_pb2*.pyi")]
+    return sorted(p.relative_to(root) for p in [*found, root / TYPED_MARKER] if p.is_file())
 
 
 def main() -> None:

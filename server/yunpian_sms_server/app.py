@@ -64,7 +64,8 @@ class SmsServer:
         self.sandbox: RunningSandbox | None = None
         self._session: aiohttp.ClientSession | None = None
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        # grpc-stubs lags grpcio: it lacks the asyncio health servicer.
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._servicer: SmsServicer | None = None
 
     async def start(self, *, listen: str | None = None, sandbox: bool = False) -> None:

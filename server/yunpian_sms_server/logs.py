@@ -28,8 +28,13 @@ def default_format(stream: TextIO) -> str:
     return "console" if stream.isatty() else "json"
 
 
-def configure_logging(log_format: str | None = None, stream: TextIO | None = None) -> None:
-    """Configures structlog (and the standard library's loggers) for the process."""
+def configure_logging(
+    log_format: str | None = None, stream: TextIO | None = None, *, cache: bool = True
+) -> None:
+    """Configures structlog (and the standard library's loggers) for the process.
+
+    `cache=False` lets a later call reconfigure loggers already used (tests do).
+    """
     stream = stream if stream is not None else sys.stdout
     log_format = log_format or default_format(stream)
     renderer: structlog.typing.Processor
@@ -48,7 +53,7 @@ def configure_logging(log_format: str | None = None, stream: TextIO | None = Non
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.WriteLoggerFactory(file=stream),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     # Libraries (aiohttp, grpc) log through the standard library: warnings and worse only.
     logging.basicConfig(

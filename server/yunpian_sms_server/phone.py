@@ -83,7 +83,7 @@ def parse_phone(raw: str) -> PhoneNumber:
 
 
 def mask_number(number: str) -> str:
-    """Masks the middle of a number: "13800138000" -> "138****8000", "+14155552671" -> "+1415****671"."""
+    """Masks the middle of a number: "13800138000" -> "138****8000", "+1415****671"."""
     if number.startswith("+"):
         keep_head, keep_tail = 5, 3
     elif len(number) >= 11:

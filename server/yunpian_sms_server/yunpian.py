@@ -26,7 +26,7 @@ from yunpian_sms_server.phone import mask_numbers_in_text
 SINGLE_SEND_PATH: Final = "/v2/sms/single_send.json"
 TEMPLATES_PATH: Final = "/v2/tpl/get.json"
 # Time kept back from the caller's deadline so our answer reaches it before it gives up.
-DEADLINE_MARGIN_S: Final = 0.05
+DEADLINE_MARGIN_S: Final = 0.1
 # Below this there is no point calling YunPian: we answer at once, having sent nothing.
 MIN_UPSTREAM_BUDGET_S: Final = 0.01
 # Connection failures (nothing sent) are retried this many times in all, within the deadline.

@@ -1,4 +1,4 @@
-"""When the clients retry a failed call: UNAVAILABLE only, with jittered backoff, within the deadline."""
+"""When the clients retry a failed call: after UNAVAILABLE only, with jittered backoff, in time."""
 
 from __future__ import annotations
 

@@ -1,0 +1,133 @@
+"""Lifecycle: health, reflection, and graceful shutdown of the real `yunpian-sms serve` process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from yunpian_sms_client import AsyncSmsClient, UnavailableError
+from yunpian_sms_server.app import SmsServer
+
+CLI = str(Path(sys.executable).parent / "yunpian-sms")
+SERVICE = "yunpian.sms.v1.SmsService"
+STARTUP_TIMEOUT_S = 30.0
+
+
+async def test_health_reports_serving_for_the_server_and_the_service(server: SmsServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICE):
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def reflected_service(target: str) -> tuple[list[str], list[str]]:
+    """Asks the server, through reflection alone, for its services and SmsService's methods."""
+    with grpc.insecure_channel(target) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = list(database.get_services())
+        pool = descriptor_pool.DescriptorPool(database)
+        return services, [method.name for method in pool.FindServiceByName(SERVICE).methods]
+
+
+async def test_reflection_lists_and_describes_the_service(server: SmsServer) -> None:
+    # A client with no copy of the proto learns the whole contract from the server. The sync
+    # reflection client runs in a thread: the server shares this test's event loop.
+    services, methods = await asyncio.to_thread(reflected_service, f"127.0.0.1:{server.port}")
+    assert SERVICE in services
+    assert methods == ["SendCode", "ValidateTemplate"]
+
+
+async def test_stopping_refuses_new_rpcs_and_reports_not_serving(server: SmsServer) -> None:
+    target = f"127.0.0.1:{server.port}"
+    async with grpc.aio.insecure_channel(target) as channel, AsyncSmsClient(target) as client:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=SERVICE)
+        )
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(server.stop())
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        with pytest.raises(UnavailableError):
+            await client.send_code("13800138000", "123456", timeout=2.0)
+        await stopping
+
+
+class ServeProcess:
+    """`yunpian-sms serve --sandbox` in a child process, its JSON log lines parsed."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.events: list[dict[str, Any]] = []
+
+    async def next_event(self, name: str) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        while True:
+            line = await asyncio.wait_for(self.process.stdout.readline(), STARTUP_TIMEOUT_S)
+            assert line, f"the server exited before logging {name!r}"
+            event = json.loads(line)
+            self.events.append(event)
+            if event["event"] == name:
+                return event
+
+
+@pytest.fixture
+async def serve_process(tmp_path: Path) -> AsyncIterator[ServeProcess]:
+    config = tmp_path / "config.toml"
+    config.write_text("[server]\ngrace_period_seconds = 5.0\n[limits]\nper_phone = []\n")
+    process = await asyncio.create_subprocess_exec(
+        CLI,
+        "serve",
+        "--sandbox",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "YUNPIAN_API_KEY": ""},
+    )
+    yield ServeProcess(process)
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+async def test_sigterm_lets_in_flight_rpcs_finish_then_exits_0(serve_process: ServeProcess) -> None:
+    serving = await serve_process.next_event("serving")
+    target, sandbox_url = f"127.0.0.1:{serving['port']}", serving["sandbox"]
+    async with aiohttp.ClientSession() as http, AsyncSmsClient(target) as client:
+        fault = {"kind": "delay", "seconds": 1.5}
+        async with http.post(f"{sandbox_url}/sandbox/faults", json=fault) as response:
+            assert response.status == 200
+        in_flight = asyncio.create_task(client.send_code("13800138000", "123456", timeout=10.0))
+        while True:  # wait until the request has reached the sandbox
+            async with http.get(f"{sandbox_url}/sandbox/stats") as response:
+                stats = await response.json()
+            if stats["requests"].get("/v2/sms/single_send.json"):
+                break
+            await asyncio.sleep(0.02)
+        serve_process.process.send_signal(signal.SIGTERM)
+        sent = await in_flight
+    assert int(sent.message_id) > 0
+    assert await asyncio.wait_for(serve_process.process.wait(), 15.0) == 0
+    await serve_process.next_event("stopped")
+    stderr = await serve_process.process.stderr.read()  # type: ignore[union-attr]
+    assert b"Traceback" not in stderr
+    [rpc] = [event for event in serve_process.events if event["event"] == "rpc"]
+    assert rpc["grpc_code"] == "OK"

@@ -15,11 +15,10 @@ run: install
 
 test: install lint typecheck buf-lint pytest
 
-# Tools and third-party packages: reinstalled only when their pins change.
+# Tools and third-party packages: installed again only when their pins change.
 $(BIN)/.deps: requirements-dev.txt pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt ./client .
 	touch $@
 
 node_modules/.deps: package.json package-lock.json
@@ -28,8 +27,7 @@ node_modules/.deps: package.json package-lock.json
 
 # The project itself: always reinstalled (not editable), so tests import what a user installs.
 install: $(BIN)/.deps node_modules/.deps
-	$(BIN)/pip install --quiet --force-reinstall --no-deps ./client .
-	$(BIN)/pip install --quiet ./client .
+	$(BIN)/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./client .
 
 lint: install
 	$(BIN)/ruff check server client/src tests tools

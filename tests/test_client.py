@@ -25,7 +25,7 @@ from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_client import (
     AsyncSmsClient,
-    CancelledError,
+    CallCancelledError,
     DeadlineExceededError,
     FailedPreconditionError,
     InternalError,
@@ -384,7 +384,7 @@ def test_new_request_id_returns_distinct_hex_keys() -> None:
         (grpc.StatusCode.PERMISSION_DENIED, PermissionDeniedError),
         (grpc.StatusCode.NOT_FOUND, NotFoundError),
         (grpc.StatusCode.UNIMPLEMENTED, UnimplementedError),
-        (grpc.StatusCode.CANCELLED, CancelledError),
+        (grpc.StatusCode.CANCELLED, CallCancelledError),
         (grpc.StatusCode.ABORTED, SmsError),
     ],
 )
@@ -766,7 +766,7 @@ async def test_closing_cancels_calls_in_flight_with_an_sdk_error(
 
     await client.close()
 
-    with pytest.raises(CancelledError) as caught:
+    with pytest.raises(CallCancelledError) as caught:
         await call
     assert caught.value.code is grpc.StatusCode.CANCELLED
     assert caught.value.delivery_unknown
@@ -896,7 +896,7 @@ def test_all_lists_exactly_the_public_names_sorted() -> None:
     # Pinned, so that growing the public surface is a decision a reviewer sees.
     assert public == {
         "AsyncSmsClient",
-        "CancelledError",
+        "CallCancelledError",
         "DEFAULT_RETRY_POLICY",
         "DEFAULT_TIMEOUT_S",
         "DeadlineExceededError",

@@ -10,7 +10,7 @@ from yunpian.sms.v1.sms_service_pb2 import (
 
 from ._client import DEFAULT_TIMEOUT_S, AsyncSmsClient, SmsClient, new_request_id
 from ._errors import (
-    CancelledError,
+    CallCancelledError,
     DeadlineExceededError,
     FailedPreconditionError,
     InternalError,
@@ -30,7 +30,7 @@ from ._retry import DEFAULT_RETRY_POLICY, RetryPolicy
 # Plain sorted() order (not ruff's isort-style grouping), which tests/test_client.py checks.
 __all__ = [  # noqa: RUF022
     "AsyncSmsClient",
-    "CancelledError",
+    "CallCancelledError",
     "DEFAULT_RETRY_POLICY",
     "DEFAULT_TIMEOUT_S",
     "DeadlineExceededError",

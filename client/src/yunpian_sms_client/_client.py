@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 
-from ._errors import CancelledError, _from_rpc_error
+from ._errors import CallCancelledError, _from_rpc_error
 from ._retry import DEFAULT_RETRY_POLICY, CallAttempts, RetryPolicy
 
 #: Deadline of a call, in seconds, when neither the call nor the client sets one. Long enough
@@ -57,7 +57,7 @@ def new_request_id() -> str:
 
 
 class _ClientSettings:
-    """What both clients share: call defaults, request building and the retry policy."""
+    """What both clients share: the call defaults, the retry policy and whether it is closed."""
 
     def __init__(
         self,
@@ -210,13 +210,13 @@ class AsyncSmsClient(_ClientSettings):
                 if delay is None:
                     raise error from rpc_error
             except asyncio.CancelledError:
-                # grpc.aio ends the calls of a closing channel by raising asyncio's
-                # CancelledError in their callers, as if their tasks had been cancelled. Only a
-                # real cancellation of the task may propagate as such.
+                # grpc.aio ends the calls of a closing channel by raising
+                # asyncio.CancelledError in their callers, as if their tasks had been
+                # cancelled. Only a real cancellation of the task may propagate as such.
                 task = asyncio.current_task()
                 if not self._closed or (task is not None and task.cancelling()):
                     raise
-                raise CancelledError(
+                raise CallCancelledError(
                     "The client was closed during the call.",
                     delivery_unknown=sending,
                 ) from None

@@ -109,7 +109,7 @@ class SmsError(Exception):
         return f"{head}: {self.message}" if self.message else head
 
 
-class CancelledError(SmsError):
+class CallCancelledError(SmsError):
     """The call was cancelled (CANCELLED), e.g. because the client was closed during it.
 
     Not related to `asyncio.CancelledError`, which the async client lets propagate untouched.
@@ -197,7 +197,7 @@ _ERROR_CLASSES: Final[Mapping[grpc.StatusCode, type[SmsError]]] = MappingProxyTy
     {
         cls.default_code: cls
         for cls in (
-            CancelledError,
+            CallCancelledError,
             UnknownError,
             InvalidArgumentError,
             DeadlineExceededError,

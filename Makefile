@@ -8,12 +8,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: run test install lint typecheck buf-lint pytest generate clean
+# The last released contract: `buf breaking` compares protos/ against it.
+PROTO_RELEASE := $(lastword $(sort $(wildcard releases/proto/v*.binpb)))
+
+.PHONY: run test install lint typecheck buf pytest generate release-proto clean
 
 run: install
 	$(BIN)/yunpian-sms serve --sandbox --listen $(LISTEN)
 
-test: install lint typecheck buf-lint pytest
+test: install lint typecheck buf pytest
 
 # Tools and third-party packages: installed again only when their pins change.
 $(BIN)/.deps: requirements-dev.txt pyproject.toml client/pyproject.toml
@@ -36,8 +39,14 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-buf-lint: node_modules/.deps
+buf: node_modules/.deps
 	cd protos && ../node_modules/.bin/buf lint
+	cd protos && ../node_modules/.bin/buf breaking --against ../$(PROTO_RELEASE)
+
+# Snapshot the contract when releasing it: make release-proto VERSION=v0.2.0
+release-proto: node_modules/.deps
+	test -n "$(VERSION)"
+	cd protos && ../node_modules/.bin/buf build -o ../releases/proto/$(VERSION).binpb
 
 pytest: install
 	$(BIN)/pytest

@@ -1,0 +1,122 @@
+"""Callers without the Python SDK: Node.js loading protos/ directly, and grpcurl via reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from yunpian_sms_server.app import SmsServer
+from yunpian_sms_server.sandbox import RunningSandbox
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_CLIENT = REPO / "examples" / "node" / "sms_client.js"
+GRPCURL = Path(sys.executable).parent / "grpcurl"
+TOOL_TIMEOUT_S = 60.0
+
+
+async def run_tool(*command: str) -> tuple[int, str, str]:
+    """Runs a tool without blocking the event loop the in-process server shares."""
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "NODE_PATH": str(REPO / "node_modules")},
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), TOOL_TIMEOUT_S)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def node(*args: str) -> dict[str, Any]:
+    node_binary = shutil.which("node")
+    assert node_binary is not None, "node is part of the toolchain the README requires"
+    code, stdout, stderr = await run_tool(node_binary, str(NODE_CLIENT), *args)
+    assert code == 0, stderr
+    result: dict[str, Any] = json.loads(stdout)
+    return result
+
+
+async def test_node_client_sends_a_code(server: SmsServer, sandbox: RunningSandbox) -> None:
+    result = await node(
+        f"127.0.0.1:{server.port}", "send", "+86 138-0013-8000", "482913", "USAGE_TYPE_SIGN_IN"
+    )
+    assert result["ok"] is True
+    response = result["response"]
+    assert response["message_id"] == str(sandbox.sandbox.messages[0].sid)
+    assert response["mobile"] == "13800138000"
+    assert response["fee"] == "0.05"
+    assert sandbox.sandbox.messages[0].code == "482913"
+
+
+async def test_node_client_decodes_the_error_info_of_a_rich_error(server: SmsServer) -> None:
+    result = await node(f"127.0.0.1:{server.port}", "send", "not-a-phone", "482913")
+    assert result["ok"] is False
+    assert result["code"] == 3  # INVALID_ARGUMENT
+    assert result["error_info"]["reason"] == "INVALID_PHONE_NUMBER"
+    assert result["error_info"]["domain"] == "yunpian.sms.v1"
+
+
+async def test_node_client_reads_yunpian_codes_from_error_metadata(
+    server: SmsServer, sandbox: RunningSandbox
+) -> None:
+    from yunpian_sms_server.sandbox import Fault
+
+    sandbox.sandbox.inject(Fault(kind="error", code=22))
+    result = await node(f"127.0.0.1:{server.port}", "send", "13800138000", "482913")
+    assert result["code"] == 8  # RESOURCE_EXHAUSTED
+    assert result["error_info"]["reason"] == "PROVIDER_RATE_LIMITED"
+    assert result["error_info"]["metadata"]["yunpian_code"] == "22"
+
+
+async def grpcurl(*args: str) -> tuple[int, str, str]:
+    if not GRPCURL.exists():
+        pytest.fail(f"grpcurl is not installed in the venv ({GRPCURL}); see requirements-dev.txt")
+    return await run_tool(str(GRPCURL), *args)
+
+
+async def test_grpcurl_lists_the_service_through_reflection(server: SmsServer) -> None:
+    code, stdout, stderr = await grpcurl("-plaintext", f"127.0.0.1:{server.port}", "list")
+    assert code == 0, stderr
+    assert "yunpian.sms.v1.SmsService" in stdout.split()
+    assert "grpc.health.v1.Health" in stdout.split()
+
+
+async def test_grpcurl_calls_send_code_without_a_copy_of_the_proto(
+    server: SmsServer, sandbox: RunningSandbox
+) -> None:
+    request = json.dumps(
+        {"phone_number": "13800138000", "code": "551177", "usage_type": "USAGE_TYPE_SIGN_IN"}
+    )
+    code, stdout, stderr = await grpcurl(
+        "-plaintext",
+        "-d",
+        request,
+        f"127.0.0.1:{server.port}",
+        "yunpian.sms.v1.SmsService/SendCode",
+    )
+    assert code == 0, stderr
+    response = json.loads(stdout)
+    assert response["message_id"] == str(
+        sandbox.sandbox.messages[0].sid
+    )  # grpcurl 1.8 keeps proto names
+    assert sandbox.sandbox.messages[0].code == "551177"
+
+
+async def test_grpcurl_shows_the_status_of_an_invalid_request(server: SmsServer) -> None:
+    request = json.dumps({"phone_number": "12", "code": "551177"})
+    code, _stdout, stderr = await grpcurl(
+        "-plaintext",
+        "-d",
+        request,
+        f"127.0.0.1:{server.port}",
+        "yunpian.sms.v1.SmsService/SendCode",
+    )
+    assert code != 0
+    assert "InvalidArgument" in stderr

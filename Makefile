@@ -11,7 +11,10 @@ LISTEN ?= 127.0.0.1:50051
 # The last released contract: `buf breaking` compares protos/ against it.
 PROTO_RELEASE := $(lastword $(sort $(wildcard releases/proto/v*.binpb)))
 
-.PHONY: run test install lint typecheck buf pytest generate release-proto clean
+# Root installs system packages directly; anyone else through sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: run test install lint typecheck buf pytest redis-server generate release-proto clean
 
 run: install
 	$(BIN)/yunpian-sms serve --sandbox --listen $(LISTEN)
@@ -48,8 +51,14 @@ release-proto: node_modules/.deps
 	test -n "$(VERSION)"
 	cd protos && ../node_modules/.bin/buf build -o ../releases/proto/$(VERSION).binpb
 
-pytest: install
+pytest: install redis-server
 	$(BIN)/pytest
+
+# The tests start their own redis-server on a loopback port: install Debian's when it is missing.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
 generate: $(BIN)/.deps
 	$(BIN)/python tools/generate_protos.py

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from support import StartServer, make_config
+from support import RedisServer, StartServer, make_config
 
 from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server.app import SmsServer, sandbox_for
@@ -53,3 +53,12 @@ async def server(start_server: StartServer, config: Config) -> SmsServer:
 async def client(server: SmsServer) -> AsyncIterator[AsyncSmsClient]:
     async with AsyncSmsClient(f"127.0.0.1:{server.port}", default_timeout=5.0) as sms_client:
         yield sms_client
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests flush what they use by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,310 @@
+"""Shared state of rate limits and idempotency: in memory (one replica) or in Redis (several).
+
+Both stores offer the same few atomic operations. Rate limits are sliding-window logs: each
+accepted call adds a token to every window it counts in, so the wait until a slot frees is exact,
+and a call that sent nothing can take its token back. Idempotency records move from PENDING (a
+call holds the request_id) to DONE (its outcome is stored) or are released.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from yunpian_sms_server.config import Limit
+
+# Redis operations that take longer than this count as a store failure.
+REDIS_TIMEOUT_S: Final = 1.0
+# The in-memory store sweeps expired idempotency records after this many new ones.
+MEMORY_SWEEP_EVERY: Final = 1024
+KEY_PREFIX: Final = "yunpian-sms:"
+
+
+class StoreUnavailableError(Exception):
+    """The store could not be reached or failed; the caller applies store.on_error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One rate limit applied to one subject: `scope` names it in errors ("phone", "caller")."""
+
+    scope: str
+    subject: str
+    limit: Limit
+
+    @property
+    def key(self) -> str:
+        limit = f"{self.limit.count}/{self.limit.period_s:g}"
+        return f"{KEY_PREFIX}rate:{self.scope}:{self.subject}:{limit}"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The window that is full, and how long until it has a free slot."""
+
+    window: Window
+    retry_after_s: float
+
+
+class ClaimState(Enum):
+    NEW = "new"  # the caller now holds the request_id and must complete or release it
+    PENDING = "pending"  # another call holds it
+    DONE = "done"  # an outcome is stored: `record`
+    MISMATCH = "mismatch"  # the request_id was used for a different request
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    state: ClaimState
+    record: bytes = b""
+
+
+class Store(Protocol):
+    """The operations the service needs, each atomic across every replica using the store."""
+
+    async def acquire(self, windows: Sequence[Window], token: str) -> Refusal | None:
+        """Counts `token` in every window if all have room; else counts nothing and says why."""
+        ...
+
+    async def release(self, windows: Sequence[Window], token: str) -> None:
+        """Takes a token back from its windows (the call sent nothing)."""
+        ...
+
+    async def claim(self, key: str, fingerprint: str, lease_s: float) -> Claim:
+        """Claims a request_id for `lease_s` seconds, or reports who holds it or what it stored."""
+        ...
+
+    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
+        """Stores the outcome of a claimed request_id for `ttl_s` seconds."""
+        ...
+
+    async def release_claim(self, key: str, fingerprint: str) -> None:
+        """Gives up a claim without an outcome, so a retry is judged afresh."""
+        ...
+
+    async def ping(self) -> None:
+        """Raises StoreUnavailableError when the store cannot serve."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _wait_until_free(times: Sequence[float], limit: Limit, now: float) -> float:
+    """Seconds until a window holding these (sorted) times has room for one more."""
+    blocking = times[len(times) - limit.count]
+    return max(0.0, blocking + limit.period_s - now)
+
+
+class MemoryStore:
+    """The store of a single replica: plain dictionaries, atomic because nothing awaits inside."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, deque[tuple[float, str]]] = {}
+        self._claims: dict[str, tuple[float, str, bytes | None]] = {}
+        self._added = 0
+
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic()
+
+    def _live(self, window: Window, now: float) -> deque[tuple[float, str]]:
+        entries = self._windows.setdefault(window.key, deque())
+        while entries and entries[0][0] <= now - window.limit.period_s:
+            entries.popleft()
+        return entries
+
+    async def acquire(self, windows: Sequence[Window], token: str) -> Refusal | None:
+        now = self._now()
+        refusal: Refusal | None = None
+        for window in windows:
+            entries = self._live(window, now)
+            if len(entries) >= window.limit.count:
+                wait = _wait_until_free([at for at, _ in entries], window.limit, now)
+                if refusal is None or wait > refusal.retry_after_s:
+                    refusal = Refusal(window, wait)
+        if refusal is not None:
+            return refusal
+        for window in windows:
+            self._windows[window.key].append((now, token))
+        self._sweep_windows(now, windows)
+        return None
+
+    def _sweep_windows(self, now: float, windows: Sequence[Window]) -> None:
+        self._added += 1
+        if self._added % MEMORY_SWEEP_EVERY:
+            return
+        longest = max((window.limit.period_s for window in windows), default=0.0)
+        for key in [
+            k
+            for k, entries in self._windows.items()
+            if not entries or entries[-1][0] <= now - longest
+        ]:
+            del self._windows[key]
+        for key in [k for k, (expires, _, _) in self._claims.items() if expires <= now]:
+            del self._claims[key]
+
+    async def release(self, windows: Sequence[Window], token: str) -> None:
+        for window in windows:
+            entries = self._windows.get(window.key)
+            if entries is not None:
+                self._windows[window.key] = deque(e for e in entries if e[1] != token)
+
+    async def claim(self, key: str, fingerprint: str, lease_s: float) -> Claim:
+        now = self._now()
+        held = self._claims.get(key)
+        if held is None or held[0] <= now:
+            self._claims[key] = (now + lease_s, fingerprint, None)
+            return Claim(ClaimState.NEW)
+        _, held_fingerprint, record = held
+        if held_fingerprint != fingerprint:
+            return Claim(ClaimState.MISMATCH)
+        if record is None:
+            return Claim(ClaimState.PENDING)
+        return Claim(ClaimState.DONE, record)
+
+    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
+        self._claims[key] = (self._now() + ttl_s, fingerprint, record)
+
+    async def release_claim(self, key: str, fingerprint: str) -> None:
+        held = self._claims.get(key)
+        if held is not None and held[1] == fingerprint and held[2] is None:
+            del self._claims[key]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._windows.clear()
+        self._claims.clear()
+
+
+# KEYS: the windows' keys. ARGV: token, then (count, period_ms) per key.
+# Returns {} when the token was counted, else {index of the fullest window (1-based), wait_ms}.
+_ACQUIRE: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local worst, worst_wait = 0, -1
+for i, key in ipairs(KEYS) do
+  local count = tonumber(ARGV[2 * i])
+  local period = tonumber(ARGV[2 * i + 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+  local n = redis.call('ZCARD', key)
+  if n >= count then
+    local oldest = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
+    local wait = tonumber(oldest[2]) + period - now
+    if wait > worst_wait then worst, worst_wait = i, wait end
+  end
+end
+if worst > 0 then return {worst, math.max(worst_wait, 0)} end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, ARGV[1])
+  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 1]))
+end
+return {}
+"""
+
+# KEYS[1]: the record. ARGV: fingerprint, lease_ms.
+# Returns {'new'} | {'pending'} | {'mismatch'} | {'done', record}.
+_CLAIM: Final = """
+local held = redis.call('HMGET', KEYS[1], 'fingerprint', 'record')
+if not held[1] then
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  return {'new'}
+end
+if held[1] ~= ARGV[1] then return {'mismatch'} end
+if not held[2] then return {'pending'} end
+return {'done', held[2]}
+"""
+
+# KEYS[1]: the record. ARGV: fingerprint. Deletes it only while it is a pending claim of ours.
+_RELEASE_CLAIM: Final = """
+local held = redis.call('HMGET', KEYS[1], 'fingerprint', 'record')
+if held[1] == ARGV[1] and not held[2] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisStore:
+    """The store shared by every replica, in one Redis server; each operation is one script."""
+
+    def __init__(self, url: str) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._claim = self._redis.register_script(_CLAIM)
+        self._release_claim = self._redis.register_script(_RELEASE_CLAIM)
+
+    async def acquire(self, windows: Sequence[Window], token: str) -> Refusal | None:
+        if not windows:
+            return None
+        args: list[str | int] = [token]
+        for window in windows:
+            args += [window.limit.count, int(window.limit.period_s * 1000)]
+        try:
+            answer = await self._acquire(keys=[w.key for w in windows], args=args)
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+        if not answer:
+            return None
+        index, wait_ms = int(answer[0]), int(answer[1])
+        return Refusal(windows[index - 1], wait_ms / 1000)
+
+    async def release(self, windows: Sequence[Window], token: str) -> None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for window in windows:
+                    pipe.zrem(window.key, token)
+                await pipe.execute()
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+
+    async def claim(self, key: str, fingerprint: str, lease_s: float) -> Claim:
+        try:
+            answer = await self._claim(
+                keys=[KEY_PREFIX + "idem:" + key], args=[fingerprint, max(1, int(lease_s * 1000))]
+            )
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+        state = ClaimState(answer[0].decode())
+        return Claim(state, answer[1] if state is ClaimState.DONE else b"")
+
+    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
+        name = KEY_PREFIX + "idem:" + key
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(name, mapping={"fingerprint": fingerprint, "record": record})
+                pipe.pexpire(name, max(1, int(ttl_s * 1000)))
+                await pipe.execute()
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+
+    async def release_claim(self, key: str, fingerprint: str) -> None:
+        try:
+            await self._release_claim(keys=[KEY_PREFIX + "idem:" + key], args=[fingerprint])
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def open_store(url: str) -> Store:
+    """The store a `store.url` names: memory:// or redis://."""
+    if url.startswith("memory:"):
+        return MemoryStore()
+    return RedisStore(url)

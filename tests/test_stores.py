@@ -1,0 +1,152 @@
+"""The two stores behind one interface: in memory and a real Redis (design.md §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from support import RedisServer
+
+from yunpian_sms_server.config import parse_limit
+from yunpian_sms_server.stores import (
+    ClaimState,
+    MemoryStore,
+    RedisStore,
+    Store,
+    StoreUnavailableError,
+    Window,
+    open_store,
+)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        opened: Store = MemoryStore()
+    else:
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        opened = RedisStore(redis_server.url)
+    yield opened
+    await opened.close()
+
+
+def window(limit: str, subject: str | None = None, scope: str = "phone") -> Window:
+    # A fresh subject per test keeps tests apart on the shared Redis.
+    return Window(scope, subject or uuid.uuid4().hex, parse_limit(limit))
+
+
+def token() -> str:
+    return uuid.uuid4().hex
+
+
+async def test_acquire_counts_up_to_the_limit_then_refuses(store: Store) -> None:
+    per_minute = window("2/60s")
+    assert await store.acquire([per_minute], token()) is None
+    assert await store.acquire([per_minute], token()) is None
+    refusal = await store.acquire([per_minute], token())
+    assert refusal is not None
+    assert refusal.window == per_minute
+    assert 59.0 < refusal.retry_after_s <= 60.0
+
+
+async def test_acquire_is_all_or_nothing_across_windows(store: Store) -> None:
+    subject = uuid.uuid4().hex
+    roomy, full = window("5/60s", subject), window("1/1h", subject)
+    assert await store.acquire([full], token()) is None
+    refusal = await store.acquire([roomy, full], token())
+    assert refusal is not None
+    assert refusal.window == full
+    assert 3590 < refusal.retry_after_s <= 3600
+    # The refused call was not counted in the roomy window: four more still fit.
+    for _ in range(4):
+        assert await store.acquire([roomy], token()) is None
+
+
+async def test_refusal_names_the_window_with_the_longest_wait(store: Store) -> None:
+    subject = uuid.uuid4().hex
+    minute, day = window("1/60s", subject), window("1/1d", subject)
+    assert await store.acquire([minute, day], token()) is None
+    refusal = await store.acquire([minute, day], token())
+    assert refusal is not None
+    assert refusal.window == day
+
+
+async def test_a_slot_frees_when_the_window_slides(store: Store) -> None:
+    short = window("1/1s")
+    assert await store.acquire([short], token()) is None
+    refusal = await store.acquire([short], token())
+    assert refusal is not None
+    await asyncio.sleep(refusal.retry_after_s + 0.05)
+    assert await store.acquire([short], token()) is None
+
+
+async def test_release_gives_a_token_back(store: Store) -> None:
+    per_minute = window("1/60s")
+    first = token()
+    assert await store.acquire([per_minute], first) is None
+    await store.release([per_minute], first)
+    assert await store.acquire([per_minute], token()) is None
+
+
+async def test_concurrent_acquires_never_exceed_the_limit(store: Store) -> None:
+    per_minute = window("5/60s")
+    results = await asyncio.gather(*(store.acquire([per_minute], token()) for _ in range(40)))
+    assert sum(result is None for result in results) == 5
+
+
+async def test_claim_then_complete_then_replay(store: Store) -> None:
+    key = uuid.uuid4().hex
+    assert (await store.claim(key, "fp", 5.0)).state is ClaimState.NEW
+    assert (await store.claim(key, "fp", 5.0)).state is ClaimState.PENDING
+    assert (await store.claim(key, "other", 5.0)).state is ClaimState.MISMATCH
+    await store.complete(key, "fp", b"\x00outcome\xff", 60.0)
+    claim = await store.claim(key, "fp", 5.0)
+    assert (claim.state, claim.record) == (ClaimState.DONE, b"\x00outcome\xff")
+    assert (await store.claim(key, "other", 5.0)).state is ClaimState.MISMATCH
+
+
+async def test_released_claims_are_judged_afresh(store: Store) -> None:
+    key = uuid.uuid4().hex
+    assert (await store.claim(key, "fp", 5.0)).state is ClaimState.NEW
+    await store.release_claim(key, "other")  # not ours: kept
+    assert (await store.claim(key, "fp", 5.0)).state is ClaimState.PENDING
+    await store.release_claim(key, "fp")
+    assert (await store.claim(key, "fp", 5.0)).state is ClaimState.NEW
+
+
+async def test_claims_and_records_expire(store: Store) -> None:
+    lease, record = uuid.uuid4().hex, uuid.uuid4().hex
+    assert (await store.claim(lease, "fp", 0.1)).state is ClaimState.NEW
+    await store.claim(record, "fp", 5.0)
+    await store.complete(record, "fp", b"x", 0.1)
+    await asyncio.sleep(0.2)
+    assert (await store.claim(lease, "fp", 5.0)).state is ClaimState.NEW
+    assert (await store.claim(record, "fp", 5.0)).state is ClaimState.NEW
+
+
+async def test_concurrent_claims_have_one_winner(store: Store) -> None:
+    key = uuid.uuid4().hex
+    claims = await asyncio.gather(*(store.claim(key, "fp", 5.0) for _ in range(20)))
+    assert [claim.state for claim in claims].count(ClaimState.NEW) == 1
+
+
+async def test_redis_store_reports_an_unreachable_server() -> None:
+    from support import free_port
+
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(StoreUnavailableError):
+            await store.acquire([window("1/60s")], token())
+        with pytest.raises(StoreUnavailableError):
+            await store.claim("k", "fp", 1.0)
+        with pytest.raises(StoreUnavailableError):
+            await store.ping()
+    finally:
+        await store.close()
+
+
+def test_open_store_picks_the_store_by_url() -> None:
+    assert isinstance(open_store("memory://"), MemoryStore)
+    assert isinstance(open_store("redis://127.0.0.1:6379/0"), RedisStore)

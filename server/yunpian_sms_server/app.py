@@ -1,8 +1,14 @@
-"""The server's lifecycle in one place: HTTP session, optional sandbox, gRPC server, shutdown."""
+"""The server's lifecycle in one place: HTTP session, optional sandbox, gRPC server, shutdown.
+
+With `[templates] verify_on_start`, start-up checks every configured template at YunPian and
+health stays NOT_SERVING (logging `template_not_approved` per failing template) until all are
+approved; a background task re-checks every `remote_cache_seconds` and then flips to SERVING.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from typing import Final
 
@@ -15,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_server.config import Config, YunpianConfig
+from yunpian_sms_server.errors import ServiceError
 from yunpian_sms_server.interceptors import RpcEventInterceptor
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
@@ -25,6 +32,7 @@ from yunpian_sms_server.sandbox import (
     start_sandbox,
 )
 from yunpian_sms_server.service import SmsServicer
+from yunpian_sms_server.template_check import TemplateChecker, TemplateStatus, configured_templates
 from yunpian_sms_server.templates import yunpian_form
 from yunpian_sms_server.yunpian import CONNECTION_LIMIT, YunpianClient
 
@@ -55,6 +63,61 @@ def sandbox_for(config: Config) -> Sandbox:
     return Sandbox(config.yunpian.api_key or SANDBOX_API_KEY, templates)
 
 
+def open_yunpian_session(config: YunpianConfig) -> aiohttp.ClientSession:
+    """The one HTTP session to YunPian, with the configured timeout and the send-progress hook."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=config.timeout_seconds),
+        connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
+        trace_configs=[YunpianClient.trace_config()],
+    )
+
+
+def yunpian_client(session: aiohttp.ClientSession, config: YunpianConfig) -> YunpianClient:
+    """A YunPian client on the session, for the configured account and base URL."""
+    return YunpianClient(
+        session,
+        base_url=config.base_url,
+        api_key=config.api_key,
+        timeout_s=config.timeout_seconds,
+    )
+
+
+async def verify_templates(config: Config, checker: TemplateChecker) -> bool:
+    """Checks every configured template at YunPian; logs each one that is not approved.
+
+    Returns whether all are approved. A YunPian error (an invalid key, …) is logged once.
+    """
+    templates = configured_templates(
+        config.templates, international_enabled=config.international.enabled
+    )
+    try:
+        results = await checker.check_many([(t.content, t.international) for t in templates])
+    except ServiceError as error:
+        _log.warning(
+            "template_check_failed",
+            reason=error.reason.value,
+            yunpian_code=error.yunpian_code,
+            message=error.message,
+        )
+        return False
+    approved = True
+    for template, result in zip(templates, results, strict=True):
+        if result.status is TemplateStatus.APPROVED:
+            continue
+        approved = False
+        _log.warning(
+            "template_not_approved",
+            usage_type=template.usage_type,
+            international=template.international,
+            status=result.status.value,
+            template_id=result.template_id or None,
+            status_reason=result.status_reason or None,
+            problems=[problem.reason.value for problem in result.problems],
+            why=result.summary(),
+        )
+    return approved
+
+
 class SmsServer:
     """A running yunpian-sms server: start it, read its port, stop it."""
 
@@ -67,6 +130,8 @@ class SmsServer:
         # grpc-stubs lags grpcio: it lacks the asyncio health servicer.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._servicer: SmsServicer | None = None
+        self._checker: TemplateChecker | None = None
+        self._verifier: asyncio.Task[None] | None = None
 
     async def start(self, *, listen: str | None = None, sandbox: bool = False) -> None:
         """Starts the sandbox (if asked), the HTTP session and the gRPC server; then SERVING."""
@@ -81,18 +146,12 @@ class SmsServer:
                     timeout_seconds=config.yunpian.timeout_seconds,
                 ),
             )
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=config.yunpian.timeout_seconds),
-            connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
-            trace_configs=[YunpianClient.trace_config()],
+        self._session = open_yunpian_session(config.yunpian)
+        yunpian = yunpian_client(self._session, config.yunpian)
+        self._checker = TemplateChecker(
+            yunpian, cache_ttl_s=config.template_checks.remote_cache_seconds
         )
-        yunpian = YunpianClient(
-            self._session,
-            base_url=config.yunpian.base_url,
-            api_key=config.yunpian.api_key,
-            timeout_s=config.yunpian.timeout_seconds,
-        )
-        self._servicer = SmsServicer(config, yunpian)
+        self._servicer = SmsServicer(config, yunpian, self._checker)
         server = grpc.aio.server(interceptors=[RpcEventInterceptor()])
         pb_grpc.add_SmsServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -102,26 +161,61 @@ class SmsServer:
         address = listen or config.server.listen
         self.port = server.add_insecure_port(address)
         self._server = server
+        await self._set_health(serving=False)
         await server.start()
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        serving = True
+        if config.template_checks.verify_on_start:
+            serving = await verify_templates(config, self._checker)
+            if not serving:
+                self._verifier = asyncio.create_task(
+                    self._verify_until_approved(config, self._checker)
+                )
+        await self._set_health(serving=serving)
         _log.info(
             "serving",
             listen=address,
             port=self.port,
             sandbox=self.sandbox.url if self.sandbox else None,
             yunpian=config.yunpian.base_url,
+            health="SERVING" if serving else "NOT_SERVING",
         )
+
+    async def _set_health(self, *, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not serving:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+
+    async def _verify_until_approved(self, config: Config, checker: TemplateChecker) -> None:
+        """Re-checks the templates every cache period; SERVING once YunPian approves them all."""
+        while True:
+            await asyncio.sleep(config.template_checks.remote_cache_seconds)
+            try:
+                approved = await verify_templates(config, checker)
+            except Exception:  # keep re-checking whatever goes wrong once
+                _log.exception("template_check_crashed")
+                continue
+            if approved:
+                await self._set_health(serving=True)
+                _log.info("templates_approved")
+                return
 
     async def stop(self) -> None:
         """NOT_SERVING, lets in-flight RPCs finish within the grace period, closes everything."""
         grace = self.config.server.grace_period_seconds
         if self._servicer is not None:
             self._servicer.shutting_down = True
+        if self._verifier is not None:
+            self._verifier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._verifier
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             _log.info("stopping", grace_period_seconds=grace)
             await self._server.stop(grace)
+        if self._checker is not None:
+            await self._checker.close()
         if self._session is not None:
             await self._session.close()
         if self.sandbox is not None:

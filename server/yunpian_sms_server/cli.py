@@ -13,12 +13,20 @@ from typing import Final
 
 import structlog
 
-from yunpian_sms_client import SmsClient, SmsError
-from yunpian_sms_server.app import SmsServer, sandbox_for
+from yunpian_sms_client import SmsClient, SmsError, TemplateStatus
+from yunpian_sms_server.app import SmsServer, open_yunpian_session, sandbox_for, yunpian_client
 from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV, Config, load_config, parse_listen
-from yunpian_sms_server.errors import ConfigError
+from yunpian_sms_server.errors import ConfigError, ServiceError
 from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
 from yunpian_sms_server.sandbox import start_sandbox
+from yunpian_sms_server.template_check import (
+    TemplateCheck,
+    TemplateChecker,
+    configured_templates,
+)
+from yunpian_sms_server.template_check import (
+    TemplateStatus as CheckStatus,
+)
 from yunpian_sms_server.usage import USAGE_TYPE_VALUES
 
 TARGET_ENV: Final = "YUNPIAN_SMS_TARGET"
@@ -149,13 +157,49 @@ def _validate(args: argparse.Namespace) -> int:
             )
         except SmsError as error:
             return _report_error(error)
+    status = TemplateStatus.Name(report.status).removeprefix("TEMPLATE_STATUS_")
     print(f"valid: {'yes' if report.valid else 'no'}")
+    print(f"status: {status}")
+    if report.template_id:
+        print(f"template_id: {report.template_id}")
+    if report.status_reason:
+        print(f"YunPian's reason: {report.status_reason}")
     print(f"content: {report.content}")
     print(f"register at YunPian as: {report.yunpian_content}")
-    print(f"status: {report.status}")
+    print(f"estimated segments: {report.estimated_segments}")
     for problem in report.problems:
         print(f"problem {problem.reason}: {problem.message}")
     return EXIT_OK if report.valid else EXIT_FAILED
+
+
+def _remote_line(label: str, width: int, result: TemplateCheck) -> str:
+    line = f"{label:<{width}}  {result.status.value:<11}"
+    if result.template_id:
+        line += f"  tpl_id={result.template_id}"
+    for problem in result.problems:
+        line += f"  {problem.reason.value}: {problem.message}"
+    return line.rstrip()
+
+
+async def _check_remote(config: Config) -> int:
+    """Checks every configured template at YunPian with one template-list call."""
+    templates = configured_templates(
+        config.templates, international_enabled=config.international.enabled
+    )
+    async with open_yunpian_session(config.yunpian) as session:
+        checker = TemplateChecker(yunpian_client(session, config.yunpian))
+        try:
+            results = await checker.check_many([(t.content, t.international) for t in templates])
+        except ServiceError as error:
+            print(f"error: {error.message}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            await checker.close()
+    width = max((len(template.label) for template in templates), default=0)
+    for template, result in zip(templates, results, strict=True):
+        print(_remote_line(template.label, width, result))
+    approved = all(result.status is CheckStatus.APPROVED for result in results)
+    return EXIT_OK if approved else EXIT_FAILED
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -163,6 +207,8 @@ def _check_config(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     print(f"config OK: {args.config or os.environ.get(CONFIG_ENV) or '(defaults)'}")
+    if args.remote:
+        return asyncio.run(_check_remote(config))
     for name, content in config.templates.domestic.items():
         print(f"template {name}: {content}")
     for name, content in config.templates.international.items():

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import phonenumbers
 
 from yunpian_sms_server.errors import ConfigError, ConfigProblem
+from yunpian_sms_server.template_check import DEFAULT_REMOTE_CACHE_S
 from yunpian_sms_server.templates import TemplateBook, local_problems
 from yunpian_sms_server.usage import REQUIRED_USAGE_TYPES, USAGE_TYPE_VALUES
 
@@ -38,7 +39,10 @@ MAX_TIMEOUT_S: Final = 60.0
 _API_KEY = re.compile(r"[0-9a-fA-F]{32}")
 _LIMIT = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*")
 _PERIOD_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_TEMPLATE_OPTIONS: Final = frozenset({"international"})
+# Longest allowed cache of YunPian's template list: a template's approval shows within this.
+MAX_REMOTE_CACHE_S: Final = 86400.0
+# Keys of [templates] that are options, not usage types.
+_TEMPLATE_OPTIONS: Final = frozenset({"international", "verify_on_start", "remote_cache_seconds"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,16 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateCheckConfig:
+    """How templates are checked at YunPian: `[templates]` options beside the templates."""
+
+    # serve reports SERVING only once YunPian has approved every configured template.
+    verify_on_start: bool = False
+    # How long YunPian's template list is cached (and how often serve re-checks while waiting).
+    remote_cache_seconds: float = DEFAULT_REMOTE_CACHE_S
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole, validated configuration."""
 
@@ -97,6 +111,7 @@ class Config:
     )
     limits: LimitsConfig = LimitsConfig()
     store: StoreConfig = StoreConfig()
+    template_checks: TemplateCheckConfig = TemplateCheckConfig()
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -289,8 +304,15 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str]) -> Config:
                 templates_table.problem(name, "is required")
         intl_templates = _read_templates(templates_table.table("international"), international=True)
         templates = TemplateBook(domestic, intl_templates)
+        template_checks = TemplateCheckConfig(
+            verify_on_start=templates_table.boolean("verify_on_start", False),
+            remote_cache_seconds=templates_table.number(
+                "remote_cache_seconds", DEFAULT_REMOTE_CACHE_S, 0.0, MAX_REMOTE_CACHE_S
+            ),
+        )
     else:
         templates = Config().templates
+        template_checks = TemplateCheckConfig()
 
     limits_table = root.table("limits")
     limits_table.only({"per_phone", "per_caller", "global"})
@@ -311,7 +333,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str]) -> Config:
     )
     if problems:
         raise ConfigError(problems)
-    return Config(server, yunpian, international, templates, limits, store)
+    return Config(server, yunpian, international, templates, limits, store, template_checks)
 
 
 def _check_store_url(value: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
 import grpc
@@ -19,14 +20,26 @@ from yunpian_sms_server.errors import (
 )
 from yunpian_sms_server.interceptors import bind_rpc_fields
 from yunpian_sms_server.phone import PhoneNumber, parse_phone
+from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker, TemplateStatus
 from yunpian_sms_server.templates import render
 from yunpian_sms_server.usage import usage_type_name
 from yunpian_sms_server.yunpian import YunpianClient
 
 MAX_REQUEST_ID_LENGTH: Final = 128
+# ValidateTemplate's content: far above YunPian's 500, low enough to keep the diff against every
+# account template cheap.
+MAX_TEMPLATE_CONTENT_LENGTH: Final = 2000
 _REQUEST_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+_TEMPLATE_STATUSES: Final[Mapping[TemplateStatus, pb.TemplateStatus]] = {
+    TemplateStatus.APPROVED: pb.TEMPLATE_STATUS_APPROVED,
+    TemplateStatus.PENDING: pb.TEMPLATE_STATUS_PENDING,
+    TemplateStatus.REJECTED: pb.TEMPLATE_STATUS_REJECTED,
+    TemplateStatus.NOT_FOUND: pb.TEMPLATE_STATUS_NOT_FOUND,
+    TemplateStatus.NOT_CHECKED: pb.TEMPLATE_STATUS_NOT_CHECKED,
+}
 
 
 def check_usage_type(value: int) -> str:
@@ -52,10 +65,17 @@ def check_request_id(request_id: str) -> None:
 class SmsServicer(pb_grpc.SmsServiceServicer):
     """Answers SmsService RPCs; errors are raised as ServiceError for the interceptor to map."""
 
-    def __init__(self, config: Config, yunpian: YunpianClient) -> None:
+    def __init__(self, config: Config, yunpian: YunpianClient, checker: TemplateChecker) -> None:
         self._config = config
         self._yunpian = yunpian
+        self._checker = checker
         self.shutting_down = False
+
+    def _refuse_while_shutting_down(self) -> None:
+        if self.shutting_down:
+            raise ServiceError(
+                Reason.SHUTTING_DOWN, "The server is shutting down; retry elsewhere."
+            )
 
     def _check_international(self, phone: PhoneNumber) -> None:
         policy = self._config.international
@@ -79,10 +99,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
             )
 
     async def SendCode(self, request: pb.SendCodeRequest, context: Context) -> pb.SendCodeResponse:
-        if self.shutting_down:
-            raise ServiceError(
-                Reason.SHUTTING_DOWN, "The server is shutting down; retry elsewhere."
-            )
+        self._refuse_while_shutting_down()
         phone = parse_phone(request.phone_number)
         bind_rpc_fields(phone=phone.masked, international=phone.international)
         check_code(request.code)
@@ -116,7 +133,52 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
     async def ValidateTemplate(
         self, request: pb.ValidateTemplateRequest, context: Context
     ) -> pb.ValidateTemplateResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "ValidateTemplate is not implemented yet."
+        self._refuse_while_shutting_down()
+        international = request.international
+        bind_rpc_fields(international=international)
+        which = request.WhichOneof("template")
+        if which == "usage_type":
+            usage_type = check_usage_type(request.usage_type)
+            bind_rpc_fields(usage_type=usage_type)
+            content = self._config.templates.lookup(usage_type, international=international)
+            if content is None:
+                raise ServiceError(
+                    Reason.TEMPLATE_NOT_CONFIGURED,
+                    f"No template is configured for usage type {usage_type} or Generic.",
+                )
+        elif which == "content":
+            content = request.content
+            if len(content) > MAX_TEMPLATE_CONTENT_LENGTH:
+                raise invalid_argument(
+                    Reason.INVALID_TEMPLATE,
+                    "content",
+                    f"The content must be at most {MAX_TEMPLATE_CONTENT_LENGTH} characters.",
+                )
+        else:
+            raise invalid_argument(
+                Reason.INVALID_TEMPLATE, "template", "Set either usage_type or content."
+            )
+        result = await self._checker.check(
+            content,
+            international=international,
+            skip_remote=request.skip_remote,
+            time_remaining=context.time_remaining(),
         )
-        raise AssertionError("unreachable")  # pragma: no cover
+        return template_response(result)
+
+
+def template_response(result: TemplateCheck) -> pb.ValidateTemplateResponse:
+    """The ValidateTemplateResponse of a check."""
+    return pb.ValidateTemplateResponse(
+        valid=result.valid,
+        problems=[
+            pb.TemplateProblem(reason=problem.reason.value, message=problem.message)
+            for problem in result.problems
+        ],
+        content=result.content,
+        yunpian_content=result.yunpian_content,
+        status=_TEMPLATE_STATUSES[result.status],
+        template_id=result.template_id,
+        status_reason=result.status_reason,
+        estimated_segments=result.estimated_segments,
+    )

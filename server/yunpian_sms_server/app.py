@@ -22,6 +22,7 @@ from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_server.config import Config, YunpianConfig
 from yunpian_sms_server.errors import ServiceError
+from yunpian_sms_server.guards import SendGuards
 from yunpian_sms_server.interceptors import RpcEventInterceptor
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
@@ -32,6 +33,7 @@ from yunpian_sms_server.sandbox import (
     start_sandbox,
 )
 from yunpian_sms_server.service import SmsServicer
+from yunpian_sms_server.stores import Store, StoreUnavailableError, open_store
 from yunpian_sms_server.template_check import TemplateChecker, TemplateStatus, configured_templates
 from yunpian_sms_server.templates import yunpian_form
 from yunpian_sms_server.yunpian import CONNECTION_LIMIT, YunpianClient
@@ -131,6 +133,7 @@ class SmsServer:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._servicer: SmsServicer | None = None
         self._checker: TemplateChecker | None = None
+        self._store: Store | None = None
         self._verifier: asyncio.Task[None] | None = None
 
     async def start(self, *, listen: str | None = None, sandbox: bool = False) -> None:
@@ -151,7 +154,13 @@ class SmsServer:
         self._checker = TemplateChecker(
             yunpian, cache_ttl_s=config.template_checks.remote_cache_seconds
         )
-        self._servicer = SmsServicer(config, yunpian, self._checker)
+        self._store = open_store(config.store.url)
+        try:
+            await self._store.ping()
+        except StoreUnavailableError as error:
+            _log.warning("store_unavailable", operation="start", error=str(error))
+        guards = SendGuards(self._store, config, secret=config.yunpian.api_key.encode())
+        self._servicer = SmsServicer(config, yunpian, self._checker, guards)
         server = grpc.aio.server(interceptors=[RpcEventInterceptor()])
         pb_grpc.add_SmsServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -218,6 +227,8 @@ class SmsServer:
             await self._checker.close()
         if self._session is not None:
             await self._session.close()
+        if self._store is not None:
+            await self._store.close()
         if self.sandbox is not None:
             await self.sandbox.close()
         _log.info("stopped")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
@@ -13,6 +14,8 @@ import structlog
 from yunpian_sms_server.errors import Reason, ServiceError, to_grpc_status
 
 SERVICE_PREFIX: Final = "/yunpian.sms.v1.SmsService/"
+# The caller of unauthenticated RPCs; rate limits and request_ids are scoped by caller.
+ANONYMOUS_CALLER: Final = "anonymous"
 # Every RPC event carries these keys, None where the RPC did not get that far.
 EVENT_KEYS: Final = (
     "request_id",
@@ -22,11 +25,18 @@ EVENT_KEYS: Final = (
     "phone",
     "yunpian_code",
     "message_id",
+    "replayed",
 )
+_caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default=ANONYMOUS_CALLER)
 
 _log = structlog.get_logger("yunpian_sms.rpc")
 
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def current_caller() -> str:
+    """The authenticated caller of the current RPC."""
+    return _caller.get()
 
 
 def bind_rpc_fields(**fields: object) -> None:
@@ -43,6 +53,7 @@ def _wrap(rpc: str, handler: Handler) -> Handler:
     async def logged(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(**dict.fromkeys(EVENT_KEYS))
+        bind_rpc_fields(caller=current_caller(), replayed=False)
         started = time.perf_counter()
         grpc_code, reason = "OK", None
         try:

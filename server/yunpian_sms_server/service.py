@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -18,7 +19,8 @@ from yunpian_sms_server.errors import (
     ServiceError,
     invalid_argument,
 )
-from yunpian_sms_server.interceptors import bind_rpc_fields
+from yunpian_sms_server.guards import SendGuards
+from yunpian_sms_server.interceptors import bind_rpc_fields, current_caller
 from yunpian_sms_server.phone import PhoneNumber, parse_phone
 from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker, TemplateStatus
 from yunpian_sms_server.templates import render
@@ -40,6 +42,15 @@ _TEMPLATE_STATUSES: Final[Mapping[TemplateStatus, pb.TemplateStatus]] = {
     TemplateStatus.NOT_FOUND: pb.TEMPLATE_STATUS_NOT_FOUND,
     TemplateStatus.NOT_CHECKED: pb.TEMPLATE_STATUS_NOT_CHECKED,
 }
+
+
+def _replayed(outcome: pb.SendCodeResponse | ServiceError) -> pb.SendCodeResponse:
+    """Answers from an idempotency record: nothing is sent."""
+    bind_rpc_fields(replayed=True)
+    if isinstance(outcome, ServiceError):
+        raise outcome
+    bind_rpc_fields(message_id=outcome.message_id)
+    return outcome
 
 
 def check_usage_type(value: int) -> str:
@@ -65,10 +76,19 @@ def check_request_id(request_id: str) -> None:
 class SmsServicer(pb_grpc.SmsServiceServicer):
     """Answers SmsService RPCs; errors are raised as ServiceError for the interceptor to map."""
 
-    def __init__(self, config: Config, yunpian: YunpianClient, checker: TemplateChecker) -> None:
+    def __init__(
+        self,
+        config: Config,
+        yunpian: YunpianClient,
+        checker: TemplateChecker,
+        guards: SendGuards,
+    ) -> None:
         self._config = config
         self._yunpian = yunpian
         self._checker = checker
+        self._guards = guards
+        self._limiter = guards.limiter
+        self._idempotency = guards.idempotency
         self.shutting_down = False
 
     def _refuse_while_shutting_down(self) -> None:
@@ -114,13 +134,44 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
                 Reason.TEMPLATE_NOT_CONFIGURED,
                 f"No template is configured for usage type {usage_type} or Generic.",
             )
-        result = await self._yunpian.single_send(
-            phone.yunpian_mobile,
-            render(template, request.code),
-            subject=phone.masked,
-            time_remaining=context.time_remaining(),
-        )
-        bind_rpc_fields(message_id=result.sid, yunpian_code=0)
+        caller = current_caller()
+        time_remaining = context.time_remaining()
+        key = None
+        if request.request_id:
+            key = self._idempotency.key(
+                caller, request.request_id, (phone.e164, usage_type, request.code)
+            )
+            claimed = await self._guards.begin(key, self._yunpian.budget_s(time_remaining))
+            if claimed is None:
+                key = None  # the store failed and on_error allows sending without a record
+            elif claimed.replay is not None:
+                return _replayed(claimed.replay)
+        outcome = await self._send(phone, caller, render(template, request.code), time_remaining)
+        if key is not None:
+            await self._guards.finish(key, outcome)
+        if isinstance(outcome, ServiceError):
+            raise outcome
+        bind_rpc_fields(message_id=outcome.message_id, yunpian_code=0)
+        return outcome
+
+    async def _send(
+        self, phone: PhoneNumber, caller: str, text: str, time_remaining: float | None
+    ) -> pb.SendCodeResponse | ServiceError:
+        """Counts the send against the rate limits and makes the one YunPian call.
+
+        Returns (not raises) a failure, so the caller can store or release the request_id.
+        """
+        windows = self._limiter.windows(phone, caller)
+        token = uuid.uuid4().hex
+        try:
+            await self._guards.acquire(windows, token, phone.masked)
+            result = await self._yunpian.single_send(
+                phone.yunpian_mobile, text, subject=phone.masked, time_remaining=time_remaining
+            )
+        except ServiceError as error:
+            if not error.delivery_unknown and error.reason is not Reason.RATE_LIMITED:
+                await self._guards.release(windows, token)  # nothing was sent: give the slot back
+            return error
         return pb.SendCodeResponse(
             message_id=result.sid,
             mobile=result.mobile,

@@ -128,7 +128,8 @@ class YunpianClient:
         config.on_request_headers_sent.append(headers_sent)
         return config
 
-    def _budget(self, time_remaining: float | None) -> float:
+    def budget_s(self, time_remaining: float | None) -> float:
+        """How long one call may take: the configured timeout, or less to meet the deadline."""
         if time_remaining is None:
             return self._timeout_s
         return min(self._timeout_s, time_remaining - DEADLINE_MARGIN_S)
@@ -137,7 +138,7 @@ class YunpianClient:
         self, path: str, form: dict[str, str], *, subject: str, time_remaining: float | None
     ) -> Any:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._budget(time_remaining)
+        deadline = loop.time() + self.budget_s(time_remaining)
         url = self._base_url + path
         form = {"apikey": self._api_key, **form}
         for attempt in range(1, CONNECT_ATTEMPTS + 1):

@@ -1,0 +1,55 @@
+"""Rate limits per phone number, per caller and global (design.md §7), counted before a send."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from yunpian_sms_server.config import LimitsConfig
+from yunpian_sms_server.errors import QuotaViolation, Reason, ServiceError
+from yunpian_sms_server.phone import PhoneNumber
+from yunpian_sms_server.stores import Refusal, Store, Window
+
+GLOBAL_SUBJECT: Final = "all"
+
+
+class RateLimiter:
+    """Builds the windows a send counts in, and refuses a send that would overflow one."""
+
+    def __init__(self, store: Store, limits: LimitsConfig) -> None:
+        self._store = store
+        self._limits = limits
+
+    def windows(self, phone: PhoneNumber, caller: str) -> list[Window]:
+        """Every window a send to `phone` by `caller` counts in; numbers count in E.164."""
+        return [
+            *(Window("phone", phone.e164, limit) for limit in self._limits.per_phone),
+            *(Window("caller", caller, limit) for limit in self._limits.per_caller),
+            *(Window("global", GLOBAL_SUBJECT, limit) for limit in self._limits.global_),
+        ]
+
+    async def acquire(self, windows: Sequence[Window], token: str, masked_phone: str) -> None:
+        """Counts the send; raises RATE_LIMITED (RetryInfo, QuotaFailure) when a window is full."""
+        if not windows:
+            return
+        refusal = await self._store.acquire(windows, token)
+        if refusal is not None:
+            raise _rate_limited(refusal, masked_phone)
+
+    async def release(self, windows: Sequence[Window], token: str) -> None:
+        """Gives the send's slots back: nothing was sent."""
+        if windows:
+            await self._store.release(windows, token)
+
+
+def _rate_limited(refusal: Refusal, masked_phone: str) -> ServiceError:
+    window = refusal.window
+    subject = masked_phone if window.scope == "phone" else window.subject
+    description = f"At most {window.limit.text} sends per {window.scope} ({subject})."
+    return ServiceError(
+        Reason.RATE_LIMITED,
+        f"Too many codes sent: the {window.scope} limit {window.limit.text} is reached.",
+        metadata={"scope": window.scope, "limit": window.limit.text},
+        quota=QuotaViolation(f"{window.scope}:{subject}", description),
+        retry_after_s=refusal.retry_after_s,
+    )

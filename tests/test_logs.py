@@ -6,10 +6,14 @@ import io
 import json
 from collections.abc import Iterator
 
+import grpc
 import pytest
 import structlog
 
+from yunpian.sms.v1 import sms_service_pb2 as pb
+from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_client import AsyncSmsClient, SmsError
+from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.logs import configure_logging
 from yunpian_sms_server.sandbox import SANDBOX_API_KEY, Fault, RunningSandbox
 
@@ -26,6 +30,8 @@ EVENT_KEYS = {
     "phone",
     "yunpian_code",
     "message_id",
+    "idempotency_key",
+    "replayed",
 }
 CODE = "SeCr3t99"
 
@@ -46,7 +52,13 @@ def rpc_events(stream: io.StringIO) -> list[dict[str, object]]:
 async def test_each_rpc_logs_one_json_event_with_the_stable_keys(
     log_output: io.StringIO, client: AsyncSmsClient
 ) -> None:
-    sent = await client.send_code("+86 138-0013-8000", CODE, usage_type="SignIn", request_id="r-1")
+    sent = await client.send_code(
+        "+86 138-0013-8000",
+        CODE,
+        usage_type="SignIn",
+        request_id="r-1",
+        metadata=[("x-request-id", "req-42")],
+    )
     [event] = rpc_events(log_output)
     assert set(event) >= EVENT_KEYS
     assert event["rpc"] == "SendCode"
@@ -55,7 +67,10 @@ async def test_each_rpc_logs_one_json_event_with_the_stable_keys(
     assert event["phone"] == "138****8000"
     assert event["usage_type"] == "SignIn"
     assert event["international"] is False
-    assert event["request_id"] == "r-1"
+    assert event["request_id"] == "req-42"
+    assert event["idempotency_key"] == "r-1"
+    assert event["caller"] == "anonymous"
+    assert event["replayed"] is False
     assert event["message_id"] == sent.message_id
     assert event["yunpian_code"] == 0
     assert isinstance(event["duration_ms"], float)
@@ -102,3 +117,22 @@ def test_the_secret_filter_drops_secret_keys_bound_by_mistake(log_output: io.Str
     [event] = [json.loads(line) for line in log_output.getvalue().splitlines()]
     assert event == {**event, "kept": 1}
     assert not {"code", "api_key", "text"} & set(event)
+
+
+async def test_every_rpc_gets_a_request_id_returned_in_the_trailers(
+    log_output: io.StringIO, server: SmsServer
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.SmsServiceStub(channel)
+        call = stub.SendCode(pb.SendCodeRequest(phone_number="13800138000", code=CODE))
+        await call
+        made = dict(await call.trailing_metadata())["x-request-id"]
+        call = stub.SendCode(
+            pb.SendCodeRequest(phone_number="bad", code=CODE), metadata=[("x-request-id", "mine-1")]
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        kept = dict(caught.value.trailing_metadata() or ())["x-request-id"]
+    assert len(made) == 32
+    assert kept == "mine-1"
+    assert [event["request_id"] for event in rpc_events(log_output)] == [made, "mine-1"]

@@ -10,20 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from typing import Final
 
 import aiohttp
 import grpc
 import structlog
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
-from yunpian_sms_server.config import Config, YunpianConfig
-from yunpian_sms_server.errors import ServiceError
+from yunpian_sms_server.auth import Authenticator
+from yunpian_sms_server.config import Config, TlsConfig, YunpianConfig, exposure_problem
+from yunpian_sms_server.errors import ConfigError, ServiceError
 from yunpian_sms_server.guards import SendGuards
-from yunpian_sms_server.interceptors import RpcEventInterceptor
+from yunpian_sms_server.interceptors import RpcInterceptor
+from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
     SANDBOX_API_KEY,
@@ -74,14 +78,31 @@ def open_yunpian_session(config: YunpianConfig) -> aiohttp.ClientSession:
     )
 
 
-def yunpian_client(session: aiohttp.ClientSession, config: YunpianConfig) -> YunpianClient:
+def yunpian_client(
+    session: aiohttp.ClientSession,
+    config: YunpianConfig,
+    on_latency: Callable[[str, float], None] | None = None,
+) -> YunpianClient:
     """A YunPian client on the session, for the configured account and base URL."""
     return YunpianClient(
         session,
         base_url=config.base_url,
         api_key=config.api_key,
         timeout_s=config.timeout_seconds,
+        on_latency=on_latency,
     )
+
+
+def _add_port(server: grpc.aio.Server, address: str, tls: TlsConfig | None) -> int:
+    """Binds the gRPC port, with TLS (and client certificates) when configured."""
+    if tls is None:
+        return server.add_insecure_port(address)
+    credentials = grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+        require_client_auth=tls.client_ca is not None,
+    )
+    return server.add_secure_port(address, credentials)
 
 
 async def verify_templates(config: Config, checker: TemplateChecker) -> bool:
@@ -135,6 +156,9 @@ class SmsServer:
         self._checker: TemplateChecker | None = None
         self._store: Store | None = None
         self._verifier: asyncio.Task[None] | None = None
+        self.metrics = Metrics()
+        self.metrics_port = 0
+        self._metrics_runner: web.AppRunner | None = None
 
     async def start(self, *, listen: str | None = None, sandbox: bool = False) -> None:
         """Starts the sandbox (if asked), the HTTP session and the gRPC server; then SERVING."""
@@ -150,7 +174,9 @@ class SmsServer:
                 ),
             )
         self._session = open_yunpian_session(config.yunpian)
-        yunpian = yunpian_client(self._session, config.yunpian)
+        yunpian = yunpian_client(
+            self._session, config.yunpian, on_latency=self._observe_upstream_latency
+        )
         self._checker = TemplateChecker(
             yunpian, cache_ttl_s=config.template_checks.remote_cache_seconds
         )
@@ -159,17 +185,36 @@ class SmsServer:
             await self._store.ping()
         except StoreUnavailableError as error:
             _log.warning("store_unavailable", operation="start", error=str(error))
-        guards = SendGuards(self._store, config, secret=config.yunpian.api_key.encode())
+        guards = SendGuards(
+            self._store,
+            config,
+            secret=config.yunpian.api_key.encode(),
+            on_allowed_failure=self.metrics.store_failures_allowed.inc,
+        )
         self._servicer = SmsServicer(config, yunpian, self._checker, guards)
-        server = grpc.aio.server(interceptors=[RpcEventInterceptor()])
+        authenticator = Authenticator(config.auth, required=config.authenticates)
+        server = grpc.aio.server(interceptors=[RpcInterceptor(authenticator, self.metrics)])
         pb_grpc.add_SmsServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = listen or config.server.listen
-        self.port = server.add_insecure_port(address)
+        exposed = exposure_problem(address, config)
+        if exposed is not None:
+            raise ConfigError([exposed])
+        if not config.authenticates:
+            _log.warning(
+                "unauthenticated",
+                listen=address,
+                message="no [auth]: every caller is anonymous and may send any usage type",
+            )
+        self.port = _add_port(server, address, config.server.tls)
         self._server = server
+        if config.server.metrics_listen:
+            self._metrics_runner, self.metrics_port = await start_metrics_endpoint(
+                self.metrics, config.server.metrics_listen
+            )
         await self._set_health(serving=False)
         await server.start()
         serving = True
@@ -188,6 +233,9 @@ class SmsServer:
             yunpian=config.yunpian.base_url,
             health="SERVING" if serving else "NOT_SERVING",
         )
+
+    def _observe_upstream_latency(self, path: str, seconds: float) -> None:
+        self.metrics.upstream_latency.labels(path).observe(seconds)
 
     async def _set_health(self, *, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING
@@ -229,6 +277,8 @@ class SmsServer:
             await self._session.close()
         if self._store is not None:
             await self._store.close()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         if self.sandbox is not None:
             await self.sandbox.close()
         _log.info("stopped")

@@ -11,11 +11,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+import grpc
 import structlog
 
 from yunpian_sms_client import SmsClient, SmsError, TemplateStatus
 from yunpian_sms_server.app import SmsServer, open_yunpian_session, sandbox_for, yunpian_client
-from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV, Config, load_config, parse_listen
+from yunpian_sms_server.auth import hash_token
+from yunpian_sms_server.config import (
+    API_KEY_ENV,
+    CONFIG_ENV,
+    Config,
+    exposure_problem,
+    load_config,
+    parse_listen,
+)
 from yunpian_sms_server.errors import ConfigError, ServiceError
 from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
 from yunpian_sms_server.sandbox import start_sandbox
@@ -30,6 +39,8 @@ from yunpian_sms_server.template_check import (
 from yunpian_sms_server.usage import USAGE_TYPE_VALUES
 
 TARGET_ENV: Final = "YUNPIAN_SMS_TARGET"
+# The bearer token of send and validate-template: an environment variable, never an argument.
+TOKEN_ENV: Final = "YUNPIAN_SMS_TOKEN"  # noqa: S105 - the variable's name, not a token
 DEFAULT_TARGET: Final = "127.0.0.1:50051"
 DEFAULT_SANDBOX_LISTEN: Final = "127.0.0.1:8080"
 EXIT_OK: Final = 0
@@ -37,9 +48,18 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2  # a bad command line or config file
 
 
+def _add_client_options(command: argparse.ArgumentParser, target_help: str) -> None:
+    command.add_argument("--target", help=target_help)
+    command.add_argument("--tls-ca", type=Path, help="CA certificate of a TLS server (PEM)")
+    command.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS (PEM)")
+    command.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="yunpian-sms", description="Send SMS verification codes through YunPian over gRPC."
+        prog="yunpian-sms",
+        description="Send SMS verification codes through YunPian over gRPC.",
+        epilog=f"send and validate-template send ${TOKEN_ENV}, when set, as a bearer token.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     config_help = "config file (TOML); default: $YUNPIAN_SMS_CONFIG, else built-in defaults"
@@ -57,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("code", help="the code, 4-10 letters or digits")
     send.add_argument("--usage-type", default="Generic", choices=usage_names)
     send.add_argument("--request-id", help="idempotency key")
-    send.add_argument("--target", help=target_help)
+    _add_client_options(send, target_help)
 
     validate = commands.add_parser("validate-template", help="check a template")
     which = validate.add_mutually_exclusive_group(required=True)
@@ -65,11 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--content", help="template content with {{code}}")
     validate.add_argument("--international", action="store_true")
     validate.add_argument("--skip-remote", action="store_true", help="local checks only")
-    validate.add_argument("--target", help=target_help)
+    _add_client_options(validate, target_help)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, help=config_help)
     check.add_argument("--remote", action="store_true", help="also check templates at YunPian")
+
+    commands.add_parser(
+        "hash-token",
+        help="print the SHA-256 of a caller's token (read from stdin) for [auth.callers]",
+    )
 
     sandbox = commands.add_parser("sandbox", help="run the YunPian sandbox alone")
     sandbox.add_argument("--listen", default=DEFAULT_SANDBOX_LISTEN, help="HOST:PORT")
@@ -126,13 +151,27 @@ def _target(value: str | None) -> str:
     return value or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
 
 
+def _client(args: argparse.Namespace) -> SmsClient:
+    """An SDK client for the command's --target, TLS files and $YUNPIAN_SMS_TOKEN."""
+    credentials = None
+    if args.tls_ca or args.tls_cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
+            private_key=args.tls_key.read_bytes() if args.tls_key else None,
+            certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+        )
+    token = os.environ.get(TOKEN_ENV)
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    return SmsClient(_target(args.target), credentials=credentials, metadata=metadata)
+
+
 def _report_error(error: SmsError) -> int:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_FAILED
 
 
 def _send(args: argparse.Namespace) -> int:
-    with SmsClient(_target(args.target)) as client:
+    with _client(args) as client:
         try:
             sent = client.send_code(
                 args.phone, args.code, usage_type=args.usage_type, request_id=args.request_id
@@ -147,7 +186,7 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    with SmsClient(_target(args.target)) as client:
+    with _client(args) as client:
         try:
             report = client.validate_template(
                 usage_type=args.usage_type,
@@ -225,6 +264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _validate(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "hash-token":
+        token = sys.stdin.readline().strip()
+        if not token:
+            print("error: give the token on standard input", file=sys.stderr)
+            return EXIT_USAGE
+        print(hash_token(token))
+        return EXIT_OK
     serving_yunpian = args.command == "serve" and not args.sandbox
     config = _load(args.config, needs_api_key=serving_yunpian)
     if config is None:
@@ -235,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parse_listen(args.listen)
             except ValueError as error:
                 print(f"argument error: --listen: {error}", file=sys.stderr)
+                return EXIT_USAGE
+            exposed = exposure_problem(args.listen, config)
+            if exposed is not None:
+                print(f"config error: {exposed}", file=sys.stderr)
                 return EXIT_USAGE
         configure_logging(args.log_format)
         asyncio.run(_serve(config, args.listen, args.sandbox))

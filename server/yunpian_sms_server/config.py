@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -42,6 +43,8 @@ _PERIOD_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Longest allowed cache of YunPian's template list: a template's approval shows within this.
 MAX_REMOTE_CACHE_S: Final = 86400.0
 # Keys of [templates] that are options, not usage types.
+_CALLER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _TEMPLATE_OPTIONS: Final = frozenset({"international", "verify_on_start", "remote_cache_seconds"})
 
 
@@ -55,10 +58,39 @@ class Limit:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The gRPC port's certificate; with `client_ca`, callers must present a certificate too."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
     grace_period_seconds: float = DEFAULT_GRACE_PERIOD_S
     metrics_listen: str = ""
+    # Without [auth], serving beyond loopback must be asked for explicitly.
+    allow_unauthenticated: bool = False
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallerConfig:
+    """One caller: its token's SHA-256 (None: it authenticates by client certificate only)
+    and the usage types it may send (empty: all)."""
+
+    name: str
+    token_sha256: str | None = field(default=None, repr=False)
+    usage_types: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """The `[auth]` section: who may call."""
+
+    callers: tuple[CallerConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +144,13 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     store: StoreConfig = StoreConfig()
     template_checks: TemplateCheckConfig = TemplateCheckConfig()
+    auth: AuthConfig | None = None
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether callers must prove who they are (tokens or client certificates)."""
+        tls = self.server.tls
+        return self.auth is not None or (tls is not None and tls.client_ca is not None)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -247,21 +286,115 @@ def _read_templates(reader: _Reader, *, international: bool) -> dict[str, str]:
     return templates
 
 
-def parse_config(data: Mapping[str, Any], env: Mapping[str, str]) -> Config:
-    """Validates the parsed TOML data; raises ConfigError listing every problem."""
+def is_loopback(listen: str) -> bool:
+    """Whether a HOST:PORT listens on loopback only."""
+    host, _ = parse_listen(listen)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(listen: str, config: Config) -> ConfigProblem | None:
+    """A non-loopback listen address without authentication, unless explicitly allowed."""
+    if config.authenticates or config.server.allow_unauthenticated or is_loopback(listen):
+        return None
+    return ConfigProblem(
+        "server.listen",
+        f"{listen} is reachable beyond this machine but there is no [auth] section; "
+        "configure [auth] (or server.tls.client_ca), or set server.allow_unauthenticated = true",
+    )
+
+
+def _read_tls(reader: _Reader, base_dir: Path) -> TlsConfig | None:
+    if "tls" not in reader.data:
+        return None
+    tls = reader.table("tls")
+    tls.only({"cert", "key", "client_ca"})
+    paths: dict[str, Path | None] = {}
+    for name in ("cert", "key", "client_ca"):
+        text = tls.string(name, "")
+        if not text:
+            if name != "client_ca":
+                tls.problem(name, "is required with [server.tls]")
+            paths[name] = None
+            continue
+        path = base_dir / Path(text).expanduser()
+        if not path.is_file():
+            tls.problem(name, f"{path} is not a readable file")
+        paths[name] = path
+    cert, key = paths["cert"], paths["key"]
+    if cert is None or key is None:
+        return None
+    return TlsConfig(cert=cert, key=key, client_ca=paths["client_ca"])
+
+
+def _read_auth(reader: _Reader, has_client_ca: bool) -> AuthConfig | None:
+    if "auth" not in reader.data:
+        return None
+    auth = reader.table("auth")
+    auth.only({"callers"})
+    callers_table = auth.table("callers")
+    callers: list[CallerConfig] = []
+    hashes: set[str] = set()
+    for name in callers_table.data:
+        caller = callers_table.table(name)
+        caller.only({"token_sha256", "usage_types"})
+        if not _CALLER_NAME.fullmatch(name):
+            callers_table.problem(name, "must be 1-64 letters, digits, '.', '_' or '-'")
+        token_hash = caller.string("token_sha256", "").lower() or None
+        if token_hash is not None and not _SHA256_HEX.fullmatch(token_hash):
+            caller.problem(
+                "token_sha256", "must be 64 hexadecimal characters (SHA-256 of the token)"
+            )
+        elif token_hash is not None and token_hash in hashes:
+            caller.problem("token_sha256", "is the same as another caller's")
+        elif token_hash is None and not has_client_ca:
+            caller.problem(
+                "token_sha256",
+                "is missing and server.tls.client_ca is not set: the caller could never "
+                "authenticate",
+            )
+        if token_hash is not None:
+            hashes.add(token_hash)
+        usage_types = caller.strings("usage_types", ())
+        for usage_type in usage_types:
+            if usage_type not in USAGE_TYPE_VALUES:
+                caller.problem("usage_types", f"{usage_type!r} is not a usage type")
+        callers.append(CallerConfig(name, token_hash, frozenset(usage_types)))
+    if not callers:
+        auth.problem("callers", "must name at least one caller")
+    return AuthConfig(tuple(callers))
+
+
+def parse_config(
+    data: Mapping[str, Any], env: Mapping[str, str], base_dir: Path | None = None
+) -> Config:
+    """Validates the parsed TOML data; raises ConfigError listing every problem.
+
+    Relative file paths (TLS certificates) are read from `base_dir`, the config file's folder.
+    """
     problems: list[ConfigProblem] = []
     root = _Reader(data, "", problems)
-    root.only({"server", "yunpian", "international", "templates", "limits", "store"})
+    root.only({"server", "yunpian", "international", "templates", "limits", "store", "auth"})
 
     server_table = root.table("server")
-    server_table.only({"listen", "grace_period_seconds", "metrics_listen"})
+    server_table.only(
+        {"listen", "grace_period_seconds", "metrics_listen", "allow_unauthenticated", "tls"}
+    )
+    tls = _read_tls(server_table, base_dir or Path.cwd())
     server = ServerConfig(
         listen=server_table.string("listen", DEFAULT_LISTEN, _check_listen),
         grace_period_seconds=server_table.number(
             "grace_period_seconds", DEFAULT_GRACE_PERIOD_S, 0.0, 3600.0
         ),
         metrics_listen=server_table.string("metrics_listen", "", _check_optional_listen),
+        allow_unauthenticated=server_table.boolean("allow_unauthenticated", False),
+        tls=tls,
     )
+    auth = _read_auth(root, has_client_ca=tls is not None and tls.client_ca is not None)
 
     yunpian_table = root.table("yunpian")
     yunpian_table.only({"api_key", "base_url", "timeout_seconds"})
@@ -331,9 +464,12 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str]) -> Config:
             "idempotency_ttl_seconds", DEFAULT_IDEMPOTENCY_TTL_S, 0.0, 30 * 86400.0
         ),
     )
+    config = Config(server, yunpian, international, templates, limits, store, template_checks, auth)
+    if not problems and (exposed := exposure_problem(server.listen, config)) is not None:
+        problems.append(exposed)
     if problems:
         raise ConfigError(problems)
-    return Config(server, yunpian, international, templates, limits, store, template_checks)
+    return config
 
 
 def _check_store_url(value: str) -> None:
@@ -362,4 +498,4 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
         raise ConfigError([ConfigProblem(str(path), "is not UTF-8 text")]) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([ConfigProblem(str(path), f"is not valid TOML: {error}")]) from None
-    return parse_config(data, env)
+    return parse_config(data, env, base_dir=path.parent)

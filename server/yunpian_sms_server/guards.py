@@ -4,7 +4,7 @@ when their store fails (`store.on_error`: "deny" refuses with UNAVAILABLE, "allo
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -33,13 +33,19 @@ class Claimed:
 class SendGuards:
     """Applies idempotency and rate limits through one store, under its on_error policy."""
 
-    def __init__(self, store: Store, config: Config, secret: bytes) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        secret: bytes,
+        on_allowed_failure: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.limiter = RateLimiter(store, config.limits)
         self.idempotency = Idempotency(store, secret, config.store.idempotency_ttl_seconds)
         self._allow_on_error = config.store.on_error == ON_ERROR_ALLOW
-        # Store failures that "allow" let pass: each one may be a send nothing limited.
-        self.sends_without_store = 0
+        # Called for each store failure that "allow" lets pass (a metric counts them).
+        self._on_allowed_failure = on_allowed_failure
 
     async def _guarded(self, operation: Awaitable[_T], what: str) -> tuple[bool, _T | None]:
         """Runs a store operation: (True, result), or (False, None) when "allow" excuses it."""
@@ -51,7 +57,8 @@ class SendGuards:
                     Reason.STORE_UNAVAILABLE,
                     "The rate-limit store is unavailable; nothing was sent.",
                 ) from None
-            self.sends_without_store += 1
+            if self._on_allowed_failure is not None:
+                self._on_allowed_failure()
             _log.warning("store_unavailable", operation=what, error=str(error), on_error="allow")
             return False, None
 

@@ -11,6 +11,7 @@ import grpc
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
+from yunpian_sms_server.auth import current_caller, require_usage_type
 from yunpian_sms_server.codes import check_code
 from yunpian_sms_server.config import Config
 from yunpian_sms_server.errors import (
@@ -20,7 +21,7 @@ from yunpian_sms_server.errors import (
     invalid_argument,
 )
 from yunpian_sms_server.guards import SendGuards
-from yunpian_sms_server.interceptors import bind_rpc_fields, current_caller
+from yunpian_sms_server.interceptors import bind_rpc_fields
 from yunpian_sms_server.phone import PhoneNumber, parse_phone
 from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker, TemplateStatus
 from yunpian_sms_server.templates import render
@@ -126,7 +127,8 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
         usage_type = check_usage_type(request.usage_type)
         bind_rpc_fields(usage_type=usage_type)
         check_request_id(request.request_id)
-        bind_rpc_fields(request_id=request.request_id or None)
+        bind_rpc_fields(idempotency_key=request.request_id or None)
+        require_usage_type(usage_type)
         self._check_international(phone)
         template = self._config.templates.lookup(usage_type, international=phone.international)
         if template is None:
@@ -134,7 +136,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
                 Reason.TEMPLATE_NOT_CONFIGURED,
                 f"No template is configured for usage type {usage_type} or Generic.",
             )
-        caller = current_caller()
+        caller = current_caller().name
         time_remaining = context.time_remaining()
         key = None
         if request.request_id:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Final
@@ -106,8 +106,10 @@ class YunpianClient:
         base_url: str,
         api_key: str,
         timeout_s: float,
+        on_latency: Callable[[str, float], None] | None = None,
     ) -> None:
         self._session = session
+        self._on_latency = on_latency
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout_s = timeout_s
@@ -149,6 +151,7 @@ class YunpianClient:
                     "The call's deadline left no time to reach YunPian; nothing was sent.",
                 )
             progress: dict[str, bool] = {"sent": False}
+            started = loop.time()
             try:
                 async with self._session.post(
                     url,
@@ -158,6 +161,8 @@ class YunpianClient:
                     trace_request_ctx=progress,
                 ) as response:
                     body = await response.read()
+                    if self._on_latency is not None:
+                        self._on_latency(path, loop.time() - started)
                     return _parse_answer(response.status, body, subject)
             except (TimeoutError, aiohttp.ClientError, OSError) as error:
                 if progress["sent"]:

@@ -1,0 +1,114 @@
+"""Prometheus metrics of one server, and the HTTP endpoint that serves them."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from yunpian_sms_server.config import parse_listen
+
+NAMESPACE: Final = "yunpian_sms"
+METRICS_PATH: Final = "/metrics"
+# YunPian answers in tens to hundreds of milliseconds; the buckets resolve that range.
+UPSTREAM_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class Metrics:
+    """Every metric of the service, in a registry of its own: servers can share a process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rpcs = Counter(
+            "rpcs",
+            "RPCs answered, by method and gRPC code.",
+            ["method", "grpc_code"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "rpcs_in_flight", "RPCs being handled now.", ["method"], namespace=NAMESPACE, registry=r
+        )
+        self.sends = Counter(
+            "sends",
+            "SendCode outcomes, by usage type, international and outcome (OK or reason).",
+            ["usage_type", "international", "outcome"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.yunpian_errors = Counter(
+            "yunpian_errors",
+            "YunPian error answers, by YunPian code.",
+            ["yunpian_code"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "upstream_latency_seconds",
+            "Time of each call to YunPian, by API path.",
+            ["path"],
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=UPSTREAM_BUCKETS_S,
+        )
+        self.rate_limited = Counter(
+            "rate_limited",
+            "Sends refused by a rate limit, by scope (phone, caller, global, yunpian).",
+            ["scope"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.replays = Counter(
+            "idempotent_replays",
+            "SendCode answers replayed from an idempotency record.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.fee = Counter(
+            "fee",
+            "Fees YunPian charged for sent messages, by currency.",
+            ["unit"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.segments = Counter(
+            "segments", "SMS segments sent (YunPian's count).", namespace=NAMESPACE, registry=r
+        )
+        self.store_failures_allowed = Counter(
+            "store_failures_allowed",
+            "Store failures that store.on_error = allow let through.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The exposition text of every metric."""
+        return generate_latest(self.registry)
+
+
+async def start_metrics_endpoint(metrics: Metrics, listen: str) -> tuple[web.AppRunner, int]:
+    """Serves GET /metrics on HOST:PORT; returns the runner (to clean up) and the bound port."""
+
+    async def scrape(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get(METRICS_PATH, scrape)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = parse_listen(listen)
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, int(runner.addresses[0][1])

@@ -1,0 +1,93 @@
+"""Prometheus metrics, scraped over HTTP after real traffic (design.md §10)."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import StartServer, make_config
+
+from yunpian_sms_client import AsyncSmsClient, SmsError
+from yunpian_sms_server.app import SmsServer
+from yunpian_sms_server.sandbox import Fault, RunningSandbox
+
+
+async def scrape(server: SmsServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+async def metered(start_server: StartServer, sandbox: RunningSandbox) -> SmsServer:
+    sandbox.sandbox.enforce_limits = False
+    config = make_config(server={"metrics_listen": "127.0.0.1:0"}, limits={"per_phone": ["2/1h"]})
+    return await start_server(config)
+
+
+async def test_metrics_count_rpcs_sends_errors_limits_replays_fees_and_latency(
+    metered: SmsServer, sandbox: RunningSandbox
+) -> None:
+    async with AsyncSmsClient(f"127.0.0.1:{metered.port}", retry=None) as client:
+        await client.send_code("13800138000", "123456", usage_type="SignIn", request_id="a")
+        await client.send_code("13800138000", "123456", usage_type="SignIn", request_id="a")
+        await client.send_code("+14155552671", "123456")
+        sandbox.sandbox.inject(Fault(kind="error", code=22))
+        with pytest.raises(SmsError):
+            await client.send_code("13900139000", "123456")
+        with pytest.raises(SmsError):
+            await client.send_code("not a phone", "123456")
+        await client.send_code("13800138000", "654321", usage_type="SignIn")
+        with pytest.raises(SmsError):  # the third send to this number within the hour
+            await client.send_code("13800138000", "111111", usage_type="SignIn")
+        await client.validate_template(content="验证码{{code}}", skip_remote=True)
+    samples = await scrape(metered)
+    rpcs = "yunpian_sms_rpcs_total"
+    assert value(samples, rpcs, method="SendCode", grpc_code="OK") == 4
+    assert value(samples, rpcs, method="SendCode", grpc_code="RESOURCE_EXHAUSTED") == 2
+    assert value(samples, rpcs, method="SendCode", grpc_code="INVALID_ARGUMENT") == 1
+    assert value(samples, rpcs, method="ValidateTemplate", grpc_code="OK") == 1
+    sends = "yunpian_sms_sends_total"
+    assert value(samples, sends, usage_type="SignIn", international="false", outcome="OK") == 3
+    assert value(samples, sends, usage_type="Generic", international="true", outcome="OK") == 1
+    assert (
+        value(
+            samples,
+            sends,
+            usage_type="Generic",
+            international="false",
+            outcome="PROVIDER_RATE_LIMITED",
+        )
+        == 1
+    )
+    assert (
+        value(samples, sends, usage_type="", international="", outcome="INVALID_PHONE_NUMBER") == 1
+    )
+    assert value(samples, "yunpian_sms_yunpian_errors_total", yunpian_code="22") == 1
+    assert value(samples, "yunpian_sms_rate_limited_total", scope="phone") == 1
+    assert value(samples, "yunpian_sms_rate_limited_total", scope="yunpian") == 1
+    assert value(samples, "yunpian_sms_idempotent_replays_total") == 1
+    sent = len(sandbox.sandbox.messages)
+    assert sent == 3
+    assert value(samples, "yunpian_sms_segments_total") == sent
+    assert value(samples, "yunpian_sms_fee_total", unit="RMB") == pytest.approx(0.05 * sent)
+    latency = "yunpian_sms_upstream_latency_seconds_count"
+    assert value(samples, latency, path="/v2/sms/single_send.json") == 4  # 3 sent, 1 refused
+    assert value(samples, "yunpian_sms_rpcs_in_flight", method="SendCode") == 0
+
+
+async def test_no_metrics_endpoint_unless_configured(server: SmsServer) -> None:
+    assert server.metrics_port == 0

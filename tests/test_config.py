@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,27 @@ def test_check_config_reports_an_unreadable_file(tmp_path: Path) -> None:
     result = run_cli("check-config", "--config", str(tmp_path / "missing.toml"))
     assert result.returncode == 2
     assert "cannot be read" in result.stderr
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+
+
+def test_the_example_config_is_valid() -> None:
+    config = load_config(EXAMPLE, env={"YUNPIAN_API_KEY": API_KEY})
+    assert config.server.listen == "127.0.0.1:50051"
+
+
+def test_the_example_config_documents_every_key() -> None:
+    from yunpian_sms_server.config import KNOWN_KEYS
+
+    text = EXAMPLE.read_text()
+    written = set(re.findall(r"^#? ?([a-z_0-9]+) = ", text, re.MULTILINE))
+    headers = re.findall(r"^#? ?\[([a-z_.]+)\]$", text, re.MULTILINE)
+    table_parts = {part for header in headers for part in header.split(".")}
+    missing = [
+        f"{table}.{key}".lstrip(".")
+        for table, keys in KNOWN_KEYS.items()
+        for key in keys
+        if key not in written and key not in table_parts
+    ]
+    assert missing == [], f"config.example.toml does not document {missing}"

@@ -43,6 +43,9 @@ from yunpian_sms_server.templates import yunpian_form
 from yunpian_sms_server.yunpian import CONNECTION_LIMIT, YunpianClient
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["SmsService"].full_name
+# The health "service" of liveness probes: SERVING while the process runs, even while the
+# server is not ready (templates awaiting approval), so a liveness probe never restarts it then.
+LIVENESS_SERVICE: Final = "liveness"
 # Region list of the sandbox's international templates: every region.
 SANDBOX_ALL_REGIONS: Final = "ALL"
 
@@ -216,6 +219,7 @@ class SmsServer:
                 self.metrics, config.server.metrics_listen
             )
         await self._set_health(serving=False)
+        await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await server.start()
         serving = True
         if config.template_checks.verify_on_start:

@@ -46,6 +46,22 @@ MAX_REMOTE_CACHE_S: Final = 86400.0
 _CALLER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _TEMPLATE_OPTIONS: Final = frozenset({"international", "verify_on_start", "remote_cache_seconds"})
+# Every key of every table (besides usage type names): anything else is reported as unknown.
+# "auth.callers.*" stands for each caller's table. config.example.toml documents them all.
+KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
+    "": frozenset({"server", "yunpian", "international", "templates", "limits", "store", "auth"}),
+    "server": frozenset(
+        {"listen", "grace_period_seconds", "metrics_listen", "allow_unauthenticated", "tls"}
+    ),
+    "server.tls": frozenset({"cert", "key", "client_ca"}),
+    "yunpian": frozenset({"api_key", "base_url", "timeout_seconds"}),
+    "international": frozenset({"enabled", "refusal_message", "allowed_regions"}),
+    "templates": _TEMPLATE_OPTIONS,
+    "limits": frozenset({"per_phone", "per_caller", "global"}),
+    "store": frozenset({"url", "on_error", "idempotency_ttl_seconds"}),
+    "auth": frozenset({"callers"}),
+    "auth.callers.*": frozenset({"token_sha256", "usage_types"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +328,7 @@ def _read_tls(reader: _Reader, base_dir: Path) -> TlsConfig | None:
     if "tls" not in reader.data:
         return None
     tls = reader.table("tls")
-    tls.only({"cert", "key", "client_ca"})
+    tls.only(KNOWN_KEYS["server.tls"])
     paths: dict[str, Path | None] = {}
     for name in ("cert", "key", "client_ca"):
         text = tls.string(name, "")
@@ -335,13 +351,13 @@ def _read_auth(reader: _Reader, has_client_ca: bool) -> AuthConfig | None:
     if "auth" not in reader.data:
         return None
     auth = reader.table("auth")
-    auth.only({"callers"})
+    auth.only(KNOWN_KEYS["auth"])
     callers_table = auth.table("callers")
     callers: list[CallerConfig] = []
     hashes: set[str] = set()
     for name in callers_table.data:
         caller = callers_table.table(name)
-        caller.only({"token_sha256", "usage_types"})
+        caller.only(KNOWN_KEYS["auth.callers.*"])
         if not _CALLER_NAME.fullmatch(name):
             callers_table.problem(name, "must be 1-64 letters, digits, '.', '_' or '-'")
         token_hash = caller.string("token_sha256", "").lower() or None
@@ -378,12 +394,10 @@ def parse_config(
     """
     problems: list[ConfigProblem] = []
     root = _Reader(data, "", problems)
-    root.only({"server", "yunpian", "international", "templates", "limits", "store", "auth"})
+    root.only(KNOWN_KEYS[""])
 
     server_table = root.table("server")
-    server_table.only(
-        {"listen", "grace_period_seconds", "metrics_listen", "allow_unauthenticated", "tls"}
-    )
+    server_table.only(KNOWN_KEYS["server"])
     tls = _read_tls(server_table, base_dir or Path.cwd())
     server = ServerConfig(
         listen=server_table.string("listen", DEFAULT_LISTEN, _check_listen),
@@ -397,7 +411,7 @@ def parse_config(
     auth = _read_auth(root, has_client_ca=tls is not None and tls.client_ca is not None)
 
     yunpian_table = root.table("yunpian")
-    yunpian_table.only({"api_key", "base_url", "timeout_seconds"})
+    yunpian_table.only(KNOWN_KEYS["yunpian"])
     api_key = yunpian_table.string("api_key", "", _check_api_key)
     if env.get(API_KEY_ENV):
         api_key = env[API_KEY_ENV]
@@ -414,7 +428,7 @@ def parse_config(
     )
 
     intl_table = root.table("international")
-    intl_table.only({"enabled", "refusal_message", "allowed_regions"})
+    intl_table.only(KNOWN_KEYS["international"])
     regions = intl_table.strings("allowed_regions", ())
     supported = phonenumbers.SUPPORTED_REGIONS
     for region in regions:
@@ -448,7 +462,7 @@ def parse_config(
         template_checks = TemplateCheckConfig()
 
     limits_table = root.table("limits")
-    limits_table.only({"per_phone", "per_caller", "global"})
+    limits_table.only(KNOWN_KEYS["limits"])
     limits = LimitsConfig(
         per_phone=limits_table.limits("per_phone", DEFAULT_PER_PHONE_LIMITS),
         per_caller=limits_table.limits("per_caller", ()),
@@ -456,7 +470,7 @@ def parse_config(
     )
 
     store_table = root.table("store")
-    store_table.only({"url", "on_error", "idempotency_ttl_seconds"})
+    store_table.only(KNOWN_KEYS["store"])
     store = StoreConfig(
         url=store_table.string("url", DEFAULT_STORE_URL, _check_store_url),
         on_error=store_table.string("on_error", "deny", _check_on_error),

@@ -55,11 +55,11 @@ async def test_metrics_count_rpcs_sends_errors_limits_replays_fees_and_latency(
             await client.send_code("13800138000", "111111", usage_type="SignIn")
         await client.validate_template(content="验证码{{code}}", skip_remote=True)
     samples = await scrape(metered)
-    rpcs = "yunpian_sms_rpcs_total"
-    assert value(samples, rpcs, method="SendCode", grpc_code="OK") == 4
-    assert value(samples, rpcs, method="SendCode", grpc_code="RESOURCE_EXHAUSTED") == 2
-    assert value(samples, rpcs, method="SendCode", grpc_code="INVALID_ARGUMENT") == 1
-    assert value(samples, rpcs, method="ValidateTemplate", grpc_code="OK") == 1
+    rpcs, anonymous = "yunpian_sms_rpcs_total", {"caller": "anonymous"}
+    assert value(samples, rpcs, method="SendCode", grpc_code="OK", **anonymous) == 4
+    assert value(samples, rpcs, method="SendCode", grpc_code="RESOURCE_EXHAUSTED", **anonymous) == 2
+    assert value(samples, rpcs, method="SendCode", grpc_code="INVALID_ARGUMENT", **anonymous) == 1
+    assert value(samples, rpcs, method="ValidateTemplate", grpc_code="OK", **anonymous) == 1
     sends = "yunpian_sms_sends_total"
     assert value(samples, sends, usage_type="SignIn", international="false", outcome="OK") == 3
     assert value(samples, sends, usage_type="Generic", international="true", outcome="OK") == 1
@@ -91,3 +91,23 @@ async def test_metrics_count_rpcs_sends_errors_limits_replays_fees_and_latency(
 
 async def test_no_metrics_endpoint_unless_configured(server: SmsServer) -> None:
     assert server.metrics_port == 0
+
+
+async def test_rpcs_are_counted_per_authenticated_caller(
+    start_server: StartServer, sandbox: RunningSandbox
+) -> None:
+    from yunpian_sms_server.auth import hash_token
+
+    auth = {"callers": {"checkout": {"token_sha256": hash_token("t0k")}}}
+    config = make_config(server={"metrics_listen": "127.0.0.1:0"}, auth=auth)
+    server = await start_server(config)
+    target = f"127.0.0.1:{server.port}"
+    async with AsyncSmsClient(target, metadata=[("authorization", "Bearer t0k")]) as client:
+        await client.send_code("13800138000", "123456")
+    async with AsyncSmsClient(target, retry=None) as stranger:
+        with pytest.raises(SmsError):
+            await stranger.send_code("13800138000", "123456")
+    samples = await scrape(server)
+    rpcs = "yunpian_sms_rpcs_total"
+    assert value(samples, rpcs, method="SendCode", grpc_code="OK", caller="checkout") == 1
+    assert value(samples, rpcs, method="SendCode", grpc_code="UNAUTHENTICATED", caller="") == 1

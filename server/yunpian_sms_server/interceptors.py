@@ -138,7 +138,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         fields: dict[str, Any],
     ) -> None:
         metrics = self._metrics
-        metrics.rpcs.labels(rpc, grpc_code).inc()
+        metrics.rpcs.labels(rpc, grpc_code, str(fields.get("caller") or "")).inc()
         yunpian_code = fields.get("yunpian_code")
         if yunpian_code:
             metrics.yunpian_errors.labels(str(yunpian_code)).inc()

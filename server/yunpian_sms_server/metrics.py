@@ -30,8 +30,8 @@ class Metrics:
         r = self.registry
         self.rpcs = Counter(
             "rpcs",
-            "RPCs answered, by method and gRPC code.",
-            ["method", "grpc_code"],
+            "RPCs answered, by method, gRPC code and caller (empty: not authenticated).",
+            ["method", "grpc_code", "caller"],
             namespace=NAMESPACE,
             registry=r,
         )

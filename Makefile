@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 LISTEN ?= 127.0.0.1:50051
+SANDBOX_LISTEN ?= 127.0.0.1:50052
 
 # The last released contract: `buf breaking` compares protos/ against it.
 PROTO_RELEASE := $(lastword $(sort $(wildcard releases/proto/v*.binpb)))
@@ -17,7 +18,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .PHONY: run test install lint typecheck buf pytest redis-server generate release-proto clean
 
 run: install
-	$(BIN)/yunpian-sms serve --sandbox --listen $(LISTEN)
+	$(BIN)/yunpian-sms serve --sandbox --listen $(LISTEN) --sandbox-listen $(SANDBOX_LISTEN)
 
 test: install lint typecheck buf pytest
 

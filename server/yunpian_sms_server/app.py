@@ -23,7 +23,13 @@ from grpc_reflection.v1alpha import reflection
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_server.auth import Authenticator
-from yunpian_sms_server.config import Config, TlsConfig, YunpianConfig, exposure_problem
+from yunpian_sms_server.config import (
+    Config,
+    TlsConfig,
+    YunpianConfig,
+    exposure_problem,
+    parse_listen,
+)
 from yunpian_sms_server.errors import ConfigError, ServiceError
 from yunpian_sms_server.guards import SendGuards
 from yunpian_sms_server.interceptors import RpcInterceptor
@@ -46,6 +52,8 @@ SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["SmsService"].full_name
 # The health "service" of liveness probes: SERVING while the process runs, even while the
 # server is not ready (templates awaiting approval), so a liveness probe never restarts it then.
 LIVENESS_SERVICE: Final = "liveness"
+# Where `serve --sandbox` runs its sandbox unless told: any free loopback port.
+IN_PROCESS_SANDBOX_LISTEN: Final = "127.0.0.1:0"
 # Region list of the sandbox's international templates: every region.
 SANDBOX_ALL_REGIONS: Final = "ALL"
 
@@ -163,11 +171,18 @@ class SmsServer:
         self.metrics_port = 0
         self._metrics_runner: web.AppRunner | None = None
 
-    async def start(self, *, listen: str | None = None, sandbox: bool = False) -> None:
+    async def start(
+        self,
+        *,
+        listen: str | None = None,
+        sandbox: bool = False,
+        sandbox_listen: str = IN_PROCESS_SANDBOX_LISTEN,
+    ) -> None:
         """Starts the sandbox (if asked), the HTTP session and the gRPC server; then SERVING."""
         config = self.config
         if sandbox:
-            self.sandbox = await start_sandbox(sandbox_for(config))
+            host, port = parse_listen(sandbox_listen)
+            self.sandbox = await start_sandbox(sandbox_for(config), host, port)
             config = dataclasses.replace(
                 config,
                 yunpian=YunpianConfig(

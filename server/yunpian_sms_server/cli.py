@@ -15,7 +15,13 @@ import grpc
 import structlog
 
 from yunpian_sms_client import SmsClient, SmsError, TemplateStatus
-from yunpian_sms_server.app import SmsServer, open_yunpian_session, sandbox_for, yunpian_client
+from yunpian_sms_server.app import (
+    IN_PROCESS_SANDBOX_LISTEN,
+    SmsServer,
+    open_yunpian_session,
+    sandbox_for,
+    yunpian_client,
+)
 from yunpian_sms_server.auth import hash_token
 from yunpian_sms_server.config import (
     API_KEY_ENV,
@@ -70,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help=config_help)
     serve.add_argument("--listen", help="HOST:PORT to listen on (overrides server.listen)")
     serve.add_argument("--sandbox", action="store_true", help="send through the built-in sandbox")
+    serve.add_argument(
+        "--sandbox-listen",
+        default=IN_PROCESS_SANDBOX_LISTEN,
+        help="HOST:PORT of the --sandbox's HTTP API (default: a free loopback port)",
+    )
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="default: json unless a terminal")
 
     send = commands.add_parser("send", help="send one verification code")
@@ -128,9 +139,9 @@ async def _run_until_signalled() -> None:
     await stop.wait()
 
 
-async def _serve(config: Config, listen: str | None, sandbox: bool) -> None:
+async def _serve(config: Config, args: argparse.Namespace) -> None:
     server = SmsServer(config)
-    await server.start(listen=listen, sandbox=sandbox)
+    await server.start(listen=args.listen, sandbox=args.sandbox, sandbox_listen=args.sandbox_listen)
     try:
         await _run_until_signalled()
     finally:
@@ -276,6 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         return EXIT_USAGE
     if args.command == "serve":
+        try:
+            parse_listen(args.sandbox_listen)
+        except ValueError as error:
+            print(f"argument error: --sandbox-listen: {error}", file=sys.stderr)
+            return EXIT_USAGE
         if args.listen is not None:
             try:
                 parse_listen(args.listen)
@@ -287,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"config error: {exposed}", file=sys.stderr)
                 return EXIT_USAGE
         configure_logging(args.log_format)
-        asyncio.run(_serve(config, args.listen, args.sandbox))
+        asyncio.run(_serve(config, args))
         return EXIT_OK
     configure_logging()
     asyncio.run(_sandbox(config, args.listen))

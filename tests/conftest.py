@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import pytest
-from support import RedisServer, StartServer, make_config
+from support import (
+    RedisServer,
+    ServeProcess,
+    StartServe,
+    StartServer,
+    make_config,
+    toml_text,
+)
 
 from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server.app import SmsServer, sandbox_for
@@ -62,3 +71,28 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def start_serve(tmp_path: Path) -> AsyncIterator[StartServe]:
+    """Starts `yunpian-sms serve` processes on 127.0.0.1:0 with a config; kills them afterwards.
+
+    `await start_serve(config_dict, *more_args)` returns once the process has logged "serving".
+    """
+    started: list[ServeProcess] = []
+
+    async def start(config: Mapping[str, Any], *args: str) -> ServeProcess:
+        directory = tmp_path / f"serve-{len(started)}"
+        directory.mkdir()
+        config_path = directory / "config.toml"
+        config_path.write_text(toml_text(config), encoding="utf-8")
+        process = ServeProcess.start(
+            "--config", str(config_path), "--listen", "127.0.0.1:0", *args, directory=directory
+        )
+        started.append(process)
+        await process.next_event("serving")
+        return process
+
+    yield start
+    for process in started:
+        await process.kill()

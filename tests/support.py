@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.config import Config, parse_config
@@ -102,3 +107,145 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+# The console script of the installed server, beside the interpreter running the tests.
+CLI: Final = str(Path(sys.executable).parent / "yunpian-sms")
+SERVE_START_TIMEOUT_S: Final = 30.0
+# Environment variables that would override a test's config file.
+_CONFIG_ENV: Final = ("YUNPIAN_API_KEY", "YUNPIAN_SMS_CONFIG")
+
+
+def toml_text(data: Mapping[str, Any]) -> str:
+    """A config dict as TOML: top-level tables of scalars, lists and nested tables.
+
+    JSON's strings, numbers, booleans and arrays are valid TOML values, so json.dumps writes them.
+    """
+    lines: list[str] = []
+
+    def table(name: str, values: Mapping[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        nested = {key: value for key, value in values.items() if isinstance(value, Mapping)}
+        for key, value in values.items():
+            if key not in nested:
+                lines.append(f"{json.dumps(key)} = {json.dumps(value, ensure_ascii=False)}")
+        for key, value in nested.items():
+            table(f"{name}.{json.dumps(key)}", value)
+
+    for name, values in data.items():
+        table(json.dumps(name), values)
+    return "\n".join(lines) + "\n"
+
+
+class ServeProcess:
+    """`yunpian-sms serve` in a child process; its JSON log lines (stdout) parsed from a file.
+
+    The logs go to files, not pipes, so a busy test never blocks the server's writes.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], directory: Path) -> None:
+        self.process = process
+        self.stdout_path = directory / "stdout.jsonl"
+        self.stderr_path = directory / "stderr.txt"
+        self.events: list[dict[str, Any]] = []
+        self._read_bytes = 0
+        self._cursor = 0  # events next_event has already looked at
+
+    @classmethod
+    def start(
+        cls, *args: str, directory: Path, env: Mapping[str, str] | None = None
+    ) -> ServeProcess:
+        """Runs `yunpian-sms serve *args`, logging as JSON into files in `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        if env is None:
+            env = {k: v for k, v in os.environ.items() if k not in _CONFIG_ENV}
+        with (
+            (directory / "stdout.jsonl").open("wb") as stdout,
+            (directory / "stderr.txt").open("wb") as stderr,
+        ):
+            process = subprocess.Popen(
+                [CLI, "serve", "--log-format", "json", *args],
+                stdout=stdout,
+                stderr=stderr,
+                env=dict(env),
+            )
+        return cls(process, directory)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def port(self) -> int:
+        """The gRPC port of the `serving` event (next_event("serving") must have seen it)."""
+        [serving] = [event for event in self.events if event["event"] == "serving"]
+        return int(serving["port"])
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def read_events(self) -> list[dict[str, Any]]:
+        """Parses the complete log lines written since the last read; returns them."""
+        with self.stdout_path.open("rb") as stdout:
+            stdout.seek(self._read_bytes)
+            chunk = stdout.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._read_bytes += len(complete)
+        new = [json.loads(line) for line in complete.splitlines() if line.strip()]
+        self.events.extend(new)
+        return new
+
+    async def next_event(
+        self, name: str, within_s: float = SERVE_START_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """The next event called `name` after those already returned; waits for it."""
+        deadline = time.monotonic() + within_s
+        while True:
+            self.read_events()
+            while self._cursor < len(self.events):
+                event = self.events[self._cursor]
+                self._cursor += 1
+                if event["event"] == name:
+                    return event
+            exited = self.process.poll() is not None
+            if exited:  # one last read: the lines written just before it exited
+                if self.read_events():
+                    continue
+                raise AssertionError(f"the server exited before logging {name!r}: {self.stderr}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server logged no {name!r} within {within_s} s")
+            await asyncio.sleep(0.02)
+
+    def events_named(self, name: str) -> list[dict[str, Any]]:
+        """Every event called `name` logged so far."""
+        self.read_events()
+        return [event for event in self.events if event["event"] == name]
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def rss_bytes(self) -> int:
+        """The server's resident memory (VmRSS of /proc/<pid>/status)."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        [line] = [line for line in status.splitlines() if line.startswith("VmRSS:")]
+        return int(line.split()[1]) * 1024
+
+    def terminate(self) -> None:
+        """Asks the server to shut down gracefully (SIGTERM)."""
+        self.process.send_signal(signal.SIGTERM)
+
+    async def wait(self, within_s: float) -> int:
+        """Waits for the process to exit; returns its exit status."""
+        return await asyncio.to_thread(self.process.wait, within_s)
+
+    async def kill(self) -> None:
+        """Kills the process (if it still runs) and reaps it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        await self.wait(10.0)
+
+
+# start_serve(config, *args) -> a ServeProcess that has logged "serving".
+StartServe = Callable[..., Awaitable[ServeProcess]]

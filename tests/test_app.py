@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import grpc
@@ -19,13 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from support import ServeProcess
 
 from yunpian_sms_client import AsyncSmsClient, UnavailableError
 from yunpian_sms_server.app import SmsServer
 
-CLI = str(Path(sys.executable).parent / "yunpian-sms")
 SERVICE = "yunpian.sms.v1.SmsService"
-STARTUP_TIMEOUT_S = 30.0
 
 
 async def test_health_reports_serving_for_the_server_and_the_service(server: SmsServer) -> None:
@@ -68,44 +63,21 @@ async def test_stopping_refuses_new_rpcs_and_reports_not_serving(server: SmsServ
         await stopping
 
 
-class ServeProcess:
-    """`yunpian-sms serve --sandbox` in a child process, its JSON log lines parsed."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.events: list[dict[str, Any]] = []
-
-    async def next_event(self, name: str) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        while True:
-            line = await asyncio.wait_for(self.process.stdout.readline(), STARTUP_TIMEOUT_S)
-            assert line, f"the server exited before logging {name!r}"
-            event = json.loads(line)
-            self.events.append(event)
-            if event["event"] == name:
-                return event
-
-
 @pytest.fixture
 async def serve_process(tmp_path: Path) -> AsyncIterator[ServeProcess]:
     config = tmp_path / "config.toml"
     config.write_text("[server]\ngrace_period_seconds = 5.0\n[limits]\nper_phone = []\n")
-    process = await asyncio.create_subprocess_exec(
-        CLI,
-        "serve",
+    process = ServeProcess.start(
         "--sandbox",
         "--listen",
         "127.0.0.1:0",
         "--config",
         str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        directory=tmp_path / "serve",
         env={**os.environ, "YUNPIAN_API_KEY": ""},
     )
-    yield ServeProcess(process)
-    if process.returncode is None:
-        process.kill()
-        await process.wait()
+    yield process
+    await process.kill()
 
 
 async def test_sigterm_lets_in_flight_rpcs_finish_then_exits_0(serve_process: ServeProcess) -> None:
@@ -122,12 +94,11 @@ async def test_sigterm_lets_in_flight_rpcs_finish_then_exits_0(serve_process: Se
             if stats["requests"].get("/v2/sms/single_send.json"):
                 break
             await asyncio.sleep(0.02)
-        serve_process.process.send_signal(signal.SIGTERM)
+        serve_process.terminate()
         sent = await in_flight
     assert int(sent.message_id) > 0
-    assert await asyncio.wait_for(serve_process.process.wait(), 15.0) == 0
+    assert await serve_process.wait(15.0) == 0
     await serve_process.next_event("stopped")
-    stderr = await serve_process.process.stderr.read()  # type: ignore[union-attr]
-    assert b"Traceback" not in stderr
+    assert "Traceback" not in serve_process.stderr
     [rpc] = [event for event in serve_process.events if event["event"] == "rpc"]
     assert rpc["grpc_code"] == "OK"

@@ -605,6 +605,51 @@ async def test_send_code_without_a_request_id_is_never_retried(
     assert service.calls == 1
 
 
+async def test_send_code_idempotent_makes_one_request_id_that_every_retry_reuses(
+    sms: AsyncSmsClient, service: FakeSmsService
+) -> None:
+    service.outcomes = [unavailable(), unavailable(), SENT]
+
+    assert await sms.send_code(PHONE, "123456", idempotent=True) == SENT
+
+    assert service.calls == 3
+    [request_id] = {request.request_id for request in service.requests}
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+
+
+async def test_send_code_idempotent_makes_a_new_request_id_per_call(
+    sms: AsyncSmsClient, service: FakeSmsService
+) -> None:
+    await sms.send_code(PHONE, "123456", idempotent=True)
+    await sms.send_code(PHONE, "123456", idempotent=True)
+
+    first, second = (request.request_id for request in service.requests)
+    assert first
+    assert second
+    assert first != second
+
+
+async def test_send_code_idempotent_keeps_the_callers_request_id(
+    sms: AsyncSmsClient, service: FakeSmsService
+) -> None:
+    service.outcomes = [unavailable(), SENT]
+
+    await sms.send_code(PHONE, "123456", request_id="mine", idempotent=True)
+
+    assert [request.request_id for request in service.requests] == ["mine", "mine"]
+
+
+async def test_send_code_without_request_id_or_idempotent_sends_no_id_and_is_not_retried(
+    sms: AsyncSmsClient, service: FakeSmsService
+) -> None:
+    service.outcomes = [unavailable(), SENT]
+
+    with pytest.raises(UnavailableError):
+        await sms.send_code(PHONE, "123456", idempotent=False)
+
+    assert [request.request_id for request in service.requests] == [""]
+
+
 async def test_validate_template_is_retried_after_unavailable(
     sms: AsyncSmsClient, service: FakeSmsService
 ) -> None:
@@ -866,6 +911,21 @@ async def test_sync_client_retries_only_with_a_request_id(
     # One call without a request_id, then two with it (an UNAVAILABLE answer, then success).
     assert [request.request_id for request in service.requests] == ["", "r-3"]
     assert service.calls == 2
+
+
+async def test_sync_client_idempotent_retries_with_one_generated_request_id(
+    target: str, service: FakeSmsService
+) -> None:
+    service.outcomes = [unavailable(), SENT]
+
+    def run() -> pb.SendCodeResponse:
+        with SmsClient(target, retry=FAST_RETRY) as client:
+            return client.send_code(PHONE, "123456", idempotent=True)
+
+    assert await asyncio.to_thread(run) == SENT
+    first, second = (request.request_id for request in service.requests)
+    assert first
+    assert first == second
 
 
 async def test_sync_client_refuses_calls_once_closed(target: str) -> None:

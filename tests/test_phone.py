@@ -18,6 +18,7 @@ from yunpian_sms_server.phone import mask_number, mask_numbers_in_text, parse_ph
         "138 0013 8000",
         "(138) 0013.8000",
         " 13800138000 ",
+        "(+86) 138 0013 8000",
     ],
 )
 def test_parse_phone_sends_mainland_numbers_as_11_digits(raw: str) -> None:
@@ -35,6 +36,7 @@ def test_parse_phone_sends_mainland_numbers_as_11_digits(raw: str) -> None:
         ("+1 (415) 555-2671", "+14155552671", "US"),
         ("+85291234567", "+85291234567", "HK"),
         ("+44 7400 123456", "+447400123456", "GB"),
+        ("(+1) 415 555 2671", "+14155552671", "US"),
     ],
 )
 def test_parse_phone_sends_other_numbers_as_e164(raw: str, e164: str, region: str) -> None:
@@ -58,6 +60,8 @@ def test_parse_phone_sends_other_numbers_as_e164(raw: str, e164: str, region: st
         "+1 555",
         "1" * 40,
         "++8613800138000",
+        "(++86) 138 0013 8000",
+        "138+0013+8000",
         "13800138000\x00",
     ],
 )

@@ -18,8 +18,9 @@ DEFAULT_REGION: Final = "CN"
 MAINLAND_COUNTRY_CODE: Final = 86
 # Longer input is refused before parsing: no real number, even formatted, comes near it.
 MAX_PHONE_INPUT_LENGTH: Final = 32
-# Digits, the separators people type, and one leading "+": letters (vanity numbers) are refused.
-_ALLOWED_INPUT = re.compile(r"\+?[0-9 ()\-.]+")
+# Digits, the separators people type, and one leading "+" (also inside a leading parenthesis, as
+# in "(+86) 138 0013 8000"): letters (vanity numbers) are refused.
+_ALLOWED_INPUT = re.compile(r"(?:\(\s*)?\+?[0-9 ()\-.]+")
 _MAINLAND_MOBILE = re.compile(r"1[3-9][0-9]{9}")
 _SMS_CAPABLE_TYPES: Final = frozenset(
     {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}

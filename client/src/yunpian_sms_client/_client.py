@@ -51,7 +51,8 @@ def new_request_id() -> str:
     """Returns a fresh idempotency key for `send_code`: a random UUID4, as 32 hex digits.
 
     Make one per logical send and pass the same key to every retry of it, so that the service
-    sends at most one SMS however often the call is repeated.
+    sends at most one SMS however often the call is repeated. (`send_code(...,
+    idempotent=True)` makes one itself, for the retries the client makes within that call.)
     """
     return uuid.uuid4().hex
 
@@ -143,6 +144,7 @@ class AsyncSmsClient(_ClientSettings):
         *,
         usage_type: pb.UsageType | int | str = pb.USAGE_TYPE_GENERIC,
         request_id: str | None = None,
+        idempotent: bool = False,
         # The gRPC deadline of the call (the SDK's contract), not an asyncio cancel scope.
         timeout: float | None = None,  # noqa: ASYNC109
         metadata: Sequence[tuple[str, str]] | None = None,
@@ -157,6 +159,10 @@ class AsyncSmsClient(_ClientSettings):
                 "MfaVerification", "BindMfa" (or the proto's, e.g. "USAGE_TYPE_SIGN_IN").
             request_id: Idempotency key (see `new_request_id`); only with one is the call
                 retried after UNAVAILABLE, and is it safe to repeat after `delivery_unknown`.
+            idempotent: When True and no `request_id` is given, the client makes one
+                (`new_request_id()`) for this call alone, so that its retries after
+                UNAVAILABLE reuse it and the service sends at most one SMS. To repeat the
+                call yourself later (after `delivery_unknown`), pass your own `request_id`.
             timeout: Deadline of the whole call, retries included, in seconds; None uses the
                 client's `default_timeout`.
             metadata: Metadata for this call, sent after the client's.
@@ -165,8 +171,8 @@ class AsyncSmsClient(_ClientSettings):
             ValueError: `usage_type` is not a known name.
             SmsError: The call failed; the subclass names the status family.
         """
-        request = _send_code_request(phone_number, code, usage_type, request_id)
-        attempts, call_metadata = self._start(timeout, metadata, may_retry=bool(request_id))
+        request = _send_code_request(phone_number, code, usage_type, request_id, idempotent)
+        attempts, call_metadata = self._start(timeout, metadata, may_retry=bool(request.request_id))
         return await self._call(self._stub.SendCode, request, attempts, call_metadata, sending=True)
 
     async def validate_template(
@@ -276,12 +282,13 @@ class SmsClient(_ClientSettings):
         *,
         usage_type: pb.UsageType | int | str = pb.USAGE_TYPE_GENERIC,
         request_id: str | None = None,
+        idempotent: bool = False,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> pb.SendCodeResponse:
         """Sends `code` by SMS to `phone_number`; see `AsyncSmsClient.send_code`."""
-        request = _send_code_request(phone_number, code, usage_type, request_id)
-        attempts, call_metadata = self._start(timeout, metadata, may_retry=bool(request_id))
+        request = _send_code_request(phone_number, code, usage_type, request_id, idempotent)
+        attempts, call_metadata = self._start(timeout, metadata, may_retry=bool(request.request_id))
         return self._call(self._stub.SendCode, request, attempts, call_metadata, sending=True)
 
     def validate_template(
@@ -345,8 +352,14 @@ def _usage_type_value(usage_type: pb.UsageType | int | str) -> pb.UsageType:
 
 
 def _send_code_request(
-    phone_number: str, code: str, usage_type: pb.UsageType | int | str, request_id: str | None
+    phone_number: str,
+    code: str,
+    usage_type: pb.UsageType | int | str,
+    request_id: str | None,
+    idempotent: bool,
 ) -> pb.SendCodeRequest:
+    if not request_id and idempotent:
+        request_id = new_request_id()  # one per logical call: every retry of it reuses it
     return pb.SendCodeRequest(
         phone_number=phone_number,
         code=code,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from support import (
     RedisServer,
     ServeProcess,
@@ -20,6 +22,7 @@ from support import (
 from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server.app import SmsServer, sandbox_for
 from yunpian_sms_server.config import Config
+from yunpian_sms_server.logs import configure_logging
 from yunpian_sms_server.sandbox import RunningSandbox, start_sandbox
 
 
@@ -96,3 +99,12 @@ async def start_serve(tmp_path: Path) -> AsyncIterator[StartServe]:
     yield start
     for process in started:
         await process.kill()
+
+
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    """Every structlog event, rendered as the production JSON lines, into a buffer."""
+    stream = io.StringIO()
+    configure_logging("json", stream, cache=False)
+    yield stream
+    structlog.reset_defaults()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -249,3 +250,9 @@ class ServeProcess:
 
 # start_serve(config, *args) -> a ServeProcess that has logged "serving".
 StartServe = Callable[..., Awaitable[ServeProcess]]
+
+
+def log_events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
+    """The JSON log events of one name written to a stream (see the log_output fixture)."""
+    parsed = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [event for event in parsed if event["event"] == name]

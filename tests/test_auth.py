@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pki import Pki, make_pki
-from support import StartServer, make_config
+from support import StartServer, log_events, make_config
 
 from yunpian_sms_client import (
     AsyncSmsClient,
@@ -27,7 +24,6 @@ from yunpian_sms_client import (
 from yunpian_sms_server.auth import hash_token
 from yunpian_sms_server.config import parse_config
 from yunpian_sms_server.errors import ConfigError
-from yunpian_sms_server.logs import configure_logging
 from yunpian_sms_server.sandbox import RunningSandbox
 
 CLI = str(Path(sys.executable).parent / "yunpian-sms")
@@ -46,19 +42,6 @@ def bearer(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
 
 
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("json", stream, cache=False)
-    yield stream
-    structlog.reset_defaults()
-
-
-def rpc_events(stream: io.StringIO) -> list[dict[str, Any]]:
-    events = [json.loads(line) for line in stream.getvalue().splitlines()]
-    return [event for event in events if event["event"] == "rpc"]
-
-
 async def token_server(start_server: StartServer, **sections: Any) -> str:
     server = await start_server(make_config(auth=AUTH, **sections))
     return f"127.0.0.1:{server.port}"
@@ -70,7 +53,7 @@ async def test_a_valid_token_names_the_caller_in_the_log(
     target = await token_server(start_server)
     async with AsyncSmsClient(target, metadata=bearer(CHECKOUT_TOKEN)) as client:
         await client.send_code(PHONE, "123456", usage_type="SignIn")
-    [event] = rpc_events(log_output)
+    [event] = log_events(log_output, "rpc")
     assert event["caller"] == "checkout"
     assert CHECKOUT_TOKEN not in log_output.getvalue()
 
@@ -164,7 +147,7 @@ async def test_mutual_tls_names_the_caller_by_certificate_subject(
         with pytest.raises(PermissionDeniedError):
             await client.send_code(PHONE, "123456", usage_type="SignIn")
     assert sent.message_id
-    assert [event["caller"] for event in rpc_events(log_output)] == ["billing", "billing"]
+    assert [event["caller"] for event in log_events(log_output, "rpc")] == ["billing", "billing"]
 
 
 async def test_mutual_tls_refuses_a_certificate_of_an_unknown_caller(

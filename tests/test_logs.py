@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 
 import grpc
 import pytest
 import structlog
+from support import log_events
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_client import AsyncSmsClient, SmsError
 from yunpian_sms_server.app import SmsServer
-from yunpian_sms_server.logs import configure_logging
 from yunpian_sms_server.sandbox import SANDBOX_API_KEY, Fault, RunningSandbox
 
 EVENT_KEYS = {
@@ -36,19 +35,6 @@ EVENT_KEYS = {
 CODE = "SeCr3t99"
 
 
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("json", stream, cache=False)
-    yield stream
-    structlog.reset_defaults()
-
-
-def rpc_events(stream: io.StringIO) -> list[dict[str, object]]:
-    events = [json.loads(line) for line in stream.getvalue().splitlines()]
-    return [event for event in events if event["event"] == "rpc"]
-
-
 async def test_each_rpc_logs_one_json_event_with_the_stable_keys(
     log_output: io.StringIO, client: AsyncSmsClient
 ) -> None:
@@ -59,7 +45,7 @@ async def test_each_rpc_logs_one_json_event_with_the_stable_keys(
         request_id="r-1",
         metadata=[("x-request-id", "req-42")],
     )
-    [event] = rpc_events(log_output)
+    [event] = log_events(log_output, "rpc")
     assert set(event) >= EVENT_KEYS
     assert event["rpc"] == "SendCode"
     assert event["grpc_code"] == "OK"
@@ -84,7 +70,7 @@ async def test_failed_rpcs_log_their_code_and_reason(
     sandbox.sandbox.inject(Fault(kind="error", code=22))
     with pytest.raises(SmsError):
         await client.send_code("+14155552671", CODE)
-    first, second = rpc_events(log_output)
+    first, second = log_events(log_output, "rpc")
     assert (first["grpc_code"], first["reason"]) == ("INVALID_ARGUMENT", "INVALID_PHONE_NUMBER")
     assert first["phone"] is None
     assert (second["grpc_code"], second["reason"]) == (
@@ -106,7 +92,7 @@ async def test_no_log_line_holds_the_api_key_the_code_the_text_or_a_whole_number
     with pytest.raises(SmsError):
         await client.send_code("13700137000", "bad code!")
     output = log_output.getvalue()
-    assert len(rpc_events(log_output)) == 5
+    assert len(log_events(log_output, "rpc")) == 5
     for secret in (SANDBOX_API_KEY, CODE, "bad code!", "验证码", "13800138000", "13900139000"):
         assert secret not in output
     assert "139****9000" in output
@@ -135,4 +121,4 @@ async def test_every_rpc_gets_a_request_id_returned_in_the_trailers(
         kept = dict(caught.value.trailing_metadata() or ())["x-request-id"]
     assert len(made) == 32
     assert kept == "mine-1"
-    assert [event["request_id"] for event in rpc_events(log_output)] == [made, "mine-1"]
+    assert [event["request_id"] for event in log_events(log_output, "rpc")] == [made, "mine-1"]

@@ -9,14 +9,12 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
-import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import (
     BASE_CONFIG,
@@ -24,6 +22,7 @@ from support import (
     INTERNATIONAL_TEMPLATE,
     SIGN_IN_TEMPLATE,
     StartServer,
+    log_events,
     make_config,
 )
 
@@ -39,7 +38,6 @@ from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.cli import main
 from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV
 from yunpian_sms_server.errors import ConfigError
-from yunpian_sms_server.logs import configure_logging
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
     SANDBOX_API_KEY,
@@ -76,19 +74,6 @@ def tpl_gets(sandbox: RunningSandbox) -> int:
 
 def templates_with(**options: object) -> dict[str, Any]:
     return {**BASE_CONFIG["templates"], **options}
-
-
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("json", stream, cache=False)
-    yield stream
-    structlog.reset_defaults()
-
-
-def events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
-    parsed = [json.loads(line) for line in stream.getvalue().splitlines()]
-    return [event for event in parsed if event["event"] == name]
 
 
 # --- the RPC ----------------------------------------------------------------------------------
@@ -295,7 +280,7 @@ async def test_each_validation_logs_one_rpc_event_with_usage_type_and_internatio
 ) -> None:
     await client.validate_template(usage_type="SignIn", international=True)
     await client.validate_template(content=TYPO_TEMPLATE)
-    first, second = events(log_output, "rpc")
+    first, second = log_events(log_output, "rpc")
     assert (first["rpc"], first["grpc_code"]) == ("ValidateTemplate", "OK")
     assert (first["usage_type"], first["international"]) == ("SignIn", True)
     assert (second["usage_type"], second["international"]) == (None, False)
@@ -333,7 +318,7 @@ async def test_verify_on_start_holds_not_serving_until_yunpian_approves(
     )
     server = await start_server(config)
     assert await health_of(server) == [NOT_SERVING, NOT_SERVING]
-    [failing, *_] = events(log_output, "template_not_approved")
+    [failing, *_] = log_events(log_output, "template_not_approved")
     assert failing["usage_type"] == "SignIn"
     assert failing["international"] is False
     assert (failing["status"], failing["template_id"]) == ("PENDING", SIGN_IN_ID)
@@ -347,9 +332,9 @@ async def test_verify_on_start_holds_not_serving_until_yunpian_approves(
         assert (await asyncio.wait_for(watch.read(), 2.0)).status == SERVING
         watch.cancel()
     assert await health_of(server) == [SERVING, SERVING]
-    assert events(log_output, "templates_approved")
+    assert log_events(log_output, "templates_approved")
     # Each round named only the one template still in review.
-    assert all(e["usage_type"] == "SignIn" for e in events(log_output, "template_not_approved"))
+    assert all(e["usage_type"] == "SignIn" for e in log_events(log_output, "template_not_approved"))
 
 
 async def test_verify_on_start_checks_international_templates_too(
@@ -358,7 +343,7 @@ async def test_verify_on_start_checks_international_templates_too(
     sandbox.sandbox.set_template_status(int(INTERNATIONAL_ID), "FAIL", "Wrong language")
     server = await start_server(make_config(templates=templates_with(verify_on_start=True)))
     assert await health_of(server) == [NOT_SERVING, NOT_SERVING]
-    [failing] = events(log_output, "template_not_approved")
+    [failing] = log_events(log_output, "template_not_approved")
     assert (failing["usage_type"], failing["international"]) == ("Generic", True)
     assert (failing["status"], failing["status_reason"]) == ("REJECTED", "Wrong language")
 
@@ -369,7 +354,7 @@ async def test_verify_on_start_stays_not_serving_while_yunpian_is_unreachable(
     config = make_config(templates=templates_with(verify_on_start=True))
     server = await start_server(config, base_url=f"http://127.0.0.1:{closed_port()}")
     assert await health_of(server) == [NOT_SERVING, NOT_SERVING]
-    failing = events(log_output, "template_not_approved")
+    failing = log_events(log_output, "template_not_approved")
     assert len(failing) == 5  # four domestic templates and the international one
     assert {event["status"] for event in failing} == {"NOT_CHECKED"}
     assert "could not be reached" in failing[0]["why"]
@@ -384,7 +369,7 @@ async def test_verify_on_start_logs_a_yunpian_error_and_recovers(
     )
     server = await start_server(config)
     assert await health_of(server) == [NOT_SERVING, NOT_SERVING]
-    [failed] = events(log_output, "template_check_failed")
+    [failed] = log_events(log_output, "template_check_failed")
     assert (failed["reason"], failed["yunpian_code"]) == ("PROVIDER_AUTH_FAILED", -1)
     async with grpc.aio.insecure_channel(target_of(server)) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())

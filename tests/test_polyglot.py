@@ -55,6 +55,16 @@ async def test_node_client_sends_a_code(server: SmsServer, sandbox: RunningSandb
     assert sandbox.sandbox.messages[0].code == "482913"
 
 
+async def test_node_client_validates_a_template(server: SmsServer) -> None:
+    result = await node(f"127.0.0.1:{server.port}", "validate", "USAGE_TYPE_SIGN_IN")
+    assert result["ok"] is True
+    report = result["response"]
+    assert report["valid"] is True
+    assert report["status"] == "TEMPLATE_STATUS_APPROVED"
+    assert "#code#" in report["yunpian_content"]
+    assert report["template_id"].isdigit()
+
+
 async def test_node_client_decodes_the_error_info_of_a_rich_error(server: SmsServer) -> None:
     result = await node(f"127.0.0.1:{server.port}", "send", "not-a-phone", "482913")
     assert result["ok"] is False

@@ -15,7 +15,7 @@ PROTO_RELEASE := $(lastword $(sort $(wildcard releases/proto/v*.binpb)))
 # Root installs system packages directly; anyone else through sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test install lint typecheck buf pytest redis-server generate release-proto clean
+.PHONY: run test install lint typecheck buf pytest redis-server generate release-proto bench clean
 
 run: install
 	$(BIN)/yunpian-sms serve --sandbox --listen $(LISTEN) --sandbox-listen $(SANDBOX_LISTEN)
@@ -23,9 +23,10 @@ run: install
 test: install lint typecheck buf pytest
 
 # Tools and third-party packages: installed again only when their pins change.
-$(BIN)/.deps: requirements-dev.txt pyproject.toml client/pyproject.toml
+$(BIN)/.deps: requirements-dev.txt bench/requirements.txt pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt ./client .
+	$(BIN)/pip install --quiet --disable-pip-version-check \
+	  -r requirements-dev.txt -r bench/requirements.txt ./client .
 	touch $@
 
 node_modules/.deps: package.json package-lock.json
@@ -37,8 +38,8 @@ install: $(BIN)/.deps node_modules/.deps
 	$(BIN)/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./client .
 
 lint: install
-	$(BIN)/ruff check server client/src tests tools
-	$(BIN)/ruff format --check server client/src tests tools
+	$(BIN)/ruff check server client/src tests tools bench
+	$(BIN)/ruff format --check server client/src tests tools bench
 
 typecheck: install
 	$(BIN)/mypy
@@ -60,6 +61,10 @@ redis-server:
 	@command -v redis-server >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+# The benchmark of bench/README.md: a few minutes; prints its figures as JSON.
+bench: install
+	$(BIN)/python bench/run.py
 
 generate: $(BIN)/.deps
 	$(BIN)/python tools/generate_protos.py

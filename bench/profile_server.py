@@ -1,0 +1,172 @@
+"""Profiles a server under load with py-spy and prints where its CPU time goes.
+
+    .venv/bin/python bench/profile_server.py                 # the real server, 20,000 calls, C=64
+    .venv/bin/python bench/profile_server.py --server bare   # the bare proxy, for comparison
+
+Starts the fake upstream (0 ms), the server and the load generator as `run.py` does, records the
+server with `py-spy record --format raw` (collapsed stacks) while the calls run, and prints, as
+text: the share of samples by package of the innermost frame, the top functions by self time,
+and the inclusive share of the server's own functions. `--raw PATH` keeps the stacks (for
+flamegraph tools). py-spy needs ptrace rights over the server (root, or ptrace_scope 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Final
+
+from run import (
+    BIN_DIR,
+    DEFAULT_QUIET_WAIT_S,
+    PRODUCTION_PER_PHONE_LIMITS,
+    Bench,
+    BenchError,
+    Server,
+    log,
+)
+
+SAMPLE_RATE_HZ: Final = 200
+PY_SPY_STOP_TIMEOUT_S: Final = 30.0
+TOP_FUNCTIONS: Final = 25
+# "function (path/to/file.py:123)": one frame of py-spy's collapsed output.
+_FRAME = re.compile(r"^(?P<function>.*?) \((?P<path>[^():]*)(?::\d+)?\)$")
+# Innermost-frame file paths mapped to the component they belong to, first match wins.
+COMPONENTS: Final = (
+    ("yunpian_sms_server/", "yunpian_sms_server"),
+    ("yunpian/sms/", "generated stubs"),
+    ("grpc_health", "grpc (health)"),
+    ("grpc/", "grpc"),
+    ("aiohttp/", "aiohttp"),
+    ("yarl/", "aiohttp"),
+    ("multidict/", "aiohttp"),
+    ("aiohappyeyeballs/", "aiohttp"),
+    ("structlog/", "structlog"),
+    ("phonenumbers/", "phonenumbers"),
+    ("google/protobuf", "protobuf"),
+    ("asyncio/", "asyncio"),
+    ("json/", "json"),
+    ("logging/", "logging"),
+)
+
+
+def component(path: str) -> str:
+    """The package a frame's file belongs to."""
+    for needle, name in COMPONENTS:
+        if needle in path:
+            return name
+    return "other (stdlib, interpreter)"
+
+
+def parse_frame(frame: str) -> tuple[str, str]:
+    """(function, path) of one collapsed frame."""
+    match = _FRAME.match(frame)
+    if match is None:
+        return frame, ""
+    return match["function"], match["path"]
+
+
+def summarize(raw: Path) -> str:
+    """The report of a py-spy raw (collapsed) file."""
+    by_component: Counter[str] = Counter()
+    by_self: Counter[str] = Counter()
+    by_inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [parse_frame(frame) for frame in stack.split(";")]
+        function, path = frames[-1]
+        by_component[component(path)] += count
+        by_self[f"{function} ({Path(path).name})"] += count
+        for name in {
+            f"{function} ({Path(path).name})"
+            for function, path in frames
+            if "yunpian_sms_server/" in path
+        }:
+            by_inclusive[name] += count
+    if not total:
+        return "no samples (was the server busy? does py-spy have ptrace rights?)"
+
+    def table(title: str, counts: Counter[str], limit: int) -> list[str]:
+        rows = [f"{title} ({total} samples)"]
+        rows += [
+            f"  {100 * count / total:5.1f}%  {name}" for name, count in counts.most_common(limit)
+        ]
+        return rows
+
+    lines = table("Innermost frame, by package", by_component, len(COMPONENTS) + 1)
+    lines += table("Top functions by self time", by_self, TOP_FUNCTIONS)
+    lines += table("yunpian_sms_server functions, inclusive", by_inclusive, TOP_FUNCTIONS)
+    return "\n".join(lines)
+
+
+def record(
+    bench: Bench, server: Server, calls: int, raw: Path, *, concurrency: int, native: bool
+) -> None:
+    """Runs `calls` at `concurrency` against `server` while py-spy records it."""
+    py_spy = shutil.which("py-spy", path=str(BIN_DIR)) or shutil.which("py-spy")
+    if py_spy is None:
+        raise BenchError("py-spy is not installed: pip install -r bench/requirements.txt")
+    bench.run_job(server, calls=calls // 10, concurrency=concurrency)  # warm up first
+    argv = [py_spy, "record", "--pid", str(server.pid), "--rate", str(SAMPLE_RATE_HZ)]
+    argv += ["--format", "raw", "--output", str(raw)]
+    # --native shows the C and Cython frames (grpc's core, aiohttp's parsers) but stops the
+    # server at each sample; without it those frames are folded into their Python caller.
+    argv += ["--native"] if native else ["--nonblocking"]
+    spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        bench.run_job(server, calls=calls, concurrency=concurrency)
+    finally:
+        spy.send_signal(signal.SIGINT)
+        _, errors = spy.communicate(timeout=PY_SPY_STOP_TIMEOUT_S)
+    if not raw.exists():
+        raise BenchError(f"py-spy wrote nothing: {errors.strip()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--server", choices=("real", "bare"), default="real")
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here")
+    parser.add_argument("--native", action="store_true", help="sample C/Cython frames too")
+    args = parser.parse_args()
+    # The load generator and the real server's config read these run.py options.
+    bench_args = argparse.Namespace(
+        request_ids=True,
+        per_phone_limits=list(PRODUCTION_PER_PHONE_LIMITS),
+        threadpool_workers=10,
+        quiet_wait_s=DEFAULT_QUIET_WAIT_S,
+    )
+    with tempfile.TemporaryDirectory(prefix="yunpian-profile-") as workdir:
+        bench = Bench(bench_args, Path(workdir))
+        try:
+            upstream = bench.start_upstream(0)
+            server = (
+                bench.start_real(upstream) if args.server == "real" else bench.start_bare(upstream)
+            )
+            raw = args.raw or Path(workdir) / "profile.txt"
+            log(f"profiling the {args.server} server: {args.calls} calls at C={args.concurrency}")
+            record(bench, server, args.calls, raw, concurrency=args.concurrency, native=args.native)
+        except BenchError as error:
+            log(f"failed: {error}")
+            return 1
+        finally:
+            bench.procs.stop_all()
+        print(summarize(raw))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

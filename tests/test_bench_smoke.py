@@ -1,0 +1,87 @@
+"""The benchmark's CI-sized run (issue 6): it runs and prints every figure, never judging one."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+REPO: Final = Path(__file__).resolve().parents[1]
+BENCH: Final = REPO / "bench" / "run.py"
+# The smoke run takes seconds; this only stops a hung run from holding CI.
+SMOKE_TIMEOUT_S: Final = 100
+SERVER_FIGURES: Final = (
+    "calls_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "cpu_s_per_1k_calls",
+    "peak_rss_mb",
+)
+MEMORY_FIGURES: Final = (
+    "rss_mb_at_half",
+    "rss_mb_at_end",
+    "growth_mb",
+    "peak_rss_mb",
+    "calls_per_s",
+    "cpu_s_per_1k_calls",
+)
+TARGET_COUNT: Final = 7
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _assert_figures(section: dict[str, Any], names: tuple[str, ...], where: str) -> None:
+    for name in names:
+        assert _is_number(section.get(name)), f"{where}.{name} is {section.get(name)!r}"
+
+
+def test_bench_smoke_run_prints_every_figure_of_every_scenario() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
+        cwd=REPO,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report = json.loads(completed.stdout)
+    scenarios = report["scenarios"]
+
+    servers_of = {
+        "upstream_0ms_c64": ("real", "bare"),
+        "upstream_0ms_c1": ("real", "bare"),
+        "upstream_slow_c256": ("real", "bare", "threadpool"),
+    }
+    for scenario, servers in servers_of.items():
+        for server in servers:
+            figures = scenarios[scenario]["servers"][server]
+            _assert_figures(figures, SERVER_FIGURES, f"{scenario}.{server}")
+            assert figures["calls"] > 0
+        for server in (server for server in servers if server != "bare"):
+            ratios = scenarios[scenario]["ratios_to_bare"][server]
+            _assert_figures(ratios, SERVER_FIGURES, f"{scenario}.ratios_to_bare.{server}")
+    assert _is_number(scenarios["upstream_0ms_c1"]["real_p50_minus_bare_p50_ms"])
+    assert _is_number(scenarios["upstream_slow_c256"]["real_vs_threadpool_calls_per_s"])
+
+    memory = scenarios["memory"]
+    _assert_figures(memory, MEMORY_FIGURES, "memory")
+    assert memory["log_rpc_events"] == memory["calls"]  # JSON logs were on, one event per RPC
+
+    startup = scenarios["startup"]
+    _assert_figures(startup, ("median_s", "max_s"), "startup")
+    assert startup["runs_s"]
+    assert all(_is_number(seconds) for seconds in startup["runs_s"])
+
+    targets = report["targets"]
+    assert len(targets) == TARGET_COUNT
+    for target in targets:
+        assert _is_number(target["value"]), target
+        assert _is_number(target["bound"]), target
+        assert isinstance(target["pass"], bool)

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 
@@ -18,6 +17,7 @@ import structlog
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian_sms_server.auth import Authenticator, set_current_caller
 from yunpian_sms_server.errors import Reason, ServiceError, to_grpc_status
+from yunpian_sms_server.ids import new_id
 from yunpian_sms_server.metrics import Metrics
 
 SERVICE_PREFIX: Final = "/yunpian.sms.v1.SmsService/"
@@ -52,7 +52,7 @@ def _request_id(metadata: tuple[tuple[str, str | bytes], ...]) -> str:
     for key, value in metadata:
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
-    return uuid.uuid4().hex
+    return new_id()
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -93,7 +93,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         bind_rpc_fields(request_id=request_id, replayed=False)
         trailer = ((REQUEST_ID_KEY, request_id),)
         started = time.perf_counter()
-        in_flight = self._metrics.in_flight.labels(rpc)
+        in_flight = self._metrics.child(self._metrics.in_flight, rpc)
         in_flight.inc()
         grpc_code, failure, response = "OK", None, None
         try:
@@ -138,7 +138,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         fields: dict[str, Any],
     ) -> None:
         metrics = self._metrics
-        metrics.rpcs.labels(rpc, grpc_code, str(fields.get("caller") or "")).inc()
+        metrics.child(metrics.rpcs, rpc, grpc_code, str(fields.get("caller") or "")).inc()
         yunpian_code = fields.get("yunpian_code")
         if yunpian_code:
             metrics.yunpian_errors.labels(str(yunpian_code)).inc()
@@ -150,7 +150,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return
         outcome = failure.reason.value if failure else grpc_code
         international = fields.get("international")
-        metrics.sends.labels(
+        metrics.child(
+            metrics.sends,
             str(fields.get("usage_type") or ""),
             "" if international is None else str(international).lower(),
             outcome,
@@ -161,7 +162,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             metrics.segments.inc(response.segment_count)
             # A fee YunPian wrote oddly is still passed on to the caller, just not summed.
             with contextlib.suppress(ValueError):
-                metrics.fee.labels(response.fee_unit).inc(float(response.fee))
+                metrics.child(metrics.fee, response.fee_unit).inc(float(response.fee))
 
 
 async def _abort(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -21,6 +20,7 @@ from yunpian_sms_server.errors import (
     invalid_argument,
 )
 from yunpian_sms_server.guards import SendGuards
+from yunpian_sms_server.ids import new_id
 from yunpian_sms_server.interceptors import bind_rpc_fields
 from yunpian_sms_server.phone import PhoneNumber, parse_phone
 from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker, TemplateStatus
@@ -164,7 +164,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
         Returns (not raises) a failure, so the caller can store or release the request_id.
         """
         windows = self._limiter.windows(phone, caller)
-        token = uuid.uuid4().hex
+        token = new_id()
         try:
             await self._guards.acquire(windows, token, phone.masked)
             result = await self._yunpian.single_send(

@@ -8,8 +8,9 @@ call holds the request_id) to DONE (its outcome is stored) or are released.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -22,8 +23,6 @@ from yunpian_sms_server.config import Limit
 
 # Redis operations that take longer than this count as a store failure.
 REDIS_TIMEOUT_S: Final = 1.0
-# The in-memory store sweeps expired idempotency records after this many new ones.
-MEMORY_SWEEP_EVERY: Final = 1024
 KEY_PREFIX: Final = "yunpian-sms:"
 
 
@@ -38,6 +37,11 @@ class Window:
     scope: str
     subject: str
     limit: Limit
+
+    @property
+    def subject_key(self) -> str:
+        """What the window counts: every window of one subject shares its log."""
+        return f"{self.scope}:{self.subject}"
 
     @property
     def key(self) -> str:
@@ -96,71 +100,81 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-def _wait_until_free(times: Sequence[float], limit: Limit, now: float) -> float:
-    """Seconds until a window holding these (sorted) times has room for one more."""
-    blocking = times[len(times) - limit.count]
-    return max(0.0, blocking + limit.period_s - now)
-
-
 class MemoryStore:
-    """The store of a single replica: plain dictionaries, atomic because nothing awaits inside."""
+    """The store of a single replica: plain dictionaries, atomic because nothing awaits inside.
+
+    One log per subject ("phone:+8613800138000") serves all of its windows: each limit counts
+    the entries newer than its period. Logs and claims expire through heaps ordered by expiry,
+    so the cost of forgetting is paid only for what has expired.
+    """
 
     def __init__(self) -> None:
-        self._windows: dict[str, deque[tuple[float, str]]] = {}
+        # subject -> [(time, token)], oldest first, kept for the subject's longest period.
+        self._logs: dict[str, list[tuple[float, str]]] = {}
+        self._log_expiry: list[tuple[float, float, str]] = []  # (expires, keep_s, subject)
         self._claims: dict[str, tuple[float, str, bytes | None]] = {}
-        self._added = 0
+        self._claim_expiry: list[tuple[float, str]] = []  # (expires, key)
 
     @staticmethod
     def _now() -> float:
         return time.monotonic()
 
-    def _live(self, window: Window, now: float) -> deque[tuple[float, str]]:
-        entries = self._windows.setdefault(window.key, deque())
-        while entries and entries[0][0] <= now - window.limit.period_s:
-            entries.popleft()
-        return entries
+    def _forget_expired(self, now: float) -> None:
+        logs, expiry = self._logs, self._log_expiry
+        while expiry and expiry[0][0] <= now:
+            _, keep_s, subject = heapq.heappop(expiry)
+            entries = logs.get(subject)
+            if entries and entries[-1][0] > now - keep_s:
+                heapq.heappush(expiry, (entries[-1][0] + keep_s, keep_s, subject))
+            else:
+                logs.pop(subject, None)
+        claims, claim_expiry = self._claims, self._claim_expiry
+        while claim_expiry and claim_expiry[0][0] <= now:
+            _, key = heapq.heappop(claim_expiry)
+            held = claims.get(key)
+            if held is not None and held[0] <= now:
+                del claims[key]
 
     async def acquire(self, windows: Sequence[Window], token: str) -> Refusal | None:
         now = self._now()
+        self._forget_expired(now)
         refusal: Refusal | None = None
         for window in windows:
-            entries = self._live(window, now)
-            if len(entries) >= window.limit.count:
-                wait = _wait_until_free([at for at, _ in entries], window.limit, now)
-                if refusal is None or wait > refusal.retry_after_s:
-                    refusal = Refusal(window, wait)
+            entries = self._logs.get(window.subject_key)
+            if not entries or len(entries) < window.limit.count:
+                continue
+            blocking = entries[len(entries) - window.limit.count][0]
+            wait = blocking + window.limit.period_s - now
+            if wait > 0 and (refusal is None or wait > refusal.retry_after_s):
+                refusal = Refusal(window, wait)
         if refusal is not None:
             return refusal
+        keep: dict[str, float] = {}
         for window in windows:
-            self._windows[window.key].append((now, token))
-        self._sweep_windows(now, windows)
+            keep[window.subject_key] = max(keep.get(window.subject_key, 0.0), window.limit.period_s)
+        for subject, keep_s in keep.items():
+            entries = self._logs.get(subject)
+            if entries is None:
+                self._logs[subject] = [(now, token)]
+                heapq.heappush(self._log_expiry, (now + keep_s, keep_s, subject))
+                continue
+            stale = bisect.bisect_right(entries, now - keep_s, key=_entry_time)
+            del entries[:stale]
+            entries.append((now, token))
         return None
 
-    def _sweep_windows(self, now: float, windows: Sequence[Window]) -> None:
-        self._added += 1
-        if self._added % MEMORY_SWEEP_EVERY:
-            return
-        longest = max((window.limit.period_s for window in windows), default=0.0)
-        for key in [
-            k
-            for k, entries in self._windows.items()
-            if not entries or entries[-1][0] <= now - longest
-        ]:
-            del self._windows[key]
-        for key in [k for k, (expires, _, _) in self._claims.items() if expires <= now]:
-            del self._claims[key]
-
     async def release(self, windows: Sequence[Window], token: str) -> None:
-        for window in windows:
-            entries = self._windows.get(window.key)
+        for subject in {window.subject_key for window in windows}:
+            entries = self._logs.get(subject)
             if entries is not None:
-                self._windows[window.key] = deque(e for e in entries if e[1] != token)
+                entries[:] = [entry for entry in entries if entry[1] != token]
 
     async def claim(self, key: str, fingerprint: str, lease_s: float) -> Claim:
         now = self._now()
+        self._forget_expired(now)
         held = self._claims.get(key)
         if held is None or held[0] <= now:
-            self._claims[key] = (now + lease_s, fingerprint, None)
+            self._hold(key, (now + lease_s, fingerprint, None))
             return Claim(ClaimState.NEW)
         _, held_fingerprint, record = held
         if held_fingerprint != fingerprint:
@@ -169,8 +183,12 @@ class MemoryStore:
             return Claim(ClaimState.PENDING)
         return Claim(ClaimState.DONE, record)
 
+    def _hold(self, key: str, held: tuple[float, str, bytes | None]) -> None:
+        self._claims[key] = held
+        heapq.heappush(self._claim_expiry, (held[0], key))
+
     async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
-        self._claims[key] = (self._now() + ttl_s, fingerprint, record)
+        self._hold(key, (self._now() + ttl_s, fingerprint, record))
 
     async def release_claim(self, key: str, fingerprint: str) -> None:
         held = self._claims.get(key)
@@ -181,8 +199,14 @@ class MemoryStore:
         return None
 
     async def close(self) -> None:
-        self._windows.clear()
+        self._logs.clear()
+        self._log_expiry.clear()
         self._claims.clear()
+        self._claim_expiry.clear()
+
+
+def _entry_time(entry: tuple[float, str]) -> float:
+    return entry[0]
 
 
 # KEYS: the windows' keys. ARGV: token, then (count, period_ms) per key.

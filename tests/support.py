@@ -256,3 +256,16 @@ def log_events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
     """The JSON log events of one name written to a stream (see the log_output fixture)."""
     parsed = [json.loads(line) for line in stream.getvalue().splitlines()]
     return [event for event in parsed if event["event"] == name]
+
+
+class FakeClock:
+    """A clock tests move by hand, for code that takes a `clock` callable."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support import FakeClock
 
 from yunpian_sms_server import sandbox as sandbox_module
 from yunpian_sms_server.sandbox import (
@@ -65,20 +66,9 @@ def make_templates() -> list[SandboxTemplate]:
     ]
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = START_TIME
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START_TIME)
 
 
 @pytest.fixture

@@ -10,7 +10,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import GENERIC_TEMPLATE, INTERNATIONAL_TEMPLATE, SIGN_IN_TEMPLATE, make_config
+from support import (
+    GENERIC_TEMPLATE,
+    INTERNATIONAL_TEMPLATE,
+    SIGN_IN_TEMPLATE,
+    FakeClock,
+    make_config,
+)
 
 from yunpian_sms_server.app import open_yunpian_session, yunpian_client
 from yunpian_sms_server.config import YunpianConfig
@@ -36,17 +42,6 @@ from yunpian_sms_server.templates import ProblemReason, TemplateBook, yunpian_fo
 # The sandbox of conftest.py approves the templates of support.BASE_CONFIG with these ids.
 SIGN_IN_ID, GENERIC_ID, INTERNATIONAL_ID = 1, 2, 3
 TYPO_TEMPLATE = "您的登陆验证码是{{code}}，5分钟内有效。"  # 登陆 where the approved one has 登录
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
-from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_server.auth import Authenticator
 from yunpian_sms_server.config import (
     Config,
@@ -30,9 +29,9 @@ from yunpian_sms_server.config import (
     exposure_problem,
     parse_listen,
 )
+from yunpian_sms_server.envelope import RpcEnvelope
 from yunpian_sms_server.errors import ConfigError, ServiceError
 from yunpian_sms_server.guards import SendGuards
-from yunpian_sms_server.interceptors import RpcInterceptor
 from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
@@ -46,7 +45,7 @@ from yunpian_sms_server.service import SmsServicer
 from yunpian_sms_server.stores import Store, StoreUnavailableError, open_store
 from yunpian_sms_server.template_check import TemplateChecker, TemplateStatus, configured_templates
 from yunpian_sms_server.templates import yunpian_form
-from yunpian_sms_server.yunpian import CONNECTION_LIMIT, YunpianClient
+from yunpian_sms_server.yunpian import CONNECTION_LIMIT, HEADERS, YunpianClient
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["SmsService"].full_name
 # The health "service" of liveness probes: SERVING while the process runs, even while the
@@ -85,6 +84,7 @@ def open_yunpian_session(config: YunpianConfig) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=config.timeout_seconds),
         connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
+        headers=HEADERS,
         trace_configs=[YunpianClient.trace_config()],
     )
 
@@ -211,8 +211,8 @@ class SmsServer:
         )
         self._servicer = SmsServicer(config, yunpian, self._checker, guards)
         authenticator = Authenticator(config.auth, required=config.authenticates)
-        server = grpc.aio.server(interceptors=[RpcInterceptor(authenticator, self.metrics)])
-        pb_grpc.add_SmsServiceServicer_to_server(self._servicer, server)
+        server = grpc.aio.server()
+        RpcEnvelope(authenticator, self.metrics).add_service(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -254,7 +254,7 @@ class SmsServer:
         )
 
     def _observe_upstream_latency(self, path: str, seconds: float) -> None:
-        self.metrics.upstream_latency.labels(path).observe(seconds)
+        self.metrics.child(self.metrics.upstream_latency, path).observe(seconds)
 
     async def _set_health(self, *, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING

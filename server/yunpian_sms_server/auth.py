@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -71,19 +71,28 @@ class Authenticator:
         callers = auth.callers if auth is not None else ()
         self._by_token = [(c.token_sha256, c) for c in callers if c.token_sha256 is not None]
         self._by_name = {c.name: c for c in callers}
+        # Tokens already proven, so the hash is paid once per token, not per RPC. Only valid
+        # tokens enter, so it holds at most one entry per configured caller.
+        self._proven: dict[str, Caller] = {}
 
     def authenticate(
         self,
         metadata: Iterable[tuple[str, str | bytes]],
-        auth_context: Mapping[str, Iterable[bytes]],
+        auth_context: Callable[[], Mapping[str, Iterable[bytes]]],
     ) -> Caller:
-        """The caller, or UNAUTHENTICATED. A bearer token wins over a certificate."""
+        """The caller, or UNAUTHENTICATED. A bearer token wins over a certificate.
+
+        `auth_context` (the RPC's, for the certificate) is only called when there is no token.
+        """
         if not self.required:
             return ANONYMOUS_CALLER
         token = _bearer_token(metadata)
         if token is not None:
-            return self._by_token_hash(hash_token(token))
-        names = list(auth_context.get(CERT_COMMON_NAME, ()))
+            caller = self._proven.get(token)
+            if caller is None:
+                caller = self._proven[token] = self._by_token_hash(hash_token(token))
+            return caller
+        names = list(auth_context().get(CERT_COMMON_NAME, ()))
         if names:
             name = names[0].decode(errors="replace")
             known = self._by_name.get(name)

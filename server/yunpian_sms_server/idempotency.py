@@ -7,7 +7,6 @@ delivery=unknown); any other outcome releases the request_id so a retry is judge
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import json
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ class Idempotency:
     def key(self, caller: str, request_id: str, request_parts: tuple[str, ...]) -> IdempotencyKey:
         """The scoped key and a keyed hash of the request: the code itself is never stored."""
         message = "\x1f".join(request_parts).encode()
-        fingerprint = hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+        fingerprint = hmac.digest(self._secret, message, "sha256").hex()
         return IdempotencyKey(f"{caller}\x1f{request_id}", fingerprint)
 
     async def begin(

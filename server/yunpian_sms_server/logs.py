@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -12,6 +13,53 @@ import structlog
 LOG_FORMATS: Final = ("json", "console")
 # Keys that would carry a secret or the SMS text; dropped from any event as a last line of defence.
 SECRET_KEYS: Final = frozenset({"code", "api_key", "apikey", "text", "sms_text", "authorization"})
+# Every `rpc` event carries these keys, None where the RPC did not get that far.
+RPC_EVENT_KEYS: Final = (
+    "request_id",
+    "caller",
+    "usage_type",
+    "international",
+    "phone",
+    "idempotency_key",
+    "yunpian_code",
+    "message_id",
+    "replayed",
+)
+
+# The fields of the RPC being handled. grpc.aio runs each RPC in a task of its own, so each RPC
+# sees its own dict, and every event logged while it runs carries them (merge_rpc_fields).
+_rpc_fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "rpc_fields", default=None
+)
+
+
+def start_rpc_fields(request_id: str) -> dict[str, Any]:
+    """Starts the current RPC's fields (every key of RPC_EVENT_KEYS); returns them."""
+    fields: dict[str, Any] = dict.fromkeys(RPC_EVENT_KEYS)
+    fields["request_id"] = request_id
+    fields["replayed"] = False
+    _rpc_fields.set(fields)
+    return fields
+
+
+def end_rpc_fields() -> None:
+    """Events logged from now on carry no RPC's fields."""
+    _rpc_fields.set(None)
+
+
+def bind_rpc_fields(**fields: object) -> None:
+    """Adds fields to the current RPC's events (phone, usage_type, ...); outside an RPC, nothing."""
+    current = _rpc_fields.get()
+    if current is not None:
+        current.update(fields)
+
+
+def merge_rpc_fields(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Puts the current RPC's fields first in the event; the event's own keys win."""
+    fields = _rpc_fields.get()
+    return event if fields is None else {**fields, **event}
 
 
 def drop_secrets(
@@ -44,7 +92,7 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            merge_rpc_fields,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             drop_secrets,

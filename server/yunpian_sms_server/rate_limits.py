@@ -19,14 +19,18 @@ class RateLimiter:
     def __init__(self, store: Store, limits: LimitsConfig) -> None:
         self._store = store
         self._limits = limits
+        # The caller and global windows of each caller: the same on every call.
+        self._shared: dict[str, tuple[Window, ...]] = {}
 
     def windows(self, phone: PhoneNumber, caller: str) -> list[Window]:
         """Every window a send to `phone` by `caller` counts in; numbers count in E.164."""
-        return [
-            *(Window("phone", phone.e164, limit) for limit in self._limits.per_phone),
-            *(Window("caller", caller, limit) for limit in self._limits.per_caller),
-            *(Window("global", GLOBAL_SUBJECT, limit) for limit in self._limits.global_),
-        ]
+        shared = self._shared.get(caller)
+        if shared is None:
+            shared = self._shared[caller] = (
+                *(Window("caller", caller, limit) for limit in self._limits.per_caller),
+                *(Window("global", GLOBAL_SUBJECT, limit) for limit in self._limits.global_),
+            )
+        return [*(Window("phone", phone.e164, limit) for limit in self._limits.per_phone), *shared]
 
     async def acquire(self, windows: Sequence[Window], token: str, masked_phone: str) -> None:
         """Counts the send; raises RATE_LIMITED (RetryInfo, QuotaFailure) when a window is full."""

@@ -21,7 +21,7 @@ from yunpian_sms_server.errors import (
 )
 from yunpian_sms_server.guards import SendGuards
 from yunpian_sms_server.ids import new_id
-from yunpian_sms_server.interceptors import bind_rpc_fields
+from yunpian_sms_server.logs import bind_rpc_fields
 from yunpian_sms_server.phone import PhoneNumber, parse_phone
 from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker, TemplateStatus
 from yunpian_sms_server.templates import render

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -30,9 +30,11 @@ class StoreUnavailableError(Exception):
     """The store could not be reached or failed; the caller applies store.on_error."""
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
-    """One rate limit applied to one subject: `scope` names it in errors ("phone", "caller")."""
+class Window(NamedTuple):
+    """One rate limit applied to one subject: `scope` names it in errors ("phone", "caller").
+
+    A named tuple: a SendCode makes one per per-phone limit, so it must be cheap to make.
+    """
 
     scope: str
     subject: str
@@ -158,8 +160,8 @@ class MemoryStore:
                 self._logs[subject] = [(now, token)]
                 heapq.heappush(self._log_expiry, (now + keep_s, keep_s, subject))
                 continue
-            stale = bisect.bisect_right(entries, now - keep_s, key=_entry_time)
-            del entries[:stale]
+            if entries and entries[0][0] <= now - keep_s:
+                del entries[: bisect.bisect_right(entries, now - keep_s, key=_entry_time)]
             entries.append((now, token))
         return None
 

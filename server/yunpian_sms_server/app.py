@@ -80,12 +80,11 @@ def sandbox_for(config: Config) -> Sandbox:
 
 
 def open_yunpian_session(config: YunpianConfig) -> aiohttp.ClientSession:
-    """The one HTTP session to YunPian, with the configured timeout and the send-progress hook."""
+    """The one HTTP session to YunPian, with the configured timeout."""
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=config.timeout_seconds),
         connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
         headers=HEADERS,
-        trace_configs=[YunpianClient.trace_config()],
     )
 
 

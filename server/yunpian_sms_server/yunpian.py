@@ -1,7 +1,9 @@
 """The YunPian HTTP client: one `single_send.json` call per SendCode, answers mapped to errors.
 
 Every transport fault is sorted by whether the request may have reached YunPian: only a failure
-before the request headers were sent is retried or called safe (design.md §6).
+to connect (aiohttp raises those, and only those, as ClientConnectorError or
+ConnectionTimeoutError) is retried or called safe (design.md §6); once connected, the request may
+have left, whatever fails next.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import asyncio
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -42,6 +43,8 @@ HEADERS: Final = {
 }
 # Fees stay the text YunPian wrote ("0.05"); sids parse as exact integers.
 _DECODER: Final = json.JSONDecoder(parse_float=str)
+# What aiohttp raises when no connection to YunPian was made: nothing was sent.
+_NOT_CONNECTED: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,22 +119,6 @@ class YunpianClient:
         self._api_key = api_key
         self._timeout_s = timeout_s
 
-    @staticmethod
-    def trace_config() -> aiohttp.TraceConfig:
-        """The session's trace hook that records when a request's headers left for YunPian."""
-
-        async def headers_sent(
-            _session: aiohttp.ClientSession,
-            context: SimpleNamespace,
-            _params: aiohttp.TraceRequestHeadersSentParams,
-        ) -> None:
-            if context.trace_request_ctx is not None:
-                context.trace_request_ctx["sent"] = True
-
-        config = aiohttp.TraceConfig()
-        config.on_request_headers_sent.append(headers_sent)
-        return config
-
     def budget_s(self, time_remaining: float | None) -> float:
         """How long one call may take: the configured timeout, or less to meet the deadline."""
         if time_remaining is None:
@@ -153,28 +140,26 @@ class YunpianClient:
                     Reason.PROVIDER_TIMEOUT,
                     "The call's deadline left no time to reach YunPian; nothing was sent.",
                 )
-            progress: dict[str, bool] = {"sent": False}
             started = loop.time()
             try:
                 async with self._session.post(
                     url,
                     data=body,
                     timeout=aiohttp.ClientTimeout(total=budget),
-                    trace_request_ctx=progress,
                 ) as response:
                     answer = await response.read()
                     if self._on_latency is not None:
                         self._on_latency(path, loop.time() - started)
                     return _parse_answer(response.status, answer, subject)
-            except (TimeoutError, aiohttp.ClientError, OSError) as error:
-                if progress["sent"]:
-                    raise self._lost(error) from None
+            except _NOT_CONNECTED as error:
                 if attempt == CONNECT_ATTEMPTS or isinstance(error, TimeoutError):
                     raise ServiceError(
                         Reason.PROVIDER_UNREACHABLE,
                         "YunPian could not be reached; nothing was sent.",
                         metadata={"error": type(error).__name__},
                     ) from None
+            except (TimeoutError, aiohttp.ClientError, OSError) as error:
+                raise self._lost(error) from None
             await asyncio.sleep(min(CONNECT_RETRY_BACKOFF_S * attempt, deadline - loop.time()))
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ from yunpian_sms_server.config import Limit
 # Redis operations that take longer than this count as a store failure.
 REDIS_TIMEOUT_S: Final = 1.0
 KEY_PREFIX: Final = "yunpian-sms:"
+# The in-memory store forgets expired idempotency records at most this often (claim() never
+# answers from an expired one).
+RECORD_SWEEP_INTERVAL_S: Final = 1.0
+# A stored idempotency record in memory starts with its expiry and its fingerprint's length.
+_RECORD_HEAD: Final = struct.Struct("<dH")
 
 
 class StoreUnavailableError(Exception):
@@ -106,16 +112,22 @@ class MemoryStore:
     """The store of a single replica: plain dictionaries, atomic because nothing awaits inside.
 
     One log per subject ("phone:+8613800138000") serves all of its windows: each limit counts
-    the entries newer than its period. Logs and claims expire through heaps ordered by expiry,
-    so the cost of forgetting is paid only for what has expired.
+    the entries newer than its period. Logs and leases expire through heaps ordered by expiry,
+    so the cost of forgetting is paid only for what has expired. Stored outcomes, one per
+    request_id for a day, are the bulk of the memory: each is one bytes object, and they are
+    forgotten in the order they were stored (with one TTL, the order they expire).
     """
 
     def __init__(self) -> None:
         # subject -> [(time, token)], oldest first, kept for the subject's longest period.
         self._logs: dict[str, list[tuple[float, str]]] = {}
         self._log_expiry: list[tuple[float, float, str]] = []  # (expires, keep_s, subject)
-        self._claims: dict[str, tuple[float, str, bytes | None]] = {}
-        self._claim_expiry: list[tuple[float, str]] = []  # (expires, key)
+        # Claims of calls in progress: key -> (expires, fingerprint).
+        self._leases: dict[str, tuple[float, str]] = {}
+        self._lease_expiry: list[tuple[float, str]] = []  # (expires, key)
+        # Completed claims: key -> _RECORD_HEAD + fingerprint + record, oldest first.
+        self._records: dict[str, bytes] = {}
+        self._records_swept_at = 0.0
 
     @staticmethod
     def _now() -> float:
@@ -130,12 +142,22 @@ class MemoryStore:
                 heapq.heappush(expiry, (entries[-1][0] + keep_s, keep_s, subject))
             else:
                 logs.pop(subject, None)
-        claims, claim_expiry = self._claims, self._claim_expiry
-        while claim_expiry and claim_expiry[0][0] <= now:
-            _, key = heapq.heappop(claim_expiry)
-            held = claims.get(key)
+        leases, lease_expiry = self._leases, self._lease_expiry
+        while lease_expiry and lease_expiry[0][0] <= now:
+            _, key = heapq.heappop(lease_expiry)
+            held = leases.get(key)
             if held is not None and held[0] <= now:
-                del claims[key]
+                del leases[key]
+        if now - self._records_swept_at >= RECORD_SWEEP_INTERVAL_S:
+            # In batches: a pass from the front of a dict also walks the slots freed before it.
+            self._records_swept_at = now
+            expired = []
+            for key, packed in self._records.items():
+                if _RECORD_HEAD.unpack_from(packed)[0] > now:
+                    break  # a record with a longer TTL may hold back others: claim() checks
+                expired.append(key)
+            for key in expired:
+                del self._records[key]
 
     async def acquire(self, windows: Sequence[Window], token: str) -> Refusal | None:
         now = self._now()
@@ -174,28 +196,35 @@ class MemoryStore:
     async def claim(self, key: str, fingerprint: str, lease_s: float) -> Claim:
         now = self._now()
         self._forget_expired(now)
-        held = self._claims.get(key)
+        packed = self._records.get(key)
+        if packed is not None:
+            expires, fingerprint_size = _RECORD_HEAD.unpack_from(packed)
+            if expires > now:
+                start = _RECORD_HEAD.size + fingerprint_size
+                if packed[_RECORD_HEAD.size : start] != fingerprint.encode():
+                    return Claim(ClaimState.MISMATCH)
+                return Claim(ClaimState.DONE, packed[start:])
+            del self._records[key]
+        held = self._leases.get(key)
         if held is None or held[0] <= now:
-            self._hold(key, (now + lease_s, fingerprint, None))
+            self._leases[key] = (now + lease_s, fingerprint)
+            heapq.heappush(self._lease_expiry, (now + lease_s, key))
             return Claim(ClaimState.NEW)
-        _, held_fingerprint, record = held
-        if held_fingerprint != fingerprint:
+        if held[1] != fingerprint:
             return Claim(ClaimState.MISMATCH)
-        if record is None:
-            return Claim(ClaimState.PENDING)
-        return Claim(ClaimState.DONE, record)
-
-    def _hold(self, key: str, held: tuple[float, str, bytes | None]) -> None:
-        self._claims[key] = held
-        heapq.heappush(self._claim_expiry, (held[0], key))
+        return Claim(ClaimState.PENDING)
 
     async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
-        self._hold(key, (self._now() + ttl_s, fingerprint, record))
+        self._leases.pop(key, None)
+        self._records.pop(key, None)  # stored again: to the end, in expiry order
+        encoded = fingerprint.encode()
+        head = _RECORD_HEAD.pack(self._now() + ttl_s, len(encoded))
+        self._records[key] = head + encoded + record
 
     async def release_claim(self, key: str, fingerprint: str) -> None:
-        held = self._claims.get(key)
-        if held is not None and held[1] == fingerprint and held[2] is None:
-            del self._claims[key]
+        held = self._leases.get(key)
+        if held is not None and held[1] == fingerprint:
+            del self._leases[key]
 
     async def ping(self) -> None:
         return None
@@ -203,8 +232,9 @@ class MemoryStore:
     async def close(self) -> None:
         self._logs.clear()
         self._log_expiry.clear()
-        self._claims.clear()
-        self._claim_expiry.clear()
+        self._leases.clear()
+        self._lease_expiry.clear()
+        self._records.clear()
 
 
 def _entry_time(entry: tuple[float, str]) -> float:

@@ -51,6 +51,10 @@ REQUIRED_USAGE_TYPES: Final = ("SignIn", "Register", "ForgotPassword", "Generic"
 FIRST_PHONE: Final = 13_800_000_000
 # The production defaults (design.md §8): every call has its own number, so they never refuse.
 PRODUCTION_PER_PHONE_LIMITS: Final = ("1/60s", "5/1h", "10/1d")
+PRODUCTION_IDEMPOTENCY_TTL_S: Final = 86400
+# The memory scenario's leak check keeps every call's state (idempotency record, per-phone log)
+# this long instead of a day, so the state turns over during the run and what remains is leaks.
+LEAK_CHECK_STATE_S: Final = 2
 # Far above what this machine can do, over windows short enough to hold little state.
 HIGH_RATE_LIMITS: Final = ("100000/1s",)
 SERVER_GRACE_S: Final = 1.0
@@ -298,7 +302,11 @@ def _set_key(data: dict[str, Any], dotted: str, value: object) -> dict[str, Any]
 
 
 def build_config(
-    listen: str, base_url: str, metrics_listen: str, per_phone: Sequence[str]
+    listen: str,
+    base_url: str,
+    metrics_listen: str,
+    per_phone: Sequence[str],
+    idempotency_ttl_s: float = PRODUCTION_IDEMPOTENCY_TTL_S,
 ) -> tuple[dict[str, Any], dict[str, bool]]:
     """The real server's config: production settings, each kept only if the parser accepts it.
 
@@ -325,7 +333,7 @@ def build_config(
         ("limits.global", list(HIGH_RATE_LIMITS)),
         ("store.url", "memory://"),
         ("store.on_error", "deny"),
-        ("store.idempotency_ttl_seconds", 86400),
+        ("store.idempotency_ttl_seconds", idempotency_ttl_s),
         # Production callers authenticate: the load generator sends this caller's token.
         (
             f"auth.callers.{BENCH_CALLER}.token_sha256",
@@ -439,13 +447,19 @@ class Bench:
         process, port = self.procs.spawn_reporting_port(name, argv)
         return Server("threadpool", process, port, upstream)
 
-    def start_real(self, upstream: Upstream) -> RealServer:
-        """`yunpian-sms serve --config FILE`, timed from spawn to SERVING."""
+    def start_real(self, upstream: Upstream, *, state_s: int | None = None) -> RealServer:
+        """`yunpian-sms serve --config FILE`, timed from spawn to SERVING.
+
+        `state_s` keeps idempotency records and per-phone logs that many seconds, not a day.
+        """
         name = self._name("real")
         port, metrics_port = free_port(), free_port()
         metrics_listen = f"{HOST}:{metrics_port}"
+        per_phone, ttl_s = self.args.per_phone_limits, PRODUCTION_IDEMPOTENCY_TTL_S
+        if state_s is not None:
+            per_phone, ttl_s = [f"1/{state_s}s"], state_s
         data, self.features = build_config(
-            f"{HOST}:{port}", upstream.url, metrics_listen, self.args.per_phone_limits
+            f"{HOST}:{port}", upstream.url, metrics_listen, per_phone, ttl_s
         )
         config_path = self.workdir / f"{name}.toml"
         config_path.write_text(to_toml(data), encoding="utf-8")
@@ -646,22 +660,15 @@ def scenario_upstream_slow(bench: Bench, sizes: Sizes, startups: list[float]) ->
     }
 
 
-def scenario_memory(bench: Bench, sizes: Sizes, startups: list[float]) -> dict[str, Any]:
-    total = sizes.memory_calls
+def _memory_run(bench: Bench, total: int, upstream: Upstream, state_s: int | None) -> Any:
+    """One fresh real server through `total` calls at C=64: RSS at half and end, peak, events."""
     half = total // 2
-    log(f"memory: {total} calls at C=64 through one real server, upstream 0 ms")
-    upstream = bench.start_upstream(0)
-    real = bench.start_real(upstream)
-    startups.append(real.startup_s)
+    real = bench.start_real(upstream, state_s=state_s)
     first = bench.run_job(real, calls=half, concurrency=64)
     second = bench.run_job(real, calls=total - half, concurrency=64)
     peak = peak_rss_mb(real.pid)
     bench.procs.stop(real.process)
-    events = count_rpc_events(real.log_path)
-    return {
-        "upstream_delay_ms": 0,
-        "concurrency": 64,
-        "calls": total,
+    return real, {
         "rss_mb_at_half": first["server_rss_mb"],
         "rss_mb_at_end": second["server_rss_mb"],
         "growth_mb": second["server_rss_mb"] - first["server_rss_mb"],
@@ -671,7 +678,27 @@ def scenario_memory(bench: Bench, sizes: Sizes, startups: list[float]) -> dict[s
             first["server_cpu_s_per_1k_calls"] + second["server_cpu_s_per_1k_calls"]
         )
         / 2,
-        "log_rpc_events": events,
+        "log_rpc_events": count_rpc_events(real.log_path),
+    }
+
+
+def scenario_memory(bench: Bench, sizes: Sizes, startups: list[float]) -> dict[str, Any]:
+    """The production run (a day of state per call), then the leak check (state kept 2 s)."""
+    total = sizes.memory_calls
+    log(f"memory: {total} calls at C=64 through one real server, upstream 0 ms")
+    upstream = bench.start_upstream(0)
+    real, production = _memory_run(bench, total, upstream, None)
+    startups.append(real.startup_s)
+    log(f"memory, leak check: {total} more calls, state kept {LEAK_CHECK_STATE_S} s")
+    real, leak_check = _memory_run(bench, total, upstream, LEAK_CHECK_STATE_S)
+    startups.append(real.startup_s)
+    return {
+        "upstream_delay_ms": 0,
+        "concurrency": 64,
+        "calls": total,
+        **production,
+        "retained_bytes_per_call": production["growth_mb"] * 2**20 / (total - total // 2),
+        "leak_check": {"state_kept_s": LEAK_CHECK_STATE_S, **leak_check},
     }
 
 
@@ -737,6 +764,15 @@ def judge(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         )
         checks.append(
             ("memory: growth second half <= 5 MB", memory["growth_mb"], TARGET_GROWTH_MB, "<=")
+        )
+        checks.append(
+            (
+                f"memory, state kept {LEAK_CHECK_STATE_S} s (leak check): growth second half "
+                "<= 5 MB",
+                memory["leak_check"]["growth_mb"],
+                TARGET_GROWTH_MB,
+                "<=",
+            )
         )
     if "startup" in results:
         checks.append(

@@ -29,7 +29,7 @@ MEMORY_FIGURES: Final = (
     "calls_per_s",
     "cpu_s_per_1k_calls",
 )
-TARGET_COUNT: Final = 7
+TARGET_COUNT: Final = 8
 
 
 def _is_number(value: Any) -> bool:
@@ -71,8 +71,11 @@ def test_bench_smoke_run_prints_every_figure_of_every_scenario() -> None:
     assert _is_number(scenarios["upstream_slow_c256"]["real_vs_threadpool_calls_per_s"])
 
     memory = scenarios["memory"]
-    _assert_figures(memory, MEMORY_FIGURES, "memory")
+    _assert_figures(memory, (*MEMORY_FIGURES, "retained_bytes_per_call"), "memory")
     assert memory["log_rpc_events"] == memory["calls"]  # JSON logs were on, one event per RPC
+    leak_check = memory["leak_check"]
+    _assert_figures(leak_check, (*MEMORY_FIGURES, "state_kept_s"), "memory.leak_check")
+    assert leak_check["log_rpc_events"] == memory["calls"]
 
     startup = scenarios["startup"]
     _assert_figures(startup, ("median_s", "max_s"), "startup")

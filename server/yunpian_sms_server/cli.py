@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -52,6 +53,9 @@ DEFAULT_SANDBOX_LISTEN: Final = "127.0.0.1:8080"
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2  # a bad command line or config file
+# `serve`'s cyclic-GC thresholds (Python's default: 700, 10, 10): a young-generation pass every
+# ~600 RPCs instead of every ~20.
+GC_THRESHOLDS: Final = (20_000, 20, 20)
 
 
 def _add_client_options(command: argparse.ArgumentParser, target_help: str) -> None:
@@ -139,9 +143,20 @@ async def _run_until_signalled() -> None:
     await stop.wait()
 
 
+def _tune_gc_for_serving() -> None:
+    """Fewer, larger collections once started (bench/README.md: at 256 calls in flight the
+    default thresholds spent ~55 µs per call in the cyclic GC, ~7 % of the server's CPU).
+
+    What start-up made (modules, config) is moved out of the collector's sight for good.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _serve(config: Config, args: argparse.Namespace) -> None:
     server = SmsServer(config)
     await server.start(listen=args.listen, sandbox=args.sandbox, sandbox_listen=args.sandbox_listen)
+    _tune_gc_for_serving()
     try:
         await _run_until_signalled()
     finally:

@@ -24,6 +24,8 @@ from yunpian_sms_server.sandbox import SANDBOX_API_KEY
 SIGN_IN_TEMPLATE = "您的登录验证码是{{code}}，5分钟内有效。"
 GENERIC_TEMPLATE = "您的验证码是{{code}}。如非本人操作，请忽略本短信"
 INTERNATIONAL_TEMPLATE = "Your verification code is {{code}}."
+# The fingerprint secret of the tests' shared (Redis) stores: every replica of a test uses it.
+FINGERPRINT_SECRET = "test-fingerprint-secret-0123456789abcdef"
 
 # The config the end-to-end tests start from; make_config replaces whole tables.
 BASE_CONFIG: dict[str, Any] = {
@@ -41,8 +43,10 @@ BASE_CONFIG: dict[str, Any] = {
 
 
 def make_config(**sections: dict[str, Any]) -> Config:
-    """BASE_CONFIG with whole top-level tables replaced."""
-    return parse_config({**BASE_CONFIG, **sections}, env={})
+    """BASE_CONFIG with whole top-level tables replaced (and no drain on stopping, unless set)."""
+    data = {**BASE_CONFIG, **sections}
+    data["server"] = {"drain_seconds": 0.0, **data.get("server", {})}
+    return parse_config(data, env={})
 
 
 # start_server(config=None, *, base_url=None) -> a started SmsServer on 127.0.0.1:<port>.

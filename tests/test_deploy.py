@@ -14,13 +14,16 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import StartServer, make_config
 
-from yunpian_sms_server.app import LIVENESS_SERVICE
+from yunpian_sms_server.app import LIVENESS_SERVICE, SHUTDOWN_ANSWER_MARGIN_S
 from yunpian_sms_server.auth import hash_token
 from yunpian_sms_server.config import Config, parse_config, parse_listen
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES = REPO / "deploy" / "kubernetes"
 API_KEY = "0123456789abcdef0123456789abcdef"
+FINGERPRINT_SECRET = "f" * 64
+# The environment the Deployment gives the server from the Secret (secret.example.yaml).
+SECRET_ENV = {"YUNPIAN_API_KEY": API_KEY, "YUNPIAN_SMS_FINGERPRINT_SECRET": FINGERPRINT_SECRET}
 
 
 def manifests() -> dict[tuple[str, str], dict[str, Any]]:
@@ -43,7 +46,7 @@ def config(objects: dict[tuple[str, str], dict[str, Any]]) -> Config:
     import tomllib
 
     toml = objects[("ConfigMap", "yunpian-sms")]["data"]["config.toml"]
-    return parse_config(tomllib.loads(toml), {"YUNPIAN_API_KEY": API_KEY})
+    return parse_config(tomllib.loads(toml), SECRET_ENV)
 
 
 def server_container(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
@@ -91,18 +94,30 @@ def test_probes_use_the_grpc_health_service(
     assert container["livenessProbe"]["grpc"] == {"port": grpc_port, "service": LIVENESS_SERVICE}
 
 
-def test_pods_get_longer_to_stop_than_the_grace_period(
+def test_pods_get_longer_to_stop_than_the_drain_and_the_grace_period(
     objects: dict[tuple[str, str], dict[str, Any]], config: Config
 ) -> None:
     pod = objects[("Deployment", "yunpian-sms")]["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] > config.server.grace_period_seconds
+    server = config.server
+    needed = server.drain_seconds + server.grace_period_seconds + SHUTDOWN_ANSWER_MARGIN_S
+    assert pod["terminationGracePeriodSeconds"] > needed
+    # Long enough for the readiness probe to see NOT_SERVING twice before the port closes.
+    probe = server_container(objects)["readinessProbe"]
+    assert server.drain_seconds >= probe["periodSeconds"] * probe["failureThreshold"]
+    # A send in flight gets YunPian's answer within the grace period.
+    assert server.grace_period_seconds >= config.yunpian.timeout_seconds + 1
 
 
-def test_the_api_key_comes_from_a_secret(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+def test_the_secrets_come_from_the_secret(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
     env = {item["name"]: item for item in server_container(objects)["env"]}
-    assert env["YUNPIAN_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "yunpian-sms"
+    secret = yaml.safe_load((KUBERNETES / "secret.example.yaml").read_text())
+    for name in SECRET_ENV:
+        reference = env[name]["valueFrom"]["secretKeyRef"]
+        assert reference["name"] == secret["metadata"]["name"]
+        assert reference["key"] in secret["stringData"]
     toml = objects[("ConfigMap", "yunpian-sms")]["data"]["config.toml"]
     assert "api_key" not in toml
+    assert "fingerprint_secret" not in toml
 
 
 def test_selectors_match_the_pods(objects: dict[tuple[str, str], dict[str, Any]]) -> None:

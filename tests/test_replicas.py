@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from support import BASE_CONFIG, RedisServer, ServeProcess, StartServe
+from support import BASE_CONFIG, FINGERPRINT_SECRET, RedisServer, ServeProcess, StartServe
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian_sms_client import (
@@ -54,7 +54,11 @@ def replica_config(
         "server": {"grace_period_seconds": 1.0},
         "yunpian": {"api_key": SANDBOX_API_KEY, "base_url": sandbox.url, "timeout_seconds": 2.0},
         "limits": {"per_phone": list(per_phone)},
-        "store": {"url": store_url, "on_error": on_error},
+        "store": {
+            "url": store_url,
+            "on_error": on_error,
+            "fingerprint_secret": FINGERPRINT_SECRET,
+        },
     }
 
 

@@ -98,37 +98,56 @@ async def test_concurrent_acquires_never_exceed_the_limit(store: Store) -> None:
 
 async def test_claim_then_complete_then_replay(store: Store) -> None:
     key = uuid.uuid4().hex
-    assert (await store.claim(key, "fp", 5.0)).state is ClaimState.NEW
-    assert (await store.claim(key, "fp", 5.0)).state is ClaimState.PENDING
-    assert (await store.claim(key, "other", 5.0)).state is ClaimState.MISMATCH
+    assert (await store.claim(key, ["fp"], "a", 5.0)).state is ClaimState.NEW
+    assert (await store.claim(key, ["fp"], "b", 5.0)).state is ClaimState.PENDING
+    assert (await store.claim(key, ["other"], "b", 5.0)).state is ClaimState.MISMATCH
     await store.complete(key, "fp", b"\x00outcome\xff", 60.0)
-    claim = await store.claim(key, "fp", 5.0)
+    claim = await store.claim(key, ["fp"], "b", 5.0)
     assert (claim.state, claim.record) == (ClaimState.DONE, b"\x00outcome\xff")
-    assert (await store.claim(key, "other", 5.0)).state is ClaimState.MISMATCH
+    assert (await store.claim(key, ["other"], "b", 5.0)).state is ClaimState.MISMATCH
 
 
-async def test_released_claims_are_judged_afresh(store: Store) -> None:
+async def test_a_request_matches_under_any_of_its_fingerprints(store: Store) -> None:
+    # A fingerprint secret being rotated: requests are hashed under the new and the old one.
+    pending, done = uuid.uuid4().hex, uuid.uuid4().hex
+    assert (await store.claim(pending, ["old"], "a", 5.0)).state is ClaimState.NEW
+    assert (await store.claim(pending, ["new", "old"], "b", 5.0)).state is ClaimState.PENDING
+    await store.complete(done, "old", b"outcome", 60.0)
+    claim = await store.claim(done, ["new", "old"], "b", 5.0)
+    assert (claim.state, claim.record) == (ClaimState.DONE, b"outcome")
+    assert (await store.claim(done, ["new"], "b", 5.0)).state is ClaimState.MISMATCH
+
+
+async def test_only_the_holder_releases_a_claim(store: Store) -> None:
     key = uuid.uuid4().hex
-    assert (await store.claim(key, "fp", 5.0)).state is ClaimState.NEW
-    await store.release_claim(key, "other")  # not ours: kept
-    assert (await store.claim(key, "fp", 5.0)).state is ClaimState.PENDING
-    await store.release_claim(key, "fp")
-    assert (await store.claim(key, "fp", 5.0)).state is ClaimState.NEW
+    assert (await store.claim(key, ["fp"], "holder", 5.0)).state is ClaimState.NEW
+    await store.release_claim(key, "another")  # the same request, another call: kept
+    assert (await store.claim(key, ["fp"], "another", 5.0)).state is ClaimState.PENDING
+    await store.release_claim(key, "holder")
+    assert (await store.claim(key, ["fp"], "another", 5.0)).state is ClaimState.NEW
+
+
+async def test_a_recorded_outcome_is_never_released(store: Store) -> None:
+    key = uuid.uuid4().hex
+    await store.claim(key, ["fp"], "holder", 5.0)
+    await store.complete(key, "fp", b"sent", 60.0)
+    await store.release_claim(key, "holder")
+    assert (await store.claim(key, ["fp"], "later", 5.0)).state is ClaimState.DONE
 
 
 async def test_claims_and_records_expire(store: Store) -> None:
     lease, record = uuid.uuid4().hex, uuid.uuid4().hex
-    assert (await store.claim(lease, "fp", 0.1)).state is ClaimState.NEW
-    await store.claim(record, "fp", 5.0)
+    assert (await store.claim(lease, ["fp"], "a", 0.1)).state is ClaimState.NEW
+    await store.claim(record, ["fp"], "a", 5.0)
     await store.complete(record, "fp", b"x", 0.1)
     await asyncio.sleep(0.2)
-    assert (await store.claim(lease, "fp", 5.0)).state is ClaimState.NEW
-    assert (await store.claim(record, "fp", 5.0)).state is ClaimState.NEW
+    assert (await store.claim(lease, ["fp"], "b", 5.0)).state is ClaimState.NEW
+    assert (await store.claim(record, ["fp"], "b", 5.0)).state is ClaimState.NEW
 
 
 async def test_concurrent_claims_have_one_winner(store: Store) -> None:
     key = uuid.uuid4().hex
-    claims = await asyncio.gather(*(store.claim(key, "fp", 5.0) for _ in range(20)))
+    claims = await asyncio.gather(*(store.claim(key, ["fp"], token(), 5.0) for _ in range(20)))
     assert [claim.state for claim in claims].count(ClaimState.NEW) == 1
 
 
@@ -140,7 +159,7 @@ async def test_redis_store_reports_an_unreachable_server() -> None:
         with pytest.raises(StoreUnavailableError):
             await store.acquire([window("1/60s")], token())
         with pytest.raises(StoreUnavailableError):
-            await store.claim("k", "fp", 1.0)
+            await store.claim("k", ["fp"], "holder", 1.0)
         with pytest.raises(StoreUnavailableError):
             await store.ping()
     finally:
@@ -150,3 +169,22 @@ async def test_redis_store_reports_an_unreachable_server() -> None:
 def test_open_store_picks_the_store_by_url() -> None:
     assert isinstance(open_store("memory://"), MemoryStore)
     assert isinstance(open_store("redis://127.0.0.1:6379/0"), RedisStore)
+
+
+async def test_a_burst_beyond_the_redis_connections_waits_its_turn(
+    redis_server: RedisServer,
+) -> None:
+    # redis-py refuses the command past its pool's size ("Too many connections"): that must not
+    # look like a Redis failure. 4 connections, 300 operations at once: every one is served.
+    store = RedisStore(redis_server.url, max_connections=4)
+    try:
+        results = await asyncio.gather(
+            *(store.acquire([window("1/60s")], token()) for _ in range(150)),
+            *(store.claim(uuid.uuid4().hex, ["fp"], token(), 5.0) for _ in range(150)),
+            return_exceptions=True,
+        )
+    finally:
+        await store.close()
+    failures = [result for result in results if isinstance(result, BaseException)]
+    assert failures == []
+    assert results[:150] == [None] * 150

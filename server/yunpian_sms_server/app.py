@@ -3,6 +3,12 @@
 With `[templates] verify_on_start`, start-up checks every configured template at YunPian and
 health stays NOT_SERVING (logging `template_not_approved` per failing template) until all are
 approved; a background task re-checks every `remote_cache_seconds` and then flips to SERVING.
+
+Shutdown: health turns NOT_SERVING and new calls are refused (SHUTTING_DOWN) while the port
+stays open for `server.drain_seconds`; then the listener closes and calls in flight have
+`server.grace_period_seconds` to finish. Those still running are interrupted and answer with
+what they know (an SMS that may have gone out is recorded and answered as `delivery=unknown`)
+within SHUTDOWN_ANSWER_MARGIN_S; the server then waits for the records and closes the store.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 from collections.abc import Callable
 from typing import Final
 
@@ -31,8 +38,8 @@ from yunpian_sms_server.config import (
 )
 from yunpian_sms_server.envelope import RpcEnvelope
 from yunpian_sms_server.errors import ConfigError, ServiceError
-from yunpian_sms_server.guards import SendGuards
 from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint
+from yunpian_sms_server.rate_limits import RateLimiter
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
     SANDBOX_API_KEY,
@@ -41,11 +48,13 @@ from yunpian_sms_server.sandbox import (
     SandboxTemplate,
     start_sandbox,
 )
+from yunpian_sms_server.send_protocol import Fingerprints, SendProtocol
 from yunpian_sms_server.service import SmsServicer
+from yunpian_sms_server.shutdown import Shutdown
 from yunpian_sms_server.stores import Store, StoreUnavailableError, open_store
 from yunpian_sms_server.template_check import TemplateChecker, TemplateStatus, configured_templates
 from yunpian_sms_server.templates import yunpian_form
-from yunpian_sms_server.yunpian import CONNECTION_LIMIT, HEADERS, YunpianClient
+from yunpian_sms_server.yunpian import YunpianClient, open_session
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["SmsService"].full_name
 # The health "service" of liveness probes: SERVING while the process runs, even while the
@@ -55,6 +64,11 @@ LIVENESS_SERVICE: Final = "liveness"
 IN_PROCESS_SANDBOX_LISTEN: Final = "127.0.0.1:0"
 # Region list of the sandbox's international templates: every region.
 SANDBOX_ALL_REGIONS: Final = "ALL"
+# Calls still running at the end of the grace period are interrupted this long before gRPC
+# would cut them: time to record what they know and answer with it.
+SHUTDOWN_ANSWER_MARGIN_S: Final = 0.5
+# gRPC's SO_REUSEPORT lets a second server bind a port in use and take half its connections.
+GRPC_SERVER_OPTIONS: Final = (("grpc.so_reuseport", 0),)
 
 _log = structlog.get_logger("yunpian_sms.app")
 
@@ -81,11 +95,15 @@ def sandbox_for(config: Config) -> Sandbox:
 
 def open_yunpian_session(config: YunpianConfig) -> aiohttp.ClientSession:
     """The one HTTP session to YunPian, with the configured timeout."""
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=config.timeout_seconds),
-        connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
-        headers=HEADERS,
-    )
+    return open_session(config.timeout_seconds)
+
+
+def fingerprints_for(config: Config) -> Fingerprints:
+    """The request fingerprints' keys: the configured secrets, or (one server with its own
+    memory store, whose records die with it) a random one."""
+    store = config.store
+    secret = store.fingerprint_secret.encode() or secrets.token_bytes(32)
+    return Fingerprints(secret, [old.encode() for old in store.previous_fingerprint_secrets])
 
 
 def yunpian_client(
@@ -162,7 +180,8 @@ class SmsServer:
         self._server: grpc.aio.Server | None = None
         # grpc-stubs lags grpcio: it lacks the asyncio health servicer.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self._servicer: SmsServicer | None = None
+        self._shutdown = Shutdown()
+        self._sending: SendProtocol | None = None
         self._checker: TemplateChecker | None = None
         self._store: Store | None = None
         self._verifier: asyncio.Task[None] | None = None
@@ -197,21 +216,25 @@ class SmsServer:
         self._checker = TemplateChecker(
             yunpian, cache_ttl_s=config.template_checks.remote_cache_seconds
         )
-        self._store = open_store(config.store.url)
+        self._store = open_store(config.store.url, config.store.max_connections)
         try:
             await self._store.ping()
         except StoreUnavailableError as error:
             _log.warning("store_unavailable", operation="start", error=str(error))
-        guards = SendGuards(
+        self._sending = SendProtocol(
             self._store,
-            config,
-            secret=config.yunpian.api_key.encode(),
-            on_allowed_failure=self.metrics.store_failures_allowed.inc,
+            RateLimiter(self._store, config.limits),
+            yunpian,
+            fingerprints=fingerprints_for(config),
+            record_ttl_s=config.store.idempotency_ttl_seconds,
+            allow_on_store_error=config.store.on_error == "allow",
+            shutdown=self._shutdown,
+            on_store_failure_allowed=self.metrics.store_failures_allowed.inc,
         )
-        self._servicer = SmsServicer(config, yunpian, self._checker, guards)
+        servicer = SmsServicer(config, self._sending, self._checker)
         authenticator = Authenticator(config.auth, required=config.authenticates)
-        server = grpc.aio.server()
-        RpcEnvelope(authenticator, self.metrics).add_service(self._servicer, server)
+        server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
+        RpcEnvelope(authenticator, self.metrics, self._shutdown).add_service(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -277,18 +300,21 @@ class SmsServer:
                 return
 
     async def stop(self) -> None:
-        """NOT_SERVING, lets in-flight RPCs finish within the grace period, closes everything."""
-        grace = self.config.server.grace_period_seconds
-        if self._servicer is not None:
-            self._servicer.shutting_down = True
+        """Drains, lets in-flight RPCs finish within the grace period, closes everything."""
+        settings = self.config.server
+        self._shutdown.draining = True
         if self._verifier is not None:
             self._verifier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._verifier
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
-            _log.info("stopping", grace_period_seconds=grace)
-            await self._server.stop(grace)
+            if settings.drain_seconds > 0:
+                _log.info("draining", drain_seconds=settings.drain_seconds)
+                await asyncio.sleep(settings.drain_seconds)
+            await self._stop_grpc(settings.grace_period_seconds)
+        if self._sending is not None:
+            await self._sending.drain()
         if self._checker is not None:
             await self._checker.close()
         if self._session is not None:
@@ -301,13 +327,13 @@ class SmsServer:
             await self.sandbox.close()
         _log.info("stopped")
 
-    async def wait_for_termination(self) -> None:
-        """Waits until the gRPC server has stopped."""
-        if self._server is not None:
-            await self._server.wait_for_termination()
-
-
-async def serve_until(stop: asyncio.Event, server: SmsServer) -> None:
-    """Runs a started server until `stop` is set, then shuts it down gracefully."""
-    await stop.wait()
-    await server.stop()
+    async def _stop_grpc(self, grace_s: float) -> None:
+        """Closes the listener; interrupts the calls still running when the grace period ends."""
+        assert self._server is not None
+        _log.info("stopping", grace_period_seconds=grace_s)
+        stopping = asyncio.create_task(self._server.stop(grace_s + SHUTDOWN_ANSWER_MARGIN_S))
+        done, _ = await asyncio.wait({stopping}, timeout=grace_s)
+        if not done and self._shutdown.calls_in_flight:
+            interrupted = self._shutdown.interrupt()
+            _log.warning("interrupting", calls=interrupted, grace_period_seconds=grace_s)
+        await stopping

@@ -25,8 +25,13 @@ from yunpian_sms_server.usage import REQUIRED_USAGE_TYPES, USAGE_TYPE_VALUES
 
 CONFIG_ENV: Final = "YUNPIAN_SMS_CONFIG"
 API_KEY_ENV: Final = "YUNPIAN_API_KEY"
+FINGERPRINT_SECRET_ENV: Final = "YUNPIAN_SMS_FINGERPRINT_SECRET"  # noqa: S105 - a variable's name
 DEFAULT_LISTEN: Final = "127.0.0.1:50051"
 DEFAULT_GRACE_PERIOD_S: Final = 10.0
+# Before the grace period, health says NOT_SERVING this long while the port stays open, so load
+# balancers stop sending before the listener closes.
+DEFAULT_DRAIN_S: Final = 1.0
+MAX_DRAIN_S: Final = 300.0
 DEFAULT_BASE_URL: Final = "https://sms.yunpian.com"
 DEFAULT_TIMEOUT_S: Final = 5.0
 DEFAULT_REFUSAL_MESSAGE: Final = "International SMS is not enabled."
@@ -35,6 +40,12 @@ DEFAULT_PER_PHONE_LIMITS: Final = ("1/60s", "5/1h", "10/1d")
 DEFAULT_STORE_URL: Final = "memory://"
 DEFAULT_IDEMPOTENCY_TTL_S: Final = 86400.0
 STORE_ON_ERROR_CHOICES: Final = ("deny", "allow")
+# The secret that keys request fingerprints: long enough to resist guessing the codes it hides.
+MIN_SECRET_LENGTH: Final = 32
+DEFAULT_STORE_MAX_CONNECTIONS: Final = 64
+MAX_STORE_MAX_CONNECTIONS: Final = 10_000
+# The refusal message is the status message of a refused international send: it must fit in it.
+MAX_REFUSAL_MESSAGE_LENGTH: Final = 500
 # YunPian's upstream deadline may not exceed this: a caller waiting longer has given up anyway.
 MAX_TIMEOUT_S: Final = 60.0
 _API_KEY = re.compile(r"[0-9a-fA-F]{32}")
@@ -51,14 +62,30 @@ _TEMPLATE_OPTIONS: Final = frozenset({"international", "verify_on_start", "remot
 KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "": frozenset({"server", "yunpian", "international", "templates", "limits", "store", "auth"}),
     "server": frozenset(
-        {"listen", "grace_period_seconds", "metrics_listen", "allow_unauthenticated", "tls"}
+        {
+            "listen",
+            "grace_period_seconds",
+            "drain_seconds",
+            "metrics_listen",
+            "allow_unauthenticated",
+            "tls",
+        }
     ),
     "server.tls": frozenset({"cert", "key", "client_ca"}),
     "yunpian": frozenset({"api_key", "base_url", "timeout_seconds"}),
     "international": frozenset({"enabled", "refusal_message", "allowed_regions"}),
     "templates": _TEMPLATE_OPTIONS,
     "limits": frozenset({"per_phone", "per_caller", "global"}),
-    "store": frozenset({"url", "on_error", "idempotency_ttl_seconds"}),
+    "store": frozenset(
+        {
+            "url",
+            "on_error",
+            "idempotency_ttl_seconds",
+            "max_connections",
+            "fingerprint_secret",
+            "previous_fingerprint_secrets",
+        }
+    ),
     "auth": frozenset({"callers"}),
     "auth.callers.*": frozenset({"token_sha256", "usage_types"}),
 }
@@ -86,6 +113,7 @@ class TlsConfig:
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
     grace_period_seconds: float = DEFAULT_GRACE_PERIOD_S
+    drain_seconds: float = DEFAULT_DRAIN_S
     metrics_listen: str = ""
     # Without [auth], serving beyond loopback must be asked for explicitly.
     allow_unauthenticated: bool = False
@@ -135,6 +163,16 @@ class StoreConfig:
     url: str = DEFAULT_STORE_URL
     on_error: str = "deny"
     idempotency_ttl_seconds: float = DEFAULT_IDEMPOTENCY_TTL_S
+    # Store operations in flight at once (Redis connections); more wait their turn.
+    max_connections: int = DEFAULT_STORE_MAX_CONNECTIONS
+    # Keys the request fingerprints of idempotency records; "" with memory://: a random one.
+    fingerprint_secret: str = field(default="", repr=False)
+    previous_fingerprint_secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def shared(self) -> bool:
+        """Whether several servers share the store (and so must share its secret)."""
+        return not self.url.startswith("memory:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,15 +267,31 @@ class _Reader:
                 return default
         return value
 
-    def number(self, name: str, default: float, low: float, high: float) -> float:
+    def number(
+        self, name: str, default: float, low: float, high: float, *, allow_low: bool = False
+    ) -> float:
+        """A number in (low, high], or [low, high] with `allow_low`."""
         value = self.data.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             self.problem(name, "must be a number")
             return default
-        if not low < value <= high:
+        if allow_low and not low <= value <= high:
+            self.problem(name, f"must be from {low:g} to {high:g}")
+            return default
+        if not allow_low and not low < value <= high:
             self.problem(name, f"must be more than {low:g} and at most {high:g}")
             return default
         return float(value)
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(name, "must be an integer")
+            return default
+        if not low <= value <= high:
+            self.problem(name, f"must be from {low} to {high}")
+            return default
+        return value
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.data.get(name, default)
@@ -404,6 +458,9 @@ def parse_config(
         grace_period_seconds=server_table.number(
             "grace_period_seconds", DEFAULT_GRACE_PERIOD_S, 0.0, 3600.0
         ),
+        drain_seconds=server_table.number(
+            "drain_seconds", DEFAULT_DRAIN_S, 0.0, MAX_DRAIN_S, allow_low=True
+        ),
         metrics_listen=server_table.string("metrics_listen", "", _check_optional_listen),
         allow_unauthenticated=server_table.boolean("allow_unauthenticated", False),
         tls=tls,
@@ -437,6 +494,10 @@ def parse_config(
     refusal = intl_table.string("refusal_message", DEFAULT_REFUSAL_MESSAGE)
     if not refusal.strip():
         intl_table.problem("refusal_message", "must not be empty")
+    elif len(refusal) > MAX_REFUSAL_MESSAGE_LENGTH:
+        intl_table.problem(
+            "refusal_message", f"must be at most {MAX_REFUSAL_MESSAGE_LENGTH} characters"
+        )
     international = InternationalConfig(
         enabled=intl_table.boolean("enabled", False),
         refusal_message=refusal,
@@ -471,19 +532,46 @@ def parse_config(
 
     store_table = root.table("store")
     store_table.only(KNOWN_KEYS["store"])
-    store = StoreConfig(
-        url=store_table.string("url", DEFAULT_STORE_URL, _check_store_url),
-        on_error=store_table.string("on_error", "deny", _check_on_error),
-        idempotency_ttl_seconds=store_table.number(
-            "idempotency_ttl_seconds", DEFAULT_IDEMPOTENCY_TTL_S, 0.0, 30 * 86400.0
-        ),
-    )
+    store = _read_store(store_table, env)
     config = Config(server, yunpian, international, templates, limits, store, template_checks, auth)
     if not problems and (exposed := exposure_problem(server.listen, config)) is not None:
         problems.append(exposed)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _read_store(store_table: _Reader, env: Mapping[str, str]) -> StoreConfig:
+    secret = store_table.string("fingerprint_secret", "")
+    secret_key = store_table.key("fingerprint_secret")
+    if env.get(FINGERPRINT_SECRET_ENV):
+        secret, secret_key = env[FINGERPRINT_SECRET_ENV], FINGERPRINT_SECRET_ENV
+    previous = store_table.strings("previous_fingerprint_secrets", ())
+    store = StoreConfig(
+        url=store_table.string("url", DEFAULT_STORE_URL, _check_store_url),
+        on_error=store_table.string("on_error", "deny", _check_on_error),
+        idempotency_ttl_seconds=store_table.number(
+            "idempotency_ttl_seconds", DEFAULT_IDEMPOTENCY_TTL_S, 0.0, 30 * 86400.0
+        ),
+        max_connections=store_table.integer(
+            "max_connections", DEFAULT_STORE_MAX_CONNECTIONS, 1, MAX_STORE_MAX_CONNECTIONS
+        ),
+        fingerprint_secret=secret,
+        previous_fingerprint_secrets=previous,
+    )
+    # The secrets themselves are never repeated in a message.
+    too_short = f"must be at least {MIN_SECRET_LENGTH} characters, e.g. `openssl rand -hex 32`"
+    if secret and len(secret) < MIN_SECRET_LENGTH:
+        store_table.problems.append(ConfigProblem(secret_key, too_short))
+    elif not secret and store.shared:
+        store_table.problem(
+            "fingerprint_secret",
+            f"is required with a shared store ({store.url.split(':', 1)[0]}://): every server "
+            f"must key request fingerprints alike; set it or {FINGERPRINT_SECRET_ENV}",
+        )
+    if any(len(old) < MIN_SECRET_LENGTH for old in previous):
+        store_table.problem("previous_fingerprint_secrets", too_short)
+    return store
 
 
 def _check_store_url(value: str) -> None:

@@ -3,8 +3,14 @@ metrics, and domain errors turned into rich statuses.
 
 The envelope wraps the servicer's methods once, when they are registered, rather than through a
 grpc.aio interceptor: an interceptor costs a coroutine and a new method handler on every RPC and
-keeps grpc from its registered-method fast path (bench/README.md). Health and reflection RPCs are
-registered as they are.
+keeps grpc from its registered-method fast path (bench/README.md). It registers them with request
+parsers of its own, so bytes that are not a request of the method's type (a corrupt message, a
+string that is not UTF-8) are answered INVALID_ARGUMENT MALFORMED_REQUEST like any bad input,
+instead of grpc's UNKNOWN and a traceback. Health and reflection RPCs are registered as they are.
+
+The `rpc` event is written and the metrics counted before the answer leaves, so whoever sees
+the answer can find its event. While the server drains, calls are refused with SHUTTING_DOWN;
+a call interrupted at the end of the grace period answers with what it knows.
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
-from types import SimpleNamespace
 from typing import Any, Final, cast
 
 import grpc
 import structlog
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError, Message
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
@@ -27,14 +34,49 @@ from yunpian_sms_server.errors import Reason, ServiceError, to_grpc_status
 from yunpian_sms_server.ids import new_id
 from yunpian_sms_server.logs import end_rpc_fields, start_rpc_fields
 from yunpian_sms_server.metrics import Metrics
+from yunpian_sms_server.shutdown import Shutdown
 
-RPC_NAMES: Final = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["SmsService"].methods)
+SERVICE: Final = pb.DESCRIPTOR.services_by_name["SmsService"]
+RPC_NAMES: Final = tuple(method.name for method in SERVICE.methods)
 REQUEST_ID_KEY: Final = "x-request-id"
 # A caller's x-request-id is kept when it is this safe to log; otherwise a new one is made.
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 _log = structlog.get_logger("yunpian_sms.rpc")
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Context], Awaitable[Any]]
+
+
+class MalformedRequest:
+    """What the envelope's parser hands on for bytes that are not a request of the RPC's type."""
+
+    __slots__ = ("message_type",)
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+
+
+def _parser(message_class: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
+    name = message_class.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Message | MalformedRequest:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return MalformedRequest(name)
+
+    return parse
+
+
+def _malformed(request: MalformedRequest) -> ServiceError:
+    return ServiceError(
+        Reason.MALFORMED_REQUEST,
+        f"The request is not a valid {request.message_type} message (corrupt bytes, or a "
+        "string field that is not UTF-8).",
+    )
+
+
+def _shutting_down() -> ServiceError:
+    return ServiceError(Reason.SHUTTING_DOWN, "The server is shutting down; retry elsewhere.")
 
 
 def _request_id(metadata: tuple[tuple[str, str | bytes], ...]) -> str:
@@ -47,64 +89,102 @@ def _request_id(metadata: tuple[tuple[str, str | bytes], ...]) -> str:
 class RpcEnvelope:
     """Wraps every SmsService RPC: request id, authentication, event, metrics, error status."""
 
-    def __init__(self, authenticator: Authenticator, metrics: Metrics) -> None:
+    def __init__(self, authenticator: Authenticator, metrics: Metrics, shutdown: Shutdown) -> None:
         self._authenticator = authenticator
         self._metrics = metrics
+        self._shutdown = shutdown
 
     def add_service(self, servicer: pb_grpc.SmsServiceServicer, server: grpc.aio.Server) -> None:
         """Registers the SmsService methods of `servicer` on `server`, each wrapped."""
-        wrapped = SimpleNamespace(
-            **{rpc: self.wrap(rpc, getattr(servicer, rpc)) for rpc in RPC_NAMES}
+        handlers = {
+            method.name: grpc.unary_unary_rpc_method_handler(
+                self.wrap(method.name, getattr(servicer, method.name)),
+                request_deserializer=_parser(message_factory.GetMessageClass(method.input_type)),
+                response_serializer=message_factory.GetMessageClass(
+                    method.output_type
+                ).SerializeToString,
+            )
+            for method in SERVICE.methods
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
         )
-        # The generated registration only reads the methods: any object with them will do.
-        pb_grpc.add_SmsServiceServicer_to_server(cast(pb_grpc.SmsServiceServicer, wrapped), server)
+        # grpc-stubs lags grpcio: it lacks the registered-method fast path.
+        server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
 
     def wrap(self, rpc: str, handler: Handler) -> Handler:
         """The RPC method `rpc` served by `handler` inside the envelope."""
         metrics = self._metrics
         in_flight = metrics.child(metrics.in_flight, rpc)
+        shutdown = self._shutdown
 
         async def handled(request: Any, context: Context) -> Any:
+            task = cast("asyncio.Task[object]", asyncio.current_task())
+            shutdown.enter(task)
             metadata = tuple(context.invocation_metadata() or ())
             request_id = _request_id(metadata)
             fields = start_rpc_fields(request_id)
-            trailer = ((REQUEST_ID_KEY, request_id),)
             started = time.perf_counter()
             in_flight.inc()
-            grpc_code, failure, response = "OK", None, None
+            failure: ServiceError | None = None
+            response = None
             try:
-                caller = self._authenticator.authenticate(metadata, context.auth_context)
-                set_current_caller(caller)
-                fields["caller"] = caller.name
-                response = await handler(request, context)
-                context.set_trailing_metadata(trailer)
-                return response
-            except ServiceError as error:
-                grpc_code, failure = error.code.name, error
-                if error.yunpian_code is not None:
-                    fields["yunpian_code"] = error.yunpian_code
-                await _abort(context, error, trailer)
-            except asyncio.CancelledError:
-                grpc_code = grpc.StatusCode.CANCELLED.name
-                raise
-            except Exception:
-                grpc_code = grpc.StatusCode.INTERNAL.name
-                failure = ServiceError(Reason.INTERNAL_ERROR, "Internal server error.")
-                _log.exception("rpc_failed", rpc=rpc)
-                await _abort(context, failure, trailer)
+                try:
+                    if shutdown.draining:
+                        raise _shutting_down()
+                    caller = self._authenticator.authenticate(metadata, context.auth_context)
+                    set_current_caller(caller)
+                    fields["caller"] = caller.name
+                    if isinstance(request, MalformedRequest):
+                        raise _malformed(request)
+                    response = await handler(request, context)
+                except ServiceError as error:
+                    failure = error
+                except asyncio.CancelledError:
+                    if not shutdown.absorb_interrupt():
+                        self._finish(rpc, "CANCELLED", None, None, fields, started)
+                        raise
+                    failure = _shutting_down()
+                except Exception:
+                    failure = ServiceError(Reason.INTERNAL_ERROR, "Internal server error.")
+                    _log.exception("rpc_failed", rpc=rpc)
+                trailer = ((REQUEST_ID_KEY, request_id),)
+                if failure is None:
+                    self._finish(rpc, "OK", None, response, fields, started)
+                    context.set_trailing_metadata(trailer)
+                    return response
+                if failure.yunpian_code is not None:
+                    fields["yunpian_code"] = failure.yunpian_code
+                self._finish(rpc, failure.code.name, failure, None, fields, started)
+                status = to_grpc_status(failure)
+                await context.abort(
+                    status.code, status.details, (*status.trailing_metadata, *trailer)
+                )
             finally:
                 in_flight.dec()
-                _log.info(
-                    "rpc",
-                    rpc=rpc,
-                    grpc_code=grpc_code,
-                    reason=failure.reason.value if failure else None,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                )
-                self._count(rpc, grpc_code, failure, response, fields)
                 end_rpc_fields()
+                shutdown.leave(task)
 
         return cast(Handler, handled)
+
+    def _finish(
+        self,
+        rpc: str,
+        grpc_code: str,
+        failure: ServiceError | None,
+        response: Any,
+        fields: dict[str, Any],
+        started: float,
+    ) -> None:
+        """Writes the RPC's event and counts it, before its answer leaves."""
+        _log.info(
+            "rpc",
+            rpc=rpc,
+            grpc_code=grpc_code,
+            reason=failure.reason.value if failure else None,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        self._count(rpc, grpc_code, failure, response, fields)
 
     def _count(
         self,
@@ -140,10 +220,3 @@ class RpcEnvelope:
             # A fee YunPian wrote oddly is still passed on to the caller, just not summed.
             with contextlib.suppress(ValueError):
                 metrics.child(metrics.fee, response.fee_unit).inc(float(response.fee))
-
-
-async def _abort(
-    context: Context, error: ServiceError, trailer: tuple[tuple[str, str], ...]
-) -> None:
-    status = to_grpc_status(error)
-    await context.abort(status.code, status.details, (*status.trailing_metadata, *trailer))

@@ -21,6 +21,11 @@ ERROR_DOMAIN: Final = "yunpian.sms.v1"
 DELIVERY_UNKNOWN: Final = "unknown"
 # How long a caller should wait after YunPian's per-key quota refusals (-4, -5).
 PROVIDER_QUOTA_RETRY_S: Final = 60.0
+# Longest text kept of a status's message and of each detail value (metadata, descriptions):
+# gRPC refuses trailers over a few kilobytes, and would then lose the whole status.
+MAX_MESSAGE_CHARS: Final = 512
+MAX_DETAIL_CHARS: Final = 256
+_ELLIPSIS: Final = "…"
 
 
 class Reason(StrEnum):
@@ -31,6 +36,7 @@ class Reason(StrEnum):
     INVALID_USAGE_TYPE = "INVALID_USAGE_TYPE"
     INVALID_REQUEST_ID = "INVALID_REQUEST_ID"
     INVALID_TEMPLATE = "INVALID_TEMPLATE"
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
     REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
     REQUEST_ID_IN_PROGRESS = "REQUEST_ID_IN_PROGRESS"
     INTERNATIONAL_DISABLED = "INTERNATIONAL_DISABLED"
@@ -69,6 +75,8 @@ STATUS_CODES: Final[Mapping[Reason, grpc.StatusCode]] = {
     Reason.INVALID_USAGE_TYPE: _C.INVALID_ARGUMENT,
     Reason.INVALID_REQUEST_ID: _C.INVALID_ARGUMENT,
     Reason.INVALID_TEMPLATE: _C.INVALID_ARGUMENT,
+    # The request's bytes are not a message of the RPC's type (or a string is not UTF-8).
+    Reason.MALFORMED_REQUEST: _C.INVALID_ARGUMENT,
     Reason.REQUEST_ID_REUSED: _C.INVALID_ARGUMENT,
     # The first call holding the request_id has not finished in this call's time: retry it.
     Reason.REQUEST_ID_IN_PROGRESS: _C.UNAVAILABLE,
@@ -175,6 +183,11 @@ def invalid_argument(reason: Reason, field_name: str, message: str) -> ServiceEr
     return ServiceError(reason, message, field_violation=FieldViolation(field_name, message))
 
 
+def bounded(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """The text, cut to at most `limit` characters (the cut marked with an ellipsis)."""
+    return text if len(text) <= limit else text[: limit - 1] + _ELLIPSIS
+
+
 def _packed(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
@@ -182,23 +195,28 @@ def _packed(message: object) -> any_pb2.Any:
 
 
 def to_status_proto(error: ServiceError) -> status_pb2.Status:
-    """Builds the google.rpc.Status of an error: ErrorInfo first, then the detail messages."""
+    """Builds the google.rpc.Status of an error: ErrorInfo first, then the detail messages.
+
+    Every text is bounded, so the status always fits in gRPC's trailers.
+    """
     code = STATUS_CODES[error.reason]
+    metadata = {key: bounded(value) for key, value in error.metadata.items()}
     details = [
         error_details_pb2.ErrorInfo(
-            reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.metadata
+            reason=error.reason.value, domain=ERROR_DOMAIN, metadata=metadata
         )
     ]
     if error.field_violation is not None:
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field_violation.field, description=error.field_violation.description
+            field=error.field_violation.field,
+            description=bounded(error.field_violation.description),
         )
         details.append(error_details_pb2.BadRequest(field_violations=[violation]))
     if error.precondition is not None:
         failure = error_details_pb2.PreconditionFailure.Violation(
             type=error.precondition.type,
             subject=error.precondition.subject,
-            description=error.precondition.description,
+            description=bounded(error.precondition.description),
         )
         details.append(error_details_pb2.PreconditionFailure(violations=[failure]))
     if error.retry_after_s is not None:
@@ -207,12 +225,12 @@ def to_status_proto(error: ServiceError) -> status_pb2.Status:
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
     if error.quota is not None:
         quota = error_details_pb2.QuotaFailure.Violation(
-            subject=error.quota.subject, description=error.quota.description
+            subject=error.quota.subject, description=bounded(error.quota.description)
         )
         details.append(error_details_pb2.QuotaFailure(violations=[quota]))
     return status_pb2.Status(
         code=code.value[0],
-        message=error.message,
+        message=bounded(error.message, MAX_MESSAGE_CHARS),
         details=[_packed(detail) for detail in details],
     )
 
@@ -272,6 +290,7 @@ def provider_error(yunpian_code: int, yunpian_msg: str, detail: str, subject: st
     `yunpian_msg` and `detail` must already have their phone numbers masked; `subject` is the
     masked number the call was about (it names the exhausted quota).
     """
+    yunpian_msg, detail = bounded(yunpian_msg), bounded(detail)
     reason = _PROVIDER_REASONS.get(yunpian_code, Reason.PROVIDER_REJECTED_REQUEST)
     if yunpian_code == _PARAMETER_FORMAT_WRONG and "mobile" in detail:
         reason = Reason.PROVIDER_PHONE_REJECTED

@@ -32,18 +32,21 @@ class RateLimiter:
             )
         return [*(Window("phone", phone.e164, limit) for limit in self._limits.per_phone), *shared]
 
-    async def acquire(self, windows: Sequence[Window], token: str, masked_phone: str) -> None:
-        """Counts the send; raises RATE_LIMITED (RetryInfo, QuotaFailure) when a window is full."""
+    async def acquire(self, windows: Sequence[Window], token: str) -> Refusal | None:
+        """Counts the send as `token` in every window, or says which window is full."""
         if not windows:
-            return
-        refusal = await self._store.acquire(windows, token)
-        if refusal is not None:
-            raise _rate_limited(refusal, masked_phone)
+            return None
+        return await self._store.acquire(windows, token)
 
     async def release(self, windows: Sequence[Window], token: str) -> None:
         """Gives the send's slots back: nothing was sent."""
         if windows:
             await self._store.release(windows, token)
+
+    @staticmethod
+    def refusal_error(refusal: Refusal, masked_phone: str) -> ServiceError:
+        """RATE_LIMITED, with the wait (RetryInfo) and the full window (QuotaFailure)."""
+        return _rate_limited(refusal, masked_phone)
 
 
 def _rate_limited(refusal: Refusal, masked_phone: str) -> ServiceError:

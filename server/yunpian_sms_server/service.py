@@ -1,4 +1,4 @@
-"""The SmsService servicer: validates a request, picks its template, and calls YunPian once."""
+"""The SmsService servicer: validates a request and picks its template; the send protocol sends."""
 
 from __future__ import annotations
 
@@ -19,14 +19,12 @@ from yunpian_sms_server.errors import (
     ServiceError,
     invalid_argument,
 )
-from yunpian_sms_server.guards import SendGuards
-from yunpian_sms_server.ids import new_id
 from yunpian_sms_server.logs import bind_rpc_fields
 from yunpian_sms_server.phone import PhoneNumber, parse_phone
+from yunpian_sms_server.send_protocol import SendOrder, SendProtocol
 from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker, TemplateStatus
 from yunpian_sms_server.templates import render
 from yunpian_sms_server.usage import usage_type_name
-from yunpian_sms_server.yunpian import YunpianClient
 
 MAX_REQUEST_ID_LENGTH: Final = 128
 # ValidateTemplate's content: far above YunPian's 500, low enough to keep the diff against every
@@ -43,15 +41,6 @@ _TEMPLATE_STATUSES: Final[Mapping[TemplateStatus, pb.TemplateStatus]] = {
     TemplateStatus.NOT_FOUND: pb.TEMPLATE_STATUS_NOT_FOUND,
     TemplateStatus.NOT_CHECKED: pb.TEMPLATE_STATUS_NOT_CHECKED,
 }
-
-
-def _replayed(outcome: pb.SendCodeResponse | ServiceError) -> pb.SendCodeResponse:
-    """Answers from an idempotency record: nothing is sent."""
-    bind_rpc_fields(replayed=True)
-    if isinstance(outcome, ServiceError):
-        raise outcome
-    bind_rpc_fields(message_id=outcome.message_id)
-    return outcome
 
 
 def check_usage_type(value: int) -> str:
@@ -77,26 +66,10 @@ def check_request_id(request_id: str) -> None:
 class SmsServicer(pb_grpc.SmsServiceServicer):
     """Answers SmsService RPCs; errors are raised as ServiceError for the interceptor to map."""
 
-    def __init__(
-        self,
-        config: Config,
-        yunpian: YunpianClient,
-        checker: TemplateChecker,
-        guards: SendGuards,
-    ) -> None:
+    def __init__(self, config: Config, sending: SendProtocol, checker: TemplateChecker) -> None:
         self._config = config
-        self._yunpian = yunpian
+        self._sending = sending
         self._checker = checker
-        self._guards = guards
-        self._limiter = guards.limiter
-        self._idempotency = guards.idempotency
-        self.shutting_down = False
-
-    def _refuse_while_shutting_down(self) -> None:
-        if self.shutting_down:
-            raise ServiceError(
-                Reason.SHUTTING_DOWN, "The server is shutting down; retry elsewhere."
-            )
 
     def _check_international(self, phone: PhoneNumber) -> None:
         policy = self._config.international
@@ -120,7 +93,6 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
             )
 
     async def SendCode(self, request: pb.SendCodeRequest, context: Context) -> pb.SendCodeResponse:
-        self._refuse_while_shutting_down()
         phone = parse_phone(request.phone_number)
         bind_rpc_fields(phone=phone.masked, international=phone.international)
         check_code(request.code)
@@ -136,57 +108,19 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
                 Reason.TEMPLATE_NOT_CONFIGURED,
                 f"No template is configured for usage type {usage_type} or Generic.",
             )
-        caller = current_caller().name
-        time_remaining = context.time_remaining()
-        key = None
-        if request.request_id:
-            key = self._idempotency.key(
-                caller, request.request_id, (phone.e164, usage_type, request.code)
-            )
-            claimed = await self._guards.begin(key, self._yunpian.budget_s(time_remaining))
-            if claimed is None:
-                key = None  # the store failed and on_error allows sending without a record
-            elif claimed.replay is not None:
-                return _replayed(claimed.replay)
-        outcome = await self._send(phone, caller, render(template, request.code), time_remaining)
-        if key is not None:
-            await self._guards.finish(key, outcome)
-        if isinstance(outcome, ServiceError):
-            raise outcome
-        bind_rpc_fields(message_id=outcome.message_id, yunpian_code=0)
-        return outcome
-
-    async def _send(
-        self, phone: PhoneNumber, caller: str, text: str, time_remaining: float | None
-    ) -> pb.SendCodeResponse | ServiceError:
-        """Counts the send against the rate limits and makes the one YunPian call.
-
-        Returns (not raises) a failure, so the caller can store or release the request_id.
-        """
-        windows = self._limiter.windows(phone, caller)
-        token = new_id()
-        try:
-            await self._guards.acquire(windows, token, phone.masked)
-            result = await self._yunpian.single_send(
-                phone.yunpian_mobile, text, subject=phone.masked, time_remaining=time_remaining
-            )
-        except ServiceError as error:
-            if not error.delivery_unknown and error.reason is not Reason.RATE_LIMITED:
-                await self._guards.release(windows, token)  # nothing was sent: give the slot back
-            return error
-        return pb.SendCodeResponse(
-            message_id=result.sid,
-            mobile=result.mobile,
-            international=phone.international,
-            segment_count=result.count,
-            fee=result.fee,
-            fee_unit=result.unit,
+        order = SendOrder(
+            caller=current_caller().name,
+            phone=phone,
+            usage_type=usage_type,
+            code=request.code,
+            text=render(template, request.code),
+            request_id=request.request_id,
         )
+        return await self._sending.send(order, context.time_remaining())
 
     async def ValidateTemplate(
         self, request: pb.ValidateTemplateRequest, context: Context
     ) -> pb.ValidateTemplateResponse:
-        self._refuse_while_shutting_down()
         international = request.international
         bind_rpc_fields(international=international)
         which = request.WhichOneof("template")

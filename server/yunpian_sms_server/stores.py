@@ -3,11 +3,17 @@
 Both stores offer the same few atomic operations. Rate limits are sliding-window logs: each
 accepted call adds a token to every window it counts in, so the wait until a slot frees is exact,
 and a call that sent nothing can take its token back. Idempotency records move from PENDING (a
-call holds the request_id) to DONE (its outcome is stored) or are released.
+call, the lease's holder, has the request_id) to DONE (its outcome is stored) or are released by
+their holder. A request_id is compared by fingerprint; a claim names every fingerprint the
+request may have been stored under (the secret that keys them can be rotated).
+
+The Redis store runs at most `max_connections` operations at once and queues the rest: a burst
+is slower, never a store failure. The queue is bounded by each caller's own deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import heapq
 import struct
@@ -24,6 +30,8 @@ from yunpian_sms_server.config import Limit
 
 # Redis operations that take longer than this count as a store failure.
 REDIS_TIMEOUT_S: Final = 1.0
+# Redis operations (and so connections) in flight at once unless configured; more wait their turn.
+DEFAULT_MAX_CONNECTIONS: Final = 64
 KEY_PREFIX: Final = "yunpian-sms:"
 # The in-memory store forgets expired idempotency records at most this often (claim() never
 # answers from an expired one).
@@ -89,16 +97,23 @@ class Store(Protocol):
         """Takes a token back from its windows (the call sent nothing)."""
         ...
 
-    async def claim(self, key: str, fingerprint: str, lease_s: float) -> Claim:
-        """Claims a request_id for `lease_s` seconds, or reports who holds it or what it stored."""
+    async def claim(
+        self, key: str, fingerprints: Sequence[str], holder: str, lease_s: float
+    ) -> Claim:
+        """Claims a request_id for `holder` for `lease_s` seconds, or says who has it and how.
+
+        The request is the same as the stored one when the stored fingerprint is any of
+        `fingerprints`; a new claim stores the first.
+        """
         ...
 
     async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
-        """Stores the outcome of a claimed request_id for `ttl_s` seconds."""
+        """Stores the outcome of a request_id for `ttl_s` seconds, whoever holds its claim."""
         ...
 
-    async def release_claim(self, key: str, fingerprint: str) -> None:
-        """Gives up a claim without an outcome, so a retry is judged afresh."""
+    async def release_claim(self, key: str, holder: str) -> None:
+        """Gives up `holder`'s claim without an outcome (a retry is judged afresh); a claim of
+        another holder, or a stored outcome, is left as it is."""
         ...
 
     async def ping(self) -> None:
@@ -122,8 +137,8 @@ class MemoryStore:
         # subject -> [(time, token)], oldest first, kept for the subject's longest period.
         self._logs: dict[str, list[tuple[float, str]]] = {}
         self._log_expiry: list[tuple[float, float, str]] = []  # (expires, keep_s, subject)
-        # Claims of calls in progress: key -> (expires, fingerprint).
-        self._leases: dict[str, tuple[float, str]] = {}
+        # Claims of calls in progress: key -> (expires, fingerprint, holder).
+        self._leases: dict[str, tuple[float, str, str]] = {}
         self._lease_expiry: list[tuple[float, str]] = []  # (expires, key)
         # Completed claims: key -> _RECORD_HEAD + fingerprint + record, oldest first.
         self._records: dict[str, bytes] = {}
@@ -193,7 +208,9 @@ class MemoryStore:
             if entries is not None:
                 entries[:] = [entry for entry in entries if entry[1] != token]
 
-    async def claim(self, key: str, fingerprint: str, lease_s: float) -> Claim:
+    async def claim(
+        self, key: str, fingerprints: Sequence[str], holder: str, lease_s: float
+    ) -> Claim:
         now = self._now()
         self._forget_expired(now)
         packed = self._records.get(key)
@@ -201,16 +218,16 @@ class MemoryStore:
             expires, fingerprint_size = _RECORD_HEAD.unpack_from(packed)
             if expires > now:
                 start = _RECORD_HEAD.size + fingerprint_size
-                if packed[_RECORD_HEAD.size : start] != fingerprint.encode():
+                if packed[_RECORD_HEAD.size : start].decode() not in fingerprints:
                     return Claim(ClaimState.MISMATCH)
                 return Claim(ClaimState.DONE, packed[start:])
             del self._records[key]
         held = self._leases.get(key)
         if held is None or held[0] <= now:
-            self._leases[key] = (now + lease_s, fingerprint)
+            self._leases[key] = (now + lease_s, fingerprints[0], holder)
             heapq.heappush(self._lease_expiry, (now + lease_s, key))
             return Claim(ClaimState.NEW)
-        if held[1] != fingerprint:
+        if held[1] not in fingerprints:
             return Claim(ClaimState.MISMATCH)
         return Claim(ClaimState.PENDING)
 
@@ -221,9 +238,9 @@ class MemoryStore:
         head = _RECORD_HEAD.pack(self._now() + ttl_s, len(encoded))
         self._records[key] = head + encoded + record
 
-    async def release_claim(self, key: str, fingerprint: str) -> None:
+    async def release_claim(self, key: str, holder: str) -> None:
         held = self._leases.get(key)
-        if held is not None and held[1] == fingerprint:
+        if held is not None and held[2] == holder:
             del self._leases[key]
 
     async def ping(self) -> None:
@@ -266,35 +283,48 @@ end
 return {}
 """
 
-# KEYS[1]: the record. ARGV: fingerprint, lease_ms.
+# KEYS[1]: the record. ARGV: holder, lease_ms, then the fingerprints the request may be stored
+# under (a new claim stores the first).
 # Returns {'new'} | {'pending'} | {'mismatch'} | {'done', record}.
 _CLAIM: Final = """
 local held = redis.call('HMGET', KEYS[1], 'fingerprint', 'record')
 if not held[1] then
-  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1])
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[3], 'holder', ARGV[1])
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
   return {'new'}
 end
-if held[1] ~= ARGV[1] then return {'mismatch'} end
+local same = false
+for i = 3, #ARGV do
+  if held[1] == ARGV[i] then same = true end
+end
+if not same then return {'mismatch'} end
 if not held[2] then return {'pending'} end
 return {'done', held[2]}
 """
 
-# KEYS[1]: the record. ARGV: fingerprint. Deletes it only while it is a pending claim of ours.
+# KEYS[1]: the record. ARGV: holder. Deletes it only while it is a pending claim of that holder.
 _RELEASE_CLAIM: Final = """
-local held = redis.call('HMGET', KEYS[1], 'fingerprint', 'record')
+local held = redis.call('HMGET', KEYS[1], 'holder', 'record')
 if held[1] == ARGV[1] and not held[2] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
 
 class RedisStore:
-    """The store shared by every replica, in one Redis server; each operation is one script."""
+    """The store shared by every replica, in one Redis server; each operation is one round trip.
 
-    def __init__(self, url: str) -> None:
+    redis-py's pool refuses a command when all its connections are busy; a semaphore of the same
+    size in front of it makes such a command wait for a connection instead.
+    """
+
+    def __init__(self, url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+            url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            max_connections=max_connections,
         )
+        self._turns = asyncio.Semaphore(max_connections)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._claim = self._redis.register_script(_CLAIM)
         self._release_claim = self._redis.register_script(_RELEASE_CLAIM)
@@ -306,7 +336,8 @@ class RedisStore:
         for window in windows:
             args += [window.limit.count, int(window.limit.period_s * 1000)]
         try:
-            answer = await self._acquire(keys=[w.key for w in windows], args=args)
+            async with self._turns:
+                answer = await self._acquire(keys=[w.key for w in windows], args=args)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
         if not answer:
@@ -316,18 +347,22 @@ class RedisStore:
 
     async def release(self, windows: Sequence[Window], token: str) -> None:
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._turns, self._redis.pipeline(transaction=True) as pipe:
                 for window in windows:
                     pipe.zrem(window.key, token)
                 await pipe.execute()
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
 
-    async def claim(self, key: str, fingerprint: str, lease_s: float) -> Claim:
+    async def claim(
+        self, key: str, fingerprints: Sequence[str], holder: str, lease_s: float
+    ) -> Claim:
         try:
-            answer = await self._claim(
-                keys=[KEY_PREFIX + "idem:" + key], args=[fingerprint, max(1, int(lease_s * 1000))]
-            )
+            async with self._turns:
+                answer = await self._claim(
+                    keys=[KEY_PREFIX + "idem:" + key],
+                    args=[holder, max(1, int(lease_s * 1000)), *fingerprints],
+                )
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
         state = ClaimState(answer[0].decode())
@@ -336,22 +371,25 @@ class RedisStore:
     async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
         name = KEY_PREFIX + "idem:" + key
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._turns, self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(name, mapping={"fingerprint": fingerprint, "record": record})
+                pipe.hdel(name, "holder")
                 pipe.pexpire(name, max(1, int(ttl_s * 1000)))
                 await pipe.execute()
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
 
-    async def release_claim(self, key: str, fingerprint: str) -> None:
+    async def release_claim(self, key: str, holder: str) -> None:
         try:
-            await self._release_claim(keys=[KEY_PREFIX + "idem:" + key], args=[fingerprint])
+            async with self._turns:
+                await self._release_claim(keys=[KEY_PREFIX + "idem:" + key], args=[holder])
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
 
     async def ping(self) -> None:
         try:
-            await self._redis.ping()
+            async with self._turns:
+                await self._redis.ping()
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
 
@@ -359,8 +397,8 @@ class RedisStore:
         await self._redis.aclose()
 
 
-def open_store(url: str) -> Store:
-    """The store a `store.url` names: memory:// or redis://."""
+def open_store(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Store:
+    """The store a `store.url` names: memory:// or redis:// (at most `max_connections`)."""
     if url.startswith("memory:"):
         return MemoryStore()
-    return RedisStore(url)
+    return RedisStore(url, max_connections)

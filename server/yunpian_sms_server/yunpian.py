@@ -2,13 +2,15 @@
 
 Every transport fault is sorted by whether the request may have reached YunPian: only a failure
 to connect (aiohttp raises those, and only those, as ClientConnectorError or
-ConnectionTimeoutError) is retried or called safe (design.md §6); once connected, the request may
-have left, whatever fails next.
+ConnectionTimeoutError) is retried or called safe; once connected, the request may have left,
+whatever fails next. A call that is cancelled cannot say which it was, so the caller passes a
+`SendAttempt` that the session's connector marks as soon as it has a connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,6 +47,49 @@ HEADERS: Final = {
 _DECODER: Final = json.JSONDecoder(parse_float=str)
 # What aiohttp raises when no connection to YunPian was made: nothing was sent.
 _NOT_CONNECTED: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+class SendAttempt:
+    """How far one call to YunPian got: `connected` once a connection was made for it.
+
+    From then on the request may have left, so an interrupted call may have sent the SMS.
+    """
+
+    __slots__ = ("connected",)
+
+    def __init__(self) -> None:
+        self.connected = False
+
+
+# The attempt of the call this task is making, for the connector to mark.
+_current_attempt: contextvars.ContextVar[SendAttempt | None] = contextvars.ContextVar(
+    "yunpian_attempt", default=None
+)
+
+
+class YunpianConnector(aiohttp.TCPConnector):
+    """A TCP connector that marks the current call's SendAttempt once it has a connection."""
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Any],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> aiohttp.connector.Connection:
+        connection = await super().connect(req, traces, timeout)
+        attempt = _current_attempt.get()
+        if attempt is not None:
+            attempt.connected = True
+        return connection
+
+
+def open_session(timeout_s: float) -> aiohttp.ClientSession:
+    """The one HTTP session to YunPian of a process: its timeout, headers and connector."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        connector=YunpianConnector(limit=CONNECTION_LIMIT),
+        headers=HEADERS,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +171,24 @@ class YunpianClient:
         return min(self._timeout_s, time_remaining - DEADLINE_MARGIN_S)
 
     async def _post(
-        self, path: str, form: dict[str, str], *, subject: str, time_remaining: float | None
+        self,
+        path: str,
+        form: dict[str, str],
+        *,
+        subject: str,
+        time_remaining: float | None,
+        attempt: SendAttempt | None = None,
+    ) -> Any:
+        if attempt is None:
+            return await self._post_attempts(path, form, subject, time_remaining)
+        marking = _current_attempt.set(attempt)
+        try:
+            return await self._post_attempts(path, form, subject, time_remaining)
+        finally:
+            _current_attempt.reset(marking)
+
+    async def _post_attempts(
+        self, path: str, form: dict[str, str], subject: str, time_remaining: float | None
     ) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.budget_s(time_remaining)
@@ -176,14 +238,24 @@ class YunpianClient:
         )
 
     async def single_send(
-        self, mobile: str, text: str, *, subject: str, time_remaining: float | None
+        self,
+        mobile: str,
+        text: str,
+        *,
+        subject: str,
+        time_remaining: float | None,
+        attempt: SendAttempt | None = None,
     ) -> SendResult:
-        """Sends one SMS; `subject` is the masked number, `time_remaining` the RPC's."""
+        """Sends one SMS; `subject` is the masked number, `time_remaining` the RPC's.
+
+        `attempt` is marked connected once the request may have left.
+        """
         answer = await self._post(
             SINGLE_SEND_PATH,
             {"mobile": mobile, "text": text},
             subject=subject,
             time_remaining=time_remaining,
+            attempt=attempt,
         )
         try:
             sid, count, fee = answer["sid"], answer["count"], answer["fee"]  # a list: TypeError

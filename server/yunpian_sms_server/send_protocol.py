@@ -1,0 +1,456 @@
+"""Sending one verification SMS, never twice: the whole protocol of a SendCode, in order.
+
+1. Coalesce: a call whose request_id another call of this server is sending waits for that call
+   and answers with its outcome, so the store is asked once per request_id and server.
+2. Claim the request_id in the store, or find its recorded outcome and replay it.
+3. Count the send against the rate limits.
+4. Call YunPian, once.
+5. Settle: record the outcome if an SMS was or may have been sent (the request_id replays it, the
+   rate-limit slots stay counted); otherwise release the request_id and give the slots back, so
+   a retry is judged afresh.
+
+Every way a call can end is decided here. A refusal or a failure that sent nothing settles as
+"nothing sent". A call cancelled by its client, cut by its deadline or interrupted by a shutdown
+settles as "nothing sent" if it had not yet connected to YunPian, and otherwise as an SMS that
+may have been sent (PROVIDER_TIMEOUT, `delivery=unknown`). Settling runs to its end whatever
+happens to the call: once cancelled, it continues in a task of its own that the server awaits
+before it closes the store.
+
+A store failure refuses the send (STORE_UNAVAILABLE) under `store.on_error = "deny"`; under
+"allow" the send goes ahead without that step. Outcomes the store could not record, and under
+"allow" every outcome that may have sent an SMS, are also remembered by this server for the
+record's lifetime (up to LOCAL_RECORDS), so that a store outage cannot make one request_id send
+twice from one server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import structlog
+
+from yunpian.sms.v1 import sms_service_pb2 as pb
+from yunpian_sms_server.errors import DELIVERY_UNKNOWN, Reason, ServiceError
+from yunpian_sms_server.ids import new_id
+from yunpian_sms_server.logs import bind_rpc_fields
+from yunpian_sms_server.phone import PhoneNumber
+from yunpian_sms_server.rate_limits import RateLimiter
+from yunpian_sms_server.shutdown import Shutdown
+from yunpian_sms_server.stores import ClaimState, Store, StoreUnavailableError, Window
+from yunpian_sms_server.yunpian import SendAttempt, YunpianClient
+
+# How often a call waiting for another replica's claim asks the store again.
+WAIT_POLL_S: Final = 0.02
+# A claim outlives its call's own budget by this much, in case the holder is slow to settle.
+LEASE_MARGIN_S: Final = 1.0
+# Outcomes this server remembers beside the store (see the module's docstring), at most.
+LOCAL_RECORDS: Final = 10_000
+# The outcome of a call interrupted once its request may have left.
+INTERRUPTED_MESSAGE: Final = (
+    "The call ended before YunPian answered; the SMS may have been sent. "
+    "Retry only with the same request_id."
+)
+_RESPONSE: Final = b"R"
+_ERROR: Final = b"E"
+
+_log = structlog.get_logger("yunpian_sms.send")
+
+Outcome = pb.SendCodeResponse | ServiceError
+
+
+@dataclass(frozen=True, slots=True)
+class SendOrder:
+    """A valid SendCode request, ready to send: who asks, to whom, and the rendered text."""
+
+    caller: str
+    phone: PhoneNumber
+    usage_type: str
+    code: str = field(repr=False)
+    text: str = field(repr=False)
+    request_id: str = ""  # "" when the caller gave none: no idempotency
+
+
+def may_have_sent(outcome: Outcome) -> bool:
+    """Whether an SMS was or may have been sent: exactly the outcomes that are recorded."""
+    return not isinstance(outcome, ServiceError) or outcome.delivery_unknown
+
+
+def encode_outcome(outcome: Outcome) -> bytes:
+    """The recorded form of an outcome."""
+    if isinstance(outcome, ServiceError):
+        fields = {"reason": outcome.reason.value, "message": outcome.message}
+        return _ERROR + json.dumps({**fields, "metadata": outcome.metadata}).encode()
+    return _RESPONSE + outcome.SerializeToString()
+
+
+def decode_outcome(record: bytes) -> Outcome:
+    """A recorded outcome as a replay answers it: a response marked replayed, or the error."""
+    if record.startswith(_RESPONSE):
+        response = pb.SendCodeResponse.FromString(record[1:])
+        response.replayed = True
+        return response
+    fields = json.loads(record[1:])
+    metadata = {**fields["metadata"], "replayed": "true"}
+    return ServiceError(Reason(fields["reason"]), fields["message"], metadata=metadata)
+
+
+def interrupted_outcome(why: str) -> ServiceError:
+    """What a call interrupted after its request may have left is recorded (and answered) as."""
+    return ServiceError(
+        Reason.PROVIDER_TIMEOUT,
+        INTERRUPTED_MESSAGE,
+        metadata={"delivery": DELIVERY_UNKNOWN, "interrupted": why},
+    )
+
+
+class Fingerprints:
+    """Keyed hashes of what a request asks (number, usage type, code): the code is never stored.
+
+    The key is a secret of its own, not the YunPian API key, so rotating the API key does not
+    turn retries into REQUEST_ID_REUSED. Hashes under previous secrets are offered too, so the
+    secret itself can be rotated while records made under the old one are still alive.
+    """
+
+    def __init__(self, secret: bytes, previous: Sequence[bytes] = ()) -> None:
+        self._secrets = (secret, *previous)
+
+    def of(self, order: SendOrder) -> tuple[str, ...]:
+        """The request's fingerprints, the current secret's first."""
+        message = "\x1f".join((order.phone.e164, order.usage_type, order.code)).encode()
+        return tuple(hmac.digest(secret, message, "sha256").hex() for secret in self._secrets)
+
+
+class _Flight:
+    """A send of one request_id in progress in this server; duplicates wait for its record."""
+
+    __slots__ = ("done", "fingerprint")
+
+    def __init__(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+        # The record of an outcome that may have sent an SMS, or None: nothing was sent.
+        self.done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+
+class _LocalRecords:
+    """Recorded outcomes kept in this server, oldest first: bounded in number and in time."""
+
+    def __init__(self, limit: int, ttl_s: float) -> None:
+        self._limit = limit
+        self._ttl_s = ttl_s
+        self._records: OrderedDict[str, tuple[float, str, bytes]] = OrderedDict()
+
+    def get(self, key: str, now: float) -> tuple[str, bytes] | None:
+        found = self._records.get(key)
+        if found is None:
+            return None
+        expires, fingerprint, record = found
+        if expires <= now:
+            del self._records[key]
+            return None
+        return fingerprint, record
+
+    def put(self, key: str, fingerprint: str, record: bytes, now: float) -> None:
+        self._records.pop(key, None)
+        self._records[key] = (now + self._ttl_s, fingerprint, record)
+        while self._records and (
+            len(self._records) > self._limit or next(iter(self._records.values()))[0] <= now
+        ):
+            self._records.popitem(last=False)
+
+
+@dataclass(slots=True)
+class _Taken:
+    """What one send holds in the store, which settling gives back or keeps."""
+
+    holder: str  # names this send's claim and its rate-limit entries
+    claim: str | None = None  # the request_id key while this send may hold its claim
+    windows: Sequence[Window] = ()  # the windows this send may be counted in
+    attempt: SendAttempt = field(default_factory=SendAttempt)
+    store_failed: bool = False  # a store failure was let through ("allow")
+
+
+class SendProtocol:
+    """Sends SendCode requests through the store's claims and limits and YunPian."""
+
+    def __init__(
+        self,
+        store: Store,
+        limiter: RateLimiter,
+        yunpian: YunpianClient,
+        *,
+        fingerprints: Fingerprints,
+        record_ttl_s: float,
+        allow_on_store_error: bool,
+        shutdown: Shutdown,
+        on_store_failure_allowed: Callable[[], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._limiter = limiter
+        self._yunpian = yunpian
+        self._fingerprints = fingerprints
+        self._record_ttl_s = record_ttl_s
+        self._allow_on_store_error = allow_on_store_error
+        self._shutdown = shutdown
+        # Called once per send let through despite a store failure (a metric counts them).
+        self._on_store_failure_allowed = on_store_failure_allowed
+        self._flights: dict[str, _Flight] = {}
+        self._local = _LocalRecords(LOCAL_RECORDS, record_ttl_s)
+        self._settling: set[asyncio.Task[None]] = set()
+
+    async def send(self, order: SendOrder, time_remaining: float | None) -> pb.SendCodeResponse:
+        """Sends the order's SMS at most once per request_id; raises the ServiceError it ends in."""
+        if not order.request_id:
+            return _answer(await self._send(order, None, (), time_remaining))
+        loop = asyncio.get_running_loop()
+        key = f"{order.caller}\x1f{order.request_id}"
+        fingerprints = self._fingerprints.of(order)
+        deadline = loop.time() + self._yunpian.budget_s(time_remaining)
+        # 1. Coalesce with a send of the same request_id in this server.
+        while (flight := self._flights.get(key)) is not None:
+            if flight.fingerprint not in fingerprints:
+                raise _reused()
+            record = await _wait_for(flight, deadline - loop.time())
+            if record is not None:
+                return _answer(decode_outcome(record))
+            # That send sent nothing: this one is judged afresh (or waits for the next).
+        remembered = self._local.get(key, loop.time())
+        if remembered is not None:
+            if remembered[0] not in fingerprints:
+                raise _reused()
+            return _answer(decode_outcome(remembered[1]))
+        flight = self._flights[key] = _Flight(fingerprints[0])
+        record = None
+        try:
+            outcome = await self._send(order, key, fingerprints, time_remaining)
+            if may_have_sent(outcome):
+                record = encode_outcome(outcome)
+            return _answer(outcome)
+        except ServiceError as error:  # an interrupted send answers as it was recorded
+            if may_have_sent(error):
+                record = encode_outcome(error)
+            raise
+        finally:
+            del self._flights[key]
+            flight.done.set_result(record)
+
+    async def _send(
+        self,
+        order: SendOrder,
+        key: str | None,
+        fingerprints: tuple[str, ...],
+        time_remaining: float | None,
+    ) -> Outcome:
+        """Steps 2 to 5 for one send; returns its outcome (or a replay), raises if interrupted."""
+        taken = _Taken(holder=new_id())
+        try:
+            # 2. Claim the request_id, or replay its recorded outcome.
+            if key is not None:
+                replay = await self._claim(key, fingerprints, taken, time_remaining)
+                if replay is not None:
+                    return replay
+            # 3. Count the send against the rate limits.
+            await self._count(order, taken)
+            # 4. Call YunPian.
+            if self._shutdown.interrupting:
+                raise _shutting_down()
+            if taken.store_failed and self._on_store_failure_allowed is not None:
+                self._on_store_failure_allowed()
+            outcome = await self._call_yunpian(order, taken, time_remaining)
+        except ServiceError as refusal:
+            outcome = refusal  # nothing was sent
+        except asyncio.CancelledError:
+            # Cancelled by the client, its deadline or a shutdown: settle it as far as it got.
+            why = "shutdown" if self._shutdown.interrupting else "cancelled"
+            outcome = interrupted_outcome(why) if taken.attempt.connected else _shutting_down()
+            await self._in_background(self._settle(key, fingerprints, taken, outcome))
+            if self._shutdown.absorb_interrupt():
+                raise outcome from None
+            raise
+        # 5. Settle.
+        try:
+            await self._settle(key, fingerprints, taken, outcome)
+        except asyncio.CancelledError:
+            await self._in_background(self._settle(key, fingerprints, taken, outcome))
+            if self._shutdown.absorb_interrupt():
+                return outcome
+            raise
+        return outcome
+
+    async def _claim(
+        self,
+        key: str,
+        fingerprints: tuple[str, ...],
+        taken: _Taken,
+        time_remaining: float | None,
+    ) -> Outcome | None:
+        """Claims the request_id (None), or returns the recorded outcome to replay.
+
+        While another server holds it, waits within the call's budget. Raises REQUEST_ID_REUSED
+        for a different request, REQUEST_ID_IN_PROGRESS when the wait runs out.
+        """
+        loop = asyncio.get_running_loop()
+        budget_s = self._yunpian.budget_s(time_remaining)
+        deadline = loop.time() + budget_s
+        while True:
+            taken.claim = key  # from here until the store answers, the claim may be ours
+            try:
+                claim = await self._store.claim(
+                    key, fingerprints, taken.holder, budget_s + LEASE_MARGIN_S
+                )
+            except StoreUnavailableError as error:
+                # The claim may still have been made: settling releases it if nothing is sent.
+                self._excuse(taken, error, "claim")
+                return None
+            if claim.state is ClaimState.NEW:
+                return None
+            taken.claim = None
+            if claim.state is ClaimState.DONE:
+                return decode_outcome(claim.record)
+            if claim.state is ClaimState.MISMATCH:
+                raise _reused()
+            if loop.time() + WAIT_POLL_S >= deadline:
+                raise _in_progress()
+            await asyncio.sleep(WAIT_POLL_S)
+
+    async def _count(self, order: SendOrder, taken: _Taken) -> None:
+        """Counts the send in its windows; raises RATE_LIMITED when one is full."""
+        windows = self._limiter.windows(order.phone, order.caller)
+        if not windows:
+            return
+        taken.windows = windows  # from here until the store answers, the slots may be counted
+        try:
+            refusal = await self._limiter.acquire(windows, taken.holder)
+        except StoreUnavailableError as error:
+            # The send may still have been counted: settling releases it if nothing is sent.
+            self._excuse(taken, error, "acquire")
+            return
+        if refusal is not None:
+            taken.windows = ()
+            raise self._limiter.refusal_error(refusal, order.phone.masked)
+
+    async def _call_yunpian(
+        self, order: SendOrder, taken: _Taken, time_remaining: float | None
+    ) -> Outcome:
+        """The one call to YunPian: its answer, or the error it failed with."""
+        try:
+            result = await self._yunpian.single_send(
+                order.phone.yunpian_mobile,
+                order.text,
+                subject=order.phone.masked,
+                time_remaining=time_remaining,
+                attempt=taken.attempt,
+            )
+        except ServiceError as error:
+            return error
+        return pb.SendCodeResponse(
+            message_id=result.sid,
+            mobile=result.mobile,
+            international=order.phone.international,
+            segment_count=result.count,
+            fee=result.fee,
+            fee_unit=result.unit,
+        )
+
+    async def _settle(
+        self, key: str | None, fingerprints: tuple[str, ...], taken: _Taken, outcome: Outcome
+    ) -> None:
+        """Records an outcome that may have sent an SMS; else gives back what the send took.
+
+        Runs again from the start if it was interrupted, so every step is idempotent. A store
+        failure here never changes the outcome: it is logged (and the record kept locally).
+        """
+        if may_have_sent(outcome):
+            if key is not None:
+                await self._record(key, fingerprints[0], encode_outcome(outcome))
+            return
+        if taken.windows:
+            try:
+                await self._limiter.release(taken.windows, taken.holder)
+            except StoreUnavailableError as error:
+                self._store_failed("release", error)
+        if taken.claim is not None:
+            try:
+                await self._store.release_claim(taken.claim, taken.holder)
+            except StoreUnavailableError as error:
+                self._store_failed("release_claim", error)
+
+    async def _record(self, key: str, fingerprint: str, record: bytes) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._allow_on_store_error:
+            self._local.put(key, fingerprint, record, now)
+        try:
+            await self._store.complete(key, fingerprint, record, self._record_ttl_s)
+        except StoreUnavailableError as error:
+            self._local.put(key, fingerprint, record, now)
+            self._store_failed("record", error)
+
+    def _excuse(self, taken: _Taken, error: StoreUnavailableError, operation: str) -> None:
+        """Lets a store failure pass under "allow"; raises STORE_UNAVAILABLE under "deny"."""
+        if not self._allow_on_store_error:
+            raise ServiceError(
+                Reason.STORE_UNAVAILABLE,
+                "The rate-limit store is unavailable; nothing was sent.",
+            ) from None
+        taken.store_failed = True
+        self._store_failed(operation, error)
+
+    def _store_failed(self, operation: str, error: StoreUnavailableError) -> None:
+        on_error = "allow" if self._allow_on_store_error else "deny"
+        _log.warning("store_unavailable", operation=operation, error=str(error), on_error=on_error)
+
+    async def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` to its end even if this call is cancelled again meanwhile."""
+        task = asyncio.create_task(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Waits for settling that outlived its call (the server does before closing the store)."""
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
+
+async def _wait_for(flight: _Flight, budget_s: float) -> bytes | None:
+    """The record of a flight, waited for within the budget (REQUEST_ID_IN_PROGRESS after)."""
+    try:
+        async with asyncio.timeout(max(budget_s, 0.0)):
+            return await asyncio.shield(flight.done)
+    except TimeoutError:
+        raise _in_progress() from None
+
+
+def _answer(outcome: Outcome) -> pb.SendCodeResponse:
+    """Returns a response or raises an error; a replay (nothing sent) is logged as one."""
+    if isinstance(outcome, ServiceError):
+        if outcome.metadata.get("replayed") == "true":
+            bind_rpc_fields(replayed=True)
+        raise outcome
+    if outcome.replayed:
+        bind_rpc_fields(message_id=outcome.message_id, replayed=True)
+    else:
+        bind_rpc_fields(message_id=outcome.message_id, yunpian_code=0)
+    return outcome
+
+
+def _reused() -> ServiceError:
+    return ServiceError(
+        Reason.REQUEST_ID_REUSED, "The request_id was already used for a different request."
+    )
+
+
+def _in_progress() -> ServiceError:
+    return ServiceError(
+        Reason.REQUEST_ID_IN_PROGRESS,
+        "A call with this request_id is still in progress; retry with the same id.",
+    )
+
+
+def _shutting_down() -> ServiceError:
+    return ServiceError(Reason.SHUTTING_DOWN, "The server is shutting down; retry elsewhere.")

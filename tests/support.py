@@ -17,6 +17,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
+
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.config import Config, parse_config
 from yunpian_sms_server.sandbox import SANDBOX_API_KEY
@@ -273,3 +279,54 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+# Metric samples by (name, sorted labels).
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(server: SmsServer) -> Samples:
+    """Every sample of the server's metrics endpoint, read as Prometheus reads it."""
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value (0 when it was never counted)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The one ErrorInfo of a refusal's google.rpc.Status (grpc-status-details-bin)."""
+    status = rpc_status.from_call(error)
+    assert status is not None, f"{error.code()} without grpc-status-details-bin"
+    infos = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            infos.append(info)
+    assert len(infos) == 1, status
+    return infos[0]
+
+
+# How long `eventually` waits by default: what a server does in the background takes far less.
+EVENTUALLY_WITHIN_S: Final = 3.0
+
+
+async def eventually(
+    condition: Callable[[], object], within_s: float = EVENTUALLY_WITHIN_S
+) -> None:
+    """Waits until `condition()` is true (polling); fails if it is not within `within_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not condition():
+        assert loop.time() < deadline, f"still not true after {within_s} s"
+        await asyncio.sleep(0.02)

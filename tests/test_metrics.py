@@ -4,33 +4,12 @@ from __future__ import annotations
 
 import io
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from support import FINGERPRINT_SECRET, StartServer, log_events, make_config
+from support import FINGERPRINT_SECRET, StartServer, log_events, make_config, scrape, value
 
 from yunpian_sms_client import AsyncSmsClient, SmsError
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.sandbox import Fault, RunningSandbox
-
-
-async def scrape(server: SmsServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    async with aiohttp.ClientSession() as http, http.get(url) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = await response.text()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 @pytest.fixture

@@ -11,11 +11,9 @@ from typing import Final, TypeVar
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
-from support import StartServer, make_config
+from support import StartServer, error_info, make_config
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
@@ -111,19 +109,6 @@ async def answer(
         return await call, None
     except grpc.aio.AioRpcError as error:
         return None, error
-
-
-def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    """The ErrorInfo of a refusal's google.rpc.Status (grpc-status-details-bin)."""
-    status = rpc_status.from_call(error)
-    assert status is not None, f"{error.code()} without grpc-status-details-bin"
-    infos = []
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            infos.append(info)
-    assert len(infos) == 1, status
-    return infos[0]
 
 
 def assert_refused_with_a_reason(error: grpc.aio.AioRpcError) -> str:

@@ -15,11 +15,19 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from support import BASE_CONFIG, FINGERPRINT_SECRET, RedisServer, ServeProcess, StartServe
+from support import (
+    BASE_CONFIG,
+    FINGERPRINT_SECRET,
+    RedisServer,
+    ServeProcess,
+    StartServe,
+    eventually,
+)
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian_sms_client import (
     AsyncSmsClient,
+    DeadlineExceededError,
     ResourceExhaustedError,
     UnavailableError,
     UnknownError,
@@ -217,3 +225,40 @@ async def test_a_redis_outage_is_refused_or_allowed_as_configured_then_recovered
     assert replayed.replayed
     assert replayed.message_id == first.message_id
     assert sent_to(quiet_sandbox, "13800138027") == 1
+
+
+async def test_a_send_cut_by_a_shutdown_is_recorded_so_a_retry_at_another_replica_sends_none(
+    start_serve: StartServe, quiet_sandbox: RunningSandbox, redis_server: RedisServer
+) -> None:
+    url = await fresh_database(redis_server, 4)
+    # Replica A stops with a grace period shorter than YunPian takes to answer.
+    short_grace = replica_config(quiet_sandbox, url)
+    short_grace["server"] = {"grace_period_seconds": 0.5, "drain_seconds": 0.0}
+    leaving, staying = await asyncio.gather(
+        start_serve(short_grace), start_serve(replica_config(quiet_sandbox, url))
+    )
+    sandbox = quiet_sandbox.sandbox
+    sandbox.inject(Fault(kind="delay", seconds=1.5, mobile="13800138031"))
+    async with clients(leaving, staying) as (at_leaving, at_staying):
+        call = asyncio.create_task(
+            at_leaving.send_code("13800138031", CODE, request_id="order-42", timeout=10.0)
+        )
+        await eventually(lambda: sandbox.request_counts["/v2/sms/single_send.json"] == 1)
+        leaving.terminate()
+        with pytest.raises(DeadlineExceededError) as cut:
+            await call
+        with pytest.raises(DeadlineExceededError) as retried:
+            await at_staying.send_code("13800138031", CODE, request_id="order-42")
+    assert await leaving.wait(10.0) == 0
+    # YunPian finishes the send the leaving replica stopped waiting for.
+    await eventually(lambda: sent_to(quiet_sandbox, "13800138031") == 1)
+
+    # Not a bare UNAVAILABLE "safe to retry": the outcome is unknown, and recorded as such.
+    assert cut.value.reason == "PROVIDER_TIMEOUT"
+    assert cut.value.delivery_unknown
+    assert cut.value.metadata["interrupted"] == "shutdown"
+    assert retried.value.metadata["replayed"] == "true"
+    assert retried.value.delivery_unknown
+    assert sent_to(quiet_sandbox, "13800138031") == 1
+    [interrupted] = leaving.events_named("interrupting")
+    assert interrupted["calls"] == 1

@@ -89,6 +89,8 @@ MAX_TRACKED_KEYS: Final = 100_000
 MAX_PENDING_FAULTS: Final = 1_000
 MAX_TEMPLATES: Final = 1_000
 MAX_FAULT_DELAY_S: Final = 600.0
+# An error fault's own `detail` text: up to this long, to try how a caller copes with any answer.
+MAX_FAULT_DETAIL_CHARS: Final = 100_000
 MAX_TEMPLATE_CHARS: Final = 1_000
 # How long closing a running sandbox waits for requests in progress (e.g. a delay fault).
 SHUTDOWN_TIMEOUT_S: Final = 1.0
@@ -313,9 +315,10 @@ _FAULT_PARAMETERS: Final[Mapping[str, str]] = {
 class Fault:
     """A misbehaviour the sandbox shows to the next `times` API requests that match it.
 
-    kind "error" needs `code` (a non-zero YunPian code), "delay" `seconds`, "http_status" `status`
-    (400-599), "malformed" `body` ("not_json" or "wrong_shape"); "drop" takes none. A fault matches
-    POST requests to `path` and, when `mobile` is set, only those with exactly that mobile value.
+    kind "error" needs `code` (a non-zero YunPian code) and may set its `detail` text, "delay"
+    `seconds`, "http_status" `status` (400-599), "malformed" `body` ("not_json" or
+    "wrong_shape"); "drop" takes none. A fault matches POST requests to `path` and, when `mobile`
+    is set, only those with exactly that mobile value.
     """
 
     kind: FaultKind
@@ -326,6 +329,7 @@ class Fault:
     times: int = 1
     path: str = SINGLE_SEND_PATH
     mobile: str | None = None
+    detail: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -353,6 +357,13 @@ class Fault:
             raise SandboxInputError(f"path must be one of {', '.join(API_PATHS)}")
         if self.mobile is not None and (not isinstance(self.mobile, str) or not self.mobile):
             raise SandboxInputError("mobile must be a non-empty string")
+        if self.detail is not None:
+            if self.kind != "error":
+                raise SandboxInputError('"detail" applies only to a fault of kind "error"')
+            if not isinstance(self.detail, str) or len(self.detail) > MAX_FAULT_DETAIL_CHARS:
+                raise SandboxInputError(
+                    f"detail must be a string of at most {MAX_FAULT_DETAIL_CHARS} characters"
+                )
 
     def matches(self, path: str, mobile: str | None) -> bool:
         """Whether a POST to `path` with this `mobile` form value is subject to the fault."""
@@ -366,19 +377,23 @@ class Fault:
         data.update(times=self.times, path=self.path)
         if self.mobile is not None:
             data["mobile"] = self.mobile
+        if self.detail is not None:
+            data["detail"] = self.detail
         return data
 
     @classmethod
     def from_json(cls, data: object) -> Fault:
         """Builds a fault from its JSON object; SandboxInputError names what is wrong."""
         obj = _json_object(data, "fault")
-        _reject_unknown_keys(obj, {"kind", "times", "path", "mobile", *_FAULT_PARAMETERS.values()})
+        _reject_unknown_keys(
+            obj, {"kind", "times", "path", "mobile", "detail", *_FAULT_PARAMETERS.values()}
+        )
         if "kind" not in obj:
             raise SandboxInputError(f"kind is required, one of {', '.join(FAULT_KINDS)}")
         for name in ("code", "status", "times"):
             if name in obj and not _is_int(obj[name]):
                 raise SandboxInputError(f"{name} must be an integer")
-        for name in ("kind", "body", "path", "mobile"):
+        for name in ("kind", "body", "path", "mobile", "detail"):
             if name in obj and not isinstance(obj[name], str):
                 raise SandboxInputError(f"{name} must be a string")
         if "seconds" in obj and not _is_number(obj["seconds"]):
@@ -392,6 +407,7 @@ class Fault:
             times=cast(int, obj.get("times", 1)),
             path=cast(str, obj.get("path", SINGLE_SEND_PATH)),
             mobile=cast(str | None, obj.get("mobile")),
+            detail=cast(str | None, obj.get("detail")),
         )
 
 
@@ -882,7 +898,7 @@ def _account() -> JsonObject:
 
 def _fault_response(request: web.Request, fault: Fault, mobile: str | None) -> web.Response:
     if fault.kind == "error":
-        return _ApiError(cast(int, fault.code), mobile=mobile or "").response()
+        return _ApiError(cast(int, fault.code), fault.detail, mobile=mobile or "").response()
     if fault.kind == "http_status":
         status = cast(int, fault.status)
         try:

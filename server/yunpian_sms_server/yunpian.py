@@ -1,10 +1,10 @@
 """The YunPian HTTP client: one `single_send.json` call per SendCode, answers mapped to errors.
 
 Every transport fault is sorted by whether the request may have reached YunPian: only a failure
-to connect (aiohttp raises those, and only those, as ClientConnectorError or
-ConnectionTimeoutError) is retried or called safe; once connected, the request may have left,
-whatever fails next. A call that is cancelled cannot say which it was, so the caller passes a
-`SendAttempt` that the session's connector marks as soon as it has a connection.
+to connect is retried or called safe; once connected, the request may have left, whatever fails
+next. Which it was is known from the session's connector, which marks the call's `SendAttempt`
+as soon as it has a connection: an exception cannot tell (a connect cut by the total timeout is
+a bare TimeoutError), and a call that is cancelled raises nothing of its own.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ HEADERS: Final = {
 }
 # Fees stay the text YunPian wrote ("0.05"); sids parse as exact integers.
 _DECODER: Final = json.JSONDecoder(parse_float=str)
-# What aiohttp raises when no connection to YunPian was made: nothing was sent.
-_NOT_CONNECTED: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# What a failed call to YunPian raises (besides our own ServiceErrors).
+_TRANSPORT_ERRORS: Final = (TimeoutError, aiohttp.ClientError, OSError)
 
 
 class SendAttempt:
@@ -179,23 +179,27 @@ class YunpianClient:
         time_remaining: float | None,
         attempt: SendAttempt | None = None,
     ) -> Any:
-        if attempt is None:
-            return await self._post_attempts(path, form, subject, time_remaining)
+        attempt = attempt or SendAttempt()
         marking = _current_attempt.set(attempt)
         try:
-            return await self._post_attempts(path, form, subject, time_remaining)
+            return await self._post_attempts(path, form, subject, time_remaining, attempt)
         finally:
             _current_attempt.reset(marking)
 
     async def _post_attempts(
-        self, path: str, form: dict[str, str], subject: str, time_remaining: float | None
+        self,
+        path: str,
+        form: dict[str, str],
+        subject: str,
+        time_remaining: float | None,
+        attempt: SendAttempt,
     ) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.budget_s(time_remaining)
         url = self._base_url + path
         # Encoded here, once: a dict would go through aiohttp's FormData on every attempt.
         body = urlencode({"apikey": self._api_key, **form}).encode()
-        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        for tries in range(1, CONNECT_ATTEMPTS + 1):
             budget = deadline - loop.time()
             if budget < MIN_UPSTREAM_BUDGET_S:
                 raise ServiceError(
@@ -213,16 +217,16 @@ class YunpianClient:
                     if self._on_latency is not None:
                         self._on_latency(path, loop.time() - started)
                     return _parse_answer(response.status, answer, subject)
-            except _NOT_CONNECTED as error:
-                if attempt == CONNECT_ATTEMPTS or isinstance(error, TimeoutError):
+            except _TRANSPORT_ERRORS as error:
+                if attempt.connected:
+                    raise self._lost(error) from None
+                if tries == CONNECT_ATTEMPTS or isinstance(error, TimeoutError):
                     raise ServiceError(
                         Reason.PROVIDER_UNREACHABLE,
                         "YunPian could not be reached; nothing was sent.",
                         metadata={"error": type(error).__name__},
                     ) from None
-            except (TimeoutError, aiohttp.ClientError, OSError) as error:
-                raise self._lost(error) from None
-            await asyncio.sleep(min(CONNECT_RETRY_BACKOFF_S * attempt, deadline - loop.time()))
+            await asyncio.sleep(min(CONNECT_RETRY_BACKOFF_S * tries, deadline - loop.time()))
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod

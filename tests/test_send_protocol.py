@@ -1,0 +1,410 @@
+"""The send protocol under cancellation, bursts and store faults, through real gRPC.
+
+Each test drives a real server in front of the sandbox, on the in-memory store or a real
+redis-server, and checks what YunPian (the sandbox) received against what the server recorded:
+never two SMS for one request_id, and nothing counted or held for a call that sent nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import Any, Final
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from support import (
+    FINGERPRINT_SECRET,
+    RedisServer,
+    ServeProcess,
+    StartServe,
+    StartServer,
+    error_info,
+    eventually,
+    free_port,
+    log_events,
+    make_config,
+    scrape,
+    value,
+)
+
+from yunpian.sms.v1 import sms_service_pb2 as pb
+from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
+from yunpian_sms_client import (
+    AsyncSmsClient,
+    DeadlineExceededError,
+    ResourceExhaustedError,
+    SmsError,
+    UnavailableError,
+)
+from yunpian_sms_server.app import SmsServer
+from yunpian_sms_server.sandbox import Fault, RunningSandbox
+
+PHONE: Final = "13800138000"
+CODE: Final = "123456"
+# The Redis database of this module's tests, emptied before each.
+REDIS_DB: Final = 9
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store_table(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[dict[str, Any]]:
+    """The [store] table of a test's server: memory, or an emptied Redis database."""
+    if request.param == "memory":
+        yield {"url": "memory://"}
+        return
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+    admin = aioredis.Redis.from_url(url)
+    await admin.flushdb()
+    await admin.aclose()
+    yield {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
+
+
+@pytest.fixture
+def quiet_sandbox(sandbox: RunningSandbox) -> RunningSandbox:
+    """The sandbox without YunPian's own per-number limits: ours are under test."""
+    sandbox.sandbox.enforce_limits = False
+    return sandbox
+
+
+@contextlib.contextmanager
+def unreachable_yunpian() -> Iterator[str]:
+    """A loopback URL whose connections never complete: a listener with a full accept queue.
+
+    The kernel drops the SYNs of further connections, so a client waits in connect() the way it
+    does behind a firewall that drops packets: nothing of a request can have left.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        queued.append(filler)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for filler in queued:
+            filler.close()
+        listener.close()
+
+
+async def cancel_after(call: Awaitable[Any], seconds: float) -> None:
+    """Starts a call and cancels it (the client going away) after `seconds`."""
+    task = asyncio.ensure_future(call)
+    await asyncio.sleep(seconds)
+    assert not task.done(), "the call ended before it could be cancelled"
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def client_of(server: SmsServer) -> AsyncSmsClient:
+    return AsyncSmsClient(f"127.0.0.1:{server.port}", retry=None, default_timeout=5.0)
+
+
+async def test_a_call_cancelled_before_it_reached_yunpian_holds_and_counts_nothing(
+    start_server: StartServer, store_table: dict[str, Any]
+) -> None:
+    with unreachable_yunpian() as url:
+        config = make_config(
+            yunpian={"timeout_seconds": 0.5}, limits={"per_phone": ["1/60s"]}, store=store_table
+        )
+        server = await start_server(config, base_url=url)
+        async with client_of(server) as client:
+            await cancel_after(client.send_code(PHONE, CODE, request_id="order-42"), 0.2)
+            await asyncio.sleep(0.1)  # the server settles the cancelled call
+            # The request_id was released: a retry is judged afresh (it tries YunPian again)
+            # rather than replayed or told the first call is still in progress...
+            with pytest.raises(UnavailableError) as retried:
+                await client.send_code(PHONE, CODE, request_id="order-42")
+            # ...and the per-number slot was given back: no RATE_LIMITED.
+            with pytest.raises(UnavailableError) as again:
+                await client.send_code(PHONE, CODE)
+    assert retried.value.reason == again.value.reason == "PROVIDER_UNREACHABLE"
+    assert not retried.value.delivery_unknown
+
+
+async def test_a_call_cancelled_while_yunpian_handles_it_is_recorded_as_maybe_sent(
+    start_server: StartServer, quiet_sandbox: RunningSandbox, store_table: dict[str, Any]
+) -> None:
+    sandbox = quiet_sandbox.sandbox
+    server = await start_server(make_config(limits={"per_phone": ["1/60s"]}, store=store_table))
+    sandbox.inject(Fault(kind="delay", seconds=1.0))
+    async with client_of(server) as client:
+        await cancel_after(client.send_code(PHONE, CODE, request_id="order-42"), 0.3)
+        await eventually(lambda: len(sandbox.messages) == 1)  # YunPian did send it
+        with pytest.raises(DeadlineExceededError) as retried:
+            await client.send_code(PHONE, CODE, request_id="order-42")
+        with pytest.raises(ResourceExhaustedError) as limited:
+            await client.send_code(PHONE, CODE)
+    error = retried.value
+    assert (error.reason, error.delivery_unknown) == ("PROVIDER_TIMEOUT", True)
+    assert error.metadata["replayed"] == "true"
+    assert error.metadata["interrupted"] == "cancelled"
+    assert limited.value.reason == "RATE_LIMITED"  # its slot stays counted
+    assert len(sandbox.messages) == 1
+
+
+async def test_a_call_cancelled_after_yunpian_answered_replays_that_answer(
+    start_server: StartServer, quiet_sandbox: RunningSandbox, store_table: dict[str, Any]
+) -> None:
+    sandbox = quiet_sandbox.sandbox
+    server = await start_server(make_config(store=store_table))
+    sandbox.inject(Fault(kind="delay", seconds=0.3))
+    admin = None
+    async with client_of(server) as client:
+        call = asyncio.ensure_future(client.send_code(PHONE, CODE, request_id="order-42"))
+        await eventually(lambda: sandbox.request_counts["/v2/sms/single_send.json"] == 1)
+        if store_table["url"].startswith("redis"):
+            # Redis holds every write for 0.6 s, past YunPian's answer: the server is waiting
+            # to record the outcome when its call is cancelled.
+            admin = aioredis.Redis.from_url(store_table["url"])
+            await admin.execute_command("CLIENT", "PAUSE", "600", "WRITE")
+            await asyncio.sleep(0.45)
+        else:
+            await eventually(lambda: len(sandbox.messages) == 1, within_s=1.0)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        replayed = await client.send_code(PHONE, CODE, request_id="order-42")
+    if admin is not None:
+        await admin.aclose()
+    [message] = sandbox.messages
+    assert replayed.replayed
+    assert replayed.message_id == str(message.sid)
+
+
+async def test_a_call_cancelled_while_redis_holds_its_claim_gives_the_claim_back(
+    start_server: StartServer, quiet_sandbox: RunningSandbox, redis_server: RedisServer
+) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+    admin = aioredis.Redis.from_url(url)
+    await admin.flushdb()
+    server = await start_server(
+        make_config(store={"url": url, "fingerprint_secret": FINGERPRINT_SECRET})
+    )
+    async with client_of(server) as client:
+        await admin.execute_command("CLIENT", "PAUSE", "400", "ALL")
+        await cancel_after(client.send_code(PHONE, CODE, request_id="order-42"), 0.2)
+        await asyncio.sleep(0.4)  # the pause ends; whatever the claim did is undone
+        sent = await client.send_code(PHONE, CODE, request_id="order-42")
+    await admin.aclose()
+    assert not sent.replayed
+    assert len(quiet_sandbox.sandbox.messages) == 1
+
+
+@pytest.mark.parametrize("on_error", ["deny", "allow"])
+async def test_a_thousand_calls_with_one_request_id_send_one_sms_on_redis(
+    start_server: StartServer,
+    quiet_sandbox: RunningSandbox,
+    redis_server: RedisServer,
+    on_error: str,
+) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+    admin = aioredis.Redis.from_url(url)
+    await admin.flushdb()
+    await admin.config_resetstat()
+    store = {"url": url, "on_error": on_error, "fingerprint_secret": FINGERPRINT_SECRET}
+    server = await start_server(make_config(limits={"per_phone": ["1/60s"]}, store=store))
+    quiet_sandbox.sandbox.inject(Fault(kind="delay", seconds=0.5))
+    request = pb.SendCodeRequest(phone_number=PHONE, code=CODE, request_id="order-42")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.SmsServiceStub(channel)
+        answers = await asyncio.gather(
+            *(stub.SendCode(request, timeout=30.0) for _ in range(1000)), return_exceptions=True
+        )
+    evalsha = (await admin.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+    await admin.aclose()
+    assert [a for a in answers if isinstance(a, BaseException)] == []
+    assert len(quiet_sandbox.sandbox.messages) == 1
+    assert {a.message_id for a in answers if isinstance(a, pb.SendCodeResponse)} == {
+        str(quiet_sandbox.sandbox.messages[0].sid)
+    }
+    assert sum(not a.replayed for a in answers if isinstance(a, pb.SendCodeResponse)) == 1
+    # Coalesced in the server: the store was asked about this request_id a handful of times
+    # (claim, count), not once per call.
+    assert evalsha <= 4
+
+
+async def test_a_burst_beyond_the_store_connections_is_queued_not_refused(
+    start_server: StartServer, quiet_sandbox: RunningSandbox, redis_server: RedisServer
+) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+    admin = aioredis.Redis.from_url(url)
+    await admin.flushdb()
+    await admin.aclose()
+    # 4 connections for 400 calls with their own request_ids and numbers, all at once.
+    store = {"url": url, "max_connections": 4, "fingerprint_secret": FINGERPRINT_SECRET}
+    server = await start_server(make_config(limits={"per_phone": ["1/60s"]}, store=store))
+    requests = [
+        pb.SendCodeRequest(phone_number=f"1380013{n:04d}", code=CODE, request_id=f"order-{n}")
+        for n in range(400)
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.SmsServiceStub(channel)
+        answers = await asyncio.gather(
+            *(stub.SendCode(request, timeout=30.0) for request in requests),
+            return_exceptions=True,
+        )
+    assert [a for a in answers if isinstance(a, BaseException)] == []
+    assert len(quiet_sandbox.sandbox.messages) == 400
+
+
+async def test_one_request_id_sends_once_from_a_server_whose_store_is_down_under_allow(
+    start_server: StartServer, quiet_sandbox: RunningSandbox
+) -> None:
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    store = {"url": dead_redis, "on_error": "allow", "fingerprint_secret": FINGERPRINT_SECRET}
+    server = await start_server(make_config(store=store))
+    quiet_sandbox.sandbox.inject(Fault(kind="delay", seconds=0.3))
+    async with client_of(server) as client:
+        burst = await asyncio.gather(
+            *(client.send_code(PHONE, CODE, request_id="order-42") for _ in range(200))
+        )
+        later = await client.send_code(PHONE, CODE, request_id="order-42")
+    assert len(quiet_sandbox.sandbox.messages) == 1
+    assert sum(not answer.replayed for answer in burst) == 1
+    assert later.replayed
+
+
+async def test_a_retry_after_the_api_key_is_rotated_is_still_a_replay(
+    start_server: StartServer, quiet_sandbox: RunningSandbox, redis_server: RedisServer
+) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+    admin = aioredis.Redis.from_url(url)
+    await admin.flushdb()
+    await admin.aclose()
+    store = {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
+    before = await start_server(make_config(store=store))
+    # The same service after the operator rotated the YunPian API key.
+    rotated_key = "fedcba9876543210fedcba9876543210"
+    after = await start_server(make_config(store=store, yunpian={"api_key": rotated_key}))
+    async with client_of(before) as old, client_of(after) as new:
+        sent = await old.send_code(PHONE, CODE, request_id="order-42")
+        retried = await new.send_code(PHONE, CODE, request_id="order-42")
+    assert retried.replayed
+    assert retried.message_id == sent.message_id
+    assert len(quiet_sandbox.sandbox.messages) == 1
+
+
+async def test_records_made_under_a_previous_fingerprint_secret_still_replay(
+    start_server: StartServer, quiet_sandbox: RunningSandbox, redis_server: RedisServer
+) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+    admin = aioredis.Redis.from_url(url)
+    await admin.flushdb()
+    await admin.aclose()
+    new_secret = "n" * 40
+    before = await start_server(
+        make_config(store={"url": url, "fingerprint_secret": FINGERPRINT_SECRET})
+    )
+    rotated = {
+        "url": url,
+        "fingerprint_secret": new_secret,
+        "previous_fingerprint_secrets": [FINGERPRINT_SECRET],
+    }
+    after = await start_server(make_config(store=rotated))
+    forgotten = await start_server(
+        make_config(store={"url": url, "fingerprint_secret": new_secret})
+    )
+    async with client_of(before) as old, client_of(after) as new, client_of(forgotten) as bare:
+        sent = await old.send_code(PHONE, CODE, request_id="order-42")
+        retried = await new.send_code(PHONE, CODE, request_id="order-42")
+        with pytest.raises(Exception, match="REQUEST_ID_REUSED"):
+            await bare.send_code(PHONE, CODE, request_id="order-42")
+    assert retried.replayed
+    assert retried.message_id == sent.message_id
+
+
+async def test_malformed_request_bytes_are_invalid_argument_with_an_event_and_a_metric(
+    start_server: StartServer, log_output: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    server = await start_server(make_config(server={"metrics_listen": "127.0.0.1:0"}))
+    not_utf8 = b"\x0a\x02\xff\xfe"  # phone_number: two bytes that are not UTF-8
+    corrupt = b"\x0a\x80"  # a length that runs past the end
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        send_raw = channel.unary_unary(
+            "/yunpian.sms.v1.SmsService/SendCode",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        errors = []
+        for body in (not_utf8, corrupt):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await send_raw(body, timeout=5.0)
+            errors.append(caught.value)
+    for error in errors:
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert error_info(error).reason == "MALFORMED_REQUEST"
+        assert "DecodeError" not in (error.details() or "")
+    events = log_events(log_output, "rpc")
+    assert [(e["grpc_code"], e["reason"]) for e in events] == [
+        ("INVALID_ARGUMENT", "MALFORMED_REQUEST")
+    ] * 2
+    samples = await scrape(server)
+    rpcs = "yunpian_sms_rpcs_total"
+    assert (
+        value(samples, rpcs, method="SendCode", grpc_code="INVALID_ARGUMENT", caller="anonymous")
+        == 2
+    )
+    assert "Traceback" not in capfd.readouterr().err
+
+
+async def test_an_oversized_yunpian_answer_keeps_its_status_and_details(
+    client: AsyncSmsClient, sandbox: RunningSandbox
+) -> None:
+    # YunPian's own text, 100,000 characters: gRPC would refuse trailers that large.
+    sandbox.sandbox.inject(Fault(kind="error", code=2, detail="参数 mobile 格式不正确" * 6250))
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - its reason is checked below
+        await client.send_code(PHONE, CODE)
+    error = caught.value
+    assert getattr(error, "reason", None) == "PROVIDER_PHONE_REJECTED"
+    assert error.metadata["yunpian_code"] == "2"  # type: ignore[attr-defined]
+    assert 0 < len(error.metadata["yunpian_detail"]) <= 256  # type: ignore[attr-defined]
+
+
+async def test_draining_reports_not_serving_and_refuses_calls_while_the_port_is_open(
+    start_server: StartServer,
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = await start_server(make_config(server={"drain_seconds": 1.0}))
+    target = f"127.0.0.1:{server.port}"
+    async with grpc.aio.insecure_channel(target) as channel, client_of(server) as client:
+        health = health_pb2_grpc.HealthStub(channel)
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.3)
+        during = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+        with pytest.raises(UnavailableError) as refused:
+            await client.send_code(PHONE, CODE)
+        await stopping
+    assert during.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert refused.value.reason == "SHUTTING_DOWN"
+
+
+async def test_the_rpc_event_is_written_before_the_answer_leaves(start_serve: StartServe) -> None:
+    """Whoever receives an answer finds its event already in the log, OK or not."""
+    serving: ServeProcess = await start_serve({"limits": {"per_phone": []}}, "--sandbox")
+    async with AsyncSmsClient(serving.target, retry=None) as client:
+        for n in range(30):
+            request_id = f"ordering-{n}"
+            metadata = [("x-request-id", request_id)]
+            with contextlib.suppress(SmsError):
+                if n % 2:
+                    await client.send_code("1380013800", CODE, metadata=metadata)  # invalid
+                else:
+                    await client.validate_template(
+                        content="{{code}}", skip_remote=True, metadata=metadata
+                    )
+            logged = {e["request_id"] for e in serving.read_events() if e["event"] == "rpc"}
+            assert request_id in logged, f"no event for {request_id} when its answer arrived"

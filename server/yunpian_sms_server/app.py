@@ -30,8 +30,9 @@ from yunpian_sms_server.config import (
     parse_listen,
 )
 from yunpian_sms_server.envelope import RpcEnvelope
-from yunpian_sms_server.errors import ConfigError, ServiceError
+from yunpian_sms_server.errors import ConfigError, ListenError, ServiceError
 from yunpian_sms_server.guards import SendGuards
+from yunpian_sms_server.listeners import GRPC_LISTENER, probe_listen
 from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
@@ -55,6 +56,9 @@ LIVENESS_SERVICE: Final = "liveness"
 IN_PROCESS_SANDBOX_LISTEN: Final = "127.0.0.1:0"
 # Region list of the sandbox's international templates: every region.
 SANDBOX_ALL_REGIONS: Final = "ALL"
+# gRPC sets SO_REUSEPORT by default: a second server on a port in use would then share it,
+# each process with its own memory store, and a phone number would get twice its limit.
+GRPC_SERVER_OPTIONS: Final = (("grpc.so_reuseport", 0),)
 
 _log = structlog.get_logger("yunpian_sms.app")
 
@@ -104,15 +108,24 @@ def yunpian_client(
 
 
 def _add_port(server: grpc.aio.Server, address: str, tls: TlsConfig | None) -> int:
-    """Binds the gRPC port, with TLS (and client certificates) when configured."""
-    if tls is None:
-        return server.add_insecure_port(address)
-    credentials = grpc.ssl_server_credentials(
-        [(tls.key.read_bytes(), tls.cert.read_bytes())],
-        root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
-        require_client_auth=tls.client_ca is not None,
-    )
-    return server.add_secure_port(address, credentials)
+    """Binds the gRPC port, with TLS (and client certificates) when configured.
+
+    Raises ListenError when the address cannot be had.
+    """
+    probe_listen(address, GRPC_LISTENER)
+    try:
+        if tls is None:
+            return server.add_insecure_port(address)
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key.read_bytes(), tls.cert.read_bytes())],
+            root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+            require_client_auth=tls.client_ca is not None,
+        )
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:
+        # Another process took the port since the probe: probing again names the reason.
+        probe_listen(address, GRPC_LISTENER)
+        raise ListenError(address, GRPC_LISTENER, "gRPC could not bind it") from None
 
 
 async def verify_templates(config: Config, checker: TemplateChecker) -> bool:
@@ -177,7 +190,19 @@ class SmsServer:
         sandbox: bool = False,
         sandbox_listen: str = IN_PROCESS_SANDBOX_LISTEN,
     ) -> None:
-        """Starts the sandbox (if asked), the HTTP session and the gRPC server; then SERVING."""
+        """Starts the sandbox (if asked), the HTTP session and the gRPC server; then SERVING.
+
+        When a part fails (ListenError: a port in use), closes the parts already started.
+        """
+        try:
+            await self._start(listen=listen, sandbox=sandbox, sandbox_listen=sandbox_listen)
+        except BaseException:
+            if self._server is not None:
+                await self._server.stop(None)
+            await self._close()
+            raise
+
+    async def _start(self, *, listen: str | None, sandbox: bool, sandbox_listen: str) -> None:
         config = self.config
         if sandbox:
             host, port = parse_listen(sandbox_listen)
@@ -210,7 +235,7 @@ class SmsServer:
         )
         self._servicer = SmsServicer(config, yunpian, self._checker, guards)
         authenticator = Authenticator(config.auth, required=config.authenticates)
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
         RpcEnvelope(authenticator, self.metrics).add_service(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -226,14 +251,15 @@ class SmsServer:
                 listen=address,
                 message="no [auth]: every caller is anonymous and may send any usage type",
             )
-        self.port = _add_port(server, address, config.server.tls)
-        self._server = server
         if config.server.metrics_listen:
             self._metrics_runner, self.metrics_port = await start_metrics_endpoint(
                 self.metrics, config.server.metrics_listen
             )
         await self._set_health(serving=False)
         await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        # Bound last and started at once: grpc keeps the port of a server never started.
+        self._server = server
+        self.port = _add_port(server, address, config.server.tls)
         await server.start()
         serving = True
         if config.template_checks.verify_on_start:
@@ -289,6 +315,11 @@ class SmsServer:
         if self._server is not None:
             _log.info("stopping", grace_period_seconds=grace)
             await self._server.stop(grace)
+        await self._close()
+        _log.info("stopped")
+
+    async def _close(self) -> None:
+        """Closes the parts other than the gRPC server, those start got to."""
         if self._checker is not None:
             await self._checker.close()
         if self._session is not None:
@@ -299,7 +330,6 @@ class SmsServer:
             await self._metrics_runner.cleanup()
         if self.sandbox is not None:
             await self.sandbox.close()
-        _log.info("stopped")
 
     async def wait_for_termination(self) -> None:
         """Waits until the gRPC server has stopped."""

@@ -8,9 +8,9 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import grpc
 import structlog
@@ -32,7 +32,7 @@ from yunpian_sms_server.config import (
     load_config,
     parse_listen,
 )
-from yunpian_sms_server.errors import ConfigError, ServiceError
+from yunpian_sms_server.errors import ConfigError, ListenError, ServiceError
 from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
 from yunpian_sms_server.sandbox import start_sandbox
 from yunpian_sms_server.template_check import (
@@ -161,6 +161,16 @@ async def _serve(config: Config, args: argparse.Namespace) -> None:
         await _run_until_signalled()
     finally:
         await server.stop()
+
+
+def _run_listener(main: Coroutine[Any, Any, None]) -> int:
+    """Runs serve or sandbox; an address it cannot listen on is one line and exit status 2."""
+    try:
+        asyncio.run(main)
+    except ListenError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 async def _sandbox(config: Config, listen: str) -> None:
@@ -318,11 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"config error: {exposed}", file=sys.stderr)
                 return EXIT_USAGE
         configure_logging(args.log_format)
-        asyncio.run(_serve(config, args))
-        return EXIT_OK
+        return _run_listener(_serve(config, args))
+    try:
+        parse_listen(args.listen)
+    except ValueError as error:
+        print(f"argument error: --listen: {error}", file=sys.stderr)
+        return EXIT_USAGE
     configure_logging()
-    asyncio.run(_sandbox(config, args.listen))
-    return EXIT_OK
+    return _run_listener(_sandbox(config, args.listen))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from yunpian_sms_server.config import (
     Config,
     TlsConfig,
     YunpianConfig,
+    config_warnings,
     exposure_problem,
     parse_listen,
 )
@@ -251,6 +252,8 @@ class SmsServer:
                 listen=address,
                 message="no [auth]: every caller is anonymous and may send any usage type",
             )
+        for warning in config_warnings(config):
+            _log.warning("config_warning", key=warning.key, message=warning.problem)
         if config.server.metrics_listen:
             self._metrics_runner, self.metrics_port = await start_metrics_endpoint(
                 self.metrics, config.server.metrics_listen

@@ -28,6 +28,7 @@ from yunpian_sms_server.config import (
     API_KEY_ENV,
     CONFIG_ENV,
     Config,
+    config_warnings,
     exposure_problem,
     load_config,
     parse_listen,
@@ -281,6 +282,8 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config, needs_api_key=True)
     if config is None:
         return EXIT_USAGE
+    for warning in config_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"config OK: {args.config or os.environ.get(CONFIG_ENV) or '(defaults)'}")
     if args.remote:
         return asyncio.run(_check_remote(config))

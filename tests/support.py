@@ -123,8 +123,25 @@ def free_port() -> int:
 # The console script of the installed server, beside the interpreter running the tests.
 CLI: Final = str(Path(sys.executable).parent / "yunpian-sms")
 SERVE_START_TIMEOUT_S: Final = 30.0
+# A command that does not serve (check-config, a refused serve) is done well within this.
+CLI_TIMEOUT_S: Final = 60.0
 # Environment variables that would override a test's config file.
 _CONFIG_ENV: Final = ("YUNPIAN_API_KEY", "YUNPIAN_SMS_CONFIG")
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs `yunpian-sms *args` to its end (an empty environment unless given); output captured."""
+    return subprocess.run(
+        [CLI, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        env=dict(env or {}),
+        check=False,
+    )
 
 
 def toml_text(data: Mapping[str, Any]) -> str:
@@ -227,6 +244,20 @@ class ServeProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"the server logged no {name!r} within {within_s} s")
             await asyncio.sleep(0.02)
+
+    async def exit_status(self, within_s: float = SERVE_START_TIMEOUT_S) -> int | None:
+        """The exit status of a server expected to refuse to start; None (and the process
+        killed) when it logs "serving" instead."""
+        deadline = time.monotonic() + within_s
+        while (status := self.process.poll()) is None:
+            if self.events_named("serving"):
+                await self.kill()
+                return None
+            if time.monotonic() > deadline:
+                await self.kill()
+                raise AssertionError(f"the server neither exited nor served within {within_s} s")
+            await asyncio.sleep(0.02)
+        return status
 
     def events_named(self, name: str) -> list[dict[str, Any]]:
         """Every event called `name` logged so far."""

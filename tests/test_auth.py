@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pki import Pki, make_pki
-from support import StartServer, log_events, make_config
+from support import StartServer, log_events, make_config, run_cli
 
 from yunpian_sms_client import (
     AsyncSmsClient,
@@ -26,7 +24,6 @@ from yunpian_sms_server.config import parse_config
 from yunpian_sms_server.errors import ConfigError
 from yunpian_sms_server.sandbox import RunningSandbox
 
-CLI = str(Path(sys.executable).parent / "yunpian-sms")
 CHECKOUT_TOKEN = "checkout-secret-token-1"
 OPS_TOKEN = "ops-secret-token-2"
 PHONE = "13800138000"
@@ -228,26 +225,12 @@ def test_auth_config_problems_are_reported_by_key(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_a_non_loopback_listen_override_without_auth() -> None:
-    result = subprocess.run(
-        [CLI, "serve", "--sandbox", "--listen", "0.0.0.0:0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={},
-    )
+    result = run_cli("serve", "--sandbox", "--listen", "0.0.0.0:0")
     assert result.returncode == 2
     assert "config error: server.listen:" in result.stderr
 
 
 def test_hash_token_prints_the_sha256_of_standard_input() -> None:
-    result = subprocess.run(
-        [CLI, "hash-token"],
-        input="my-token\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("hash-token", stdin="my-token\n")
     assert result.returncode == 0
     assert result.stdout.strip() == hash_token("my-token")

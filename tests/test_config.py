@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
+from pki import Pki, make_pki
+from support import (
+    BASE_CONFIG,
+    FINGERPRINT_SECRET,
+    ServeProcess,
+    StartServe,
+    free_port,
+    run_cli,
+    toml_text,
+)
 
 from yunpian_sms_server.config import (
     DEFAULT_TEMPLATE,
+    FINGERPRINT_SECRET_ENV,
+    MAX_LIMIT_COUNT,
+    MAX_LIMIT_PERIOD_S,
     Limit,
+    config_warnings,
     load_config,
     parse_config,
     parse_limit,
@@ -19,7 +33,6 @@ from yunpian_sms_server.config import (
 )
 from yunpian_sms_server.errors import ConfigError
 
-CLI = str(Path(sys.executable).parent / "yunpian-sms")
 API_KEY = "0123456789abcdef0123456789abcdef"
 ENV_KEY = "fedcba9876543210fedcba9876543210"
 
@@ -104,17 +117,51 @@ def test_api_key_is_not_in_the_config_repr() -> None:
         ("1/60s", Limit(1, 60.0, "1/60s")),
         ("5/1h", Limit(5, 3600.0, "5/1h")),
         ("10/d", Limit(10, 86400.0, "10/d")),
+        ("10/1d", Limit(10, 86400.0, "10/1d")),
+        ("2/m", Limit(2, 60.0, "2/m")),
         ("3/5m", Limit(3, 300.0, "3/5m")),
+        ("1000000000/366d", Limit(MAX_LIMIT_COUNT, float(MAX_LIMIT_PERIOD_S), "1000000000/366d")),
     ],
 )
 def test_parse_limit_reads_count_and_period(text: str, limit: Limit) -> None:
     assert parse_limit(text) == limit
 
 
-@pytest.mark.parametrize("text", ["", "0/1s", "1/0s", "5", "5/1w", "-1/1s", "a/1s"])
+@pytest.mark.parametrize("text", ["", "5", "5/1w", "-1/1s", "a/1s", "1/1.5s"])
 def test_parse_limit_rejects_malformed_limits(text: str) -> None:
     with pytest.raises(ValueError, match="COUNT/PERIOD"):
         parse_limit(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0/1s", "'0/1s': COUNT must be 1 to 1000000000"),
+        ("99999999999/1s", "'99999999999/1s': COUNT must be 1 to 1000000000"),
+        ("1/0s", "'1/0s': PERIOD must be more than 0 and at most 366 days"),
+        ("1/00s", "'1/00s': PERIOD must be more than 0 and at most 366 days"),
+        ("1/367d", "'1/367d': PERIOD must be more than 0 and at most 366 days"),
+        (
+            "1/9999999999999999d",
+            "'1/9999999999999999d': PERIOD must be more than 0 and at most 366 days",
+        ),
+    ],
+)
+def test_parse_limit_rejects_counts_and_periods_out_of_bounds(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_limit(text)
+
+
+def test_a_limit_with_thousands_of_digits_is_out_of_bounds_not_a_crash() -> None:
+    with pytest.raises(ValueError, match="PERIOD must be more than 0"):
+        parse_limit("1/" + "9" * 5000 + "s")
+
+
+def test_limits_out_of_bounds_are_reported_under_their_key() -> None:
+    assert problems_of({"limits": {"per_caller": ["1/00s"], "global": ["0/1s"]}}) == [
+        "limits.per_caller: '1/00s': PERIOD must be more than 0 and at most 366 days",
+        "limits.global: '0/1s': COUNT must be 1 to 1000000000",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -135,6 +182,199 @@ def test_parse_listen_rejects_malformed_addresses(text: str) -> None:
         parse_listen(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("::1:50051", "an IPv6 host goes in brackets, e.g. [::1]:50051"),
+        ("[localhost]:50051", "brackets hold an IPv6 address, e.g. [::1]:50051"),
+    ],
+)
+def test_parse_listen_rejects_what_grpc_would_misread(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_listen(text)
+
+
+@pytest.mark.parametrize("metrics", ["127.0.0.1:50051", "0.0.0.0:50051"])
+def test_metrics_listen_on_the_grpc_port_is_a_problem(metrics: str) -> None:
+    problems = problems_of({"server": {"listen": "127.0.0.1:50051", "metrics_listen": metrics}})
+    assert problems == [
+        f"server.metrics_listen: {metrics} is server.listen's port: "
+        "metrics need a port of their own"
+    ]
+
+
+@pytest.mark.parametrize("metrics", ["127.0.0.1:9464", "127.0.0.2:50051"])
+def test_metrics_listen_on_a_port_of_its_own_is_fine(metrics: str) -> None:
+    config = parse_config({"server": {"metrics_listen": metrics}}, {})
+    assert config.server.metrics_listen == metrics
+
+
+def test_both_listeners_may_pick_a_free_port() -> None:
+    config = parse_config(
+        {"server": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"}}, {}
+    )
+    assert config.server.metrics_listen == "127.0.0.1:0"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://", "must name the Redis host, e.g. redis://127.0.0.1:6379/0"),
+        ("rediss:///0", "must name the Redis host, e.g. redis://127.0.0.1:6379/0"),
+        ("redis://127.0.0.1:0/0", "port must be 1 to 65535, e.g. redis://127.0.0.1:6379/0"),
+        ("redis://127.0.0.1:99999/0", "port must be 1 to 65535, e.g. redis://127.0.0.1:6379/0"),
+        ("redis://127.0.0.1:x/0", "port must be 1 to 65535, e.g. redis://127.0.0.1:6379/0"),
+        (
+            "redis://127.0.0.1:6379/one",
+            "the database must be a number, e.g. redis://127.0.0.1:6379/0",
+        ),
+        (
+            "redis://127.0.0.1:6379?db=one",
+            "redis-py refuses it: Invalid value for 'db' in connection URL.",
+        ),
+    ],
+)
+def test_store_url_must_name_a_redis_host_port_and_database(url: str, message: str) -> None:
+    assert problems_of({"store": {"url": url}}) == [f"store.url: {message}"]
+
+
+def test_store_url_options_redis_does_not_know_are_a_problem() -> None:
+    [problem] = problems_of({"store": {"url": "redis://127.0.0.1:6379/0?sockettimeout=1"}})
+    assert problem.startswith("store.url: has an option redis-py does not know")
+    assert "sockettimeout" in problem
+
+
+def test_store_url_problems_never_repeat_the_password() -> None:
+    problems = problems_of({"store": {"url": "redis://:hunter2@127.0.0.1:6379/x"}})
+    assert not any("hunter2" in problem for problem in problems)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory://",
+        "redis://127.0.0.1:6379/0",
+        "redis://redis.internal",
+        "rediss://user:secret@redis.internal:6380/3?ssl_cert_reqs=none",
+    ],
+)
+def test_store_url_accepts_memory_and_complete_redis_urls(url: str) -> None:
+    store = {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
+    assert parse_config({"store": store}, {}).store.url == url
+
+
+def test_a_shared_store_needs_a_fingerprint_secret_of_its_own() -> None:
+    redis = "redis://127.0.0.1:6379/0"
+    [missing] = problems_of({"store": {"url": redis}})
+    assert missing.startswith("store.fingerprint_secret: is required with a shared store")
+    [short] = problems_of({"store": {"url": redis, "fingerprint_secret": "hunter2"}})
+    assert short.startswith("store.fingerprint_secret: must be at least 32 characters")
+    [short_env] = problems_of({"store": {"url": redis}}, {FINGERPRINT_SECRET_ENV: "hunter2"})
+    assert short_env.startswith(f"{FINGERPRINT_SECRET_ENV}: must be at least 32 characters")
+    old = {"url": redis, "fingerprint_secret": FINGERPRINT_SECRET}
+    [short_old] = problems_of({"store": {**old, "previous_fingerprint_secrets": ["x"]}})
+    assert short_old.startswith("store.previous_fingerprint_secrets: must be at least 32")
+    for problem in (missing, short, short_env, short_old):
+        assert "hunter2" not in problem  # a secret is never repeated
+    # The environment wins over the file; the memory store makes its own when none is set.
+    from_env = parse_config({"store": {"url": redis}}, {FINGERPRINT_SECRET_ENV: "e" * 32})
+    assert from_env.store.fingerprint_secret == "e" * 32
+    assert parse_config({}, {}).store.fingerprint_secret == ""
+    assert "e" * 32 not in repr(from_env)
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "bad", "problem"),
+    [
+        ("server", "drain_seconds", -1, "must be from 0 to 300"),
+        ("server", "drain_seconds", 301, "must be from 0 to 300"),
+        ("store", "max_connections", 0, "must be from 1 to 10000"),
+        ("store", "max_connections", 1.5, "must be an integer"),
+        ("international", "refusal_message", "x" * 501, "must be at most 500 characters"),
+    ],
+)
+def test_shutdown_store_and_refusal_settings_are_bounded(
+    table: str, key: str, bad: object, problem: str
+) -> None:
+    assert problems_of({table: {key: bad}}) == [f"{table}.{key}: {problem}"]
+
+
+def test_the_drain_may_be_off() -> None:
+    assert parse_config({"server": {"drain_seconds": 0}}, {}).server.drain_seconds == 0.0
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def garbage(tmp_path: Path) -> Path:
+    path = tmp_path / "garbage.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    return path
+
+
+def tls_problems(**files: Path) -> list[str]:
+    return problems_of({"server": {"tls": {name: str(path) for name, path in files.items()}}})
+
+
+def test_tls_files_that_load_pass(pki: Pki) -> None:
+    tls = {"cert": str(pki.server_cert), "key": str(pki.server_key), "client_ca": str(pki.ca)}
+    config = parse_config({"server": {"tls": tls}}, {})
+    assert config.server.tls is not None
+    assert config.server.tls.client_ca == pki.ca
+
+
+def test_tls_cert_that_is_not_a_certificate_is_a_problem(pki: Pki, garbage: Path) -> None:
+    assert tls_problems(cert=garbage, key=pki.server_key) == [
+        f"server.tls.cert: {garbage} holds no PEM certificate"
+    ]
+
+
+def test_tls_key_that_is_not_a_key_is_a_problem(pki: Pki) -> None:
+    # The certificate where the key belongs: PEM, but no private key in it.
+    assert tls_problems(cert=pki.server_cert, key=pki.server_cert) == [
+        f"server.tls.key: {pki.server_cert} holds no unencrypted PEM private key"
+    ]
+
+
+def test_tls_key_of_another_certificate_is_a_problem(pki: Pki) -> None:
+    _, other_key = pki.client("other")
+    assert tls_problems(cert=pki.server_cert, key=other_key) == [
+        f"server.tls.key: {other_key} is not the private key of server.tls.cert"
+    ]
+
+
+def test_tls_client_ca_that_is_not_a_certificate_is_a_problem(pki: Pki, garbage: Path) -> None:
+    assert tls_problems(cert=pki.server_cert, key=pki.server_key, client_ca=garbage) == [
+        f"server.tls.client_ca: {garbage} holds no PEM certificate"
+    ]
+
+
+def test_tls_files_that_are_not_files_are_a_problem(pki: Pki, tmp_path: Path) -> None:
+    assert tls_problems(cert=tmp_path, key=pki.server_key) == [
+        f"server.tls.cert: {tmp_path} is not a readable file"
+    ]
+
+
+def test_grace_period_shorter_than_a_send_is_a_warning_not_a_problem() -> None:
+    config = parse_config(
+        {"server": {"grace_period_seconds": 5.5}, "yunpian": {"timeout_seconds": 5.0}}, {}
+    )
+    assert [str(warning) for warning in config_warnings(config)] == [
+        "server.grace_period_seconds: 5.5 is less than yunpian.timeout_seconds + 1 (6): "
+        "a shutdown could cut short a send already on its way to YunPian"
+    ]
+
+
+def test_grace_period_covering_a_send_gives_no_warning() -> None:
+    config = parse_config(
+        {"server": {"grace_period_seconds": 6.0}, "yunpian": {"timeout_seconds": 5.0}}, {}
+    )
+    assert config_warnings(config) == []
+
+
 def test_load_config_reports_invalid_toml(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[server\nlisten = 1\n")
@@ -148,12 +388,6 @@ def test_load_config_reads_the_path_from_the_environment(tmp_path: Path) -> None
     path.write_text('[server]\nlisten = "127.0.0.1:6000"\n')
     assert load_config(None, env={"YUNPIAN_SMS_CONFIG": str(path)}).server.listen == (
         "127.0.0.1:6000"
-    )
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CLI, *args], capture_output=True, text=True, timeout=60, env=env or {}, check=False
     )
 
 
@@ -198,6 +432,102 @@ def test_check_config_reports_an_unreadable_file(tmp_path: Path) -> None:
     result = run_cli("check-config", "--config", str(tmp_path / "missing.toml"))
     assert result.returncode == 2
     assert "cannot be read" in result.stderr
+
+
+def test_check_config_warns_when_a_shutdown_could_cut_a_send_short(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[server]\ngrace_period_seconds = 2.0\n[yunpian]\napi_key = "{API_KEY}"\n'
+        "timeout_seconds = 5.0\n"
+    )
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: server.grace_period_seconds: 2 is less than yunpian.timeout_seconds + 1 (6): "
+        "a shutdown could cut short a send already on its way to YunPian"
+    ]
+    assert result.stdout.startswith("config OK")
+
+
+async def test_serve_logs_the_same_warning_at_start(start_serve: StartServe) -> None:
+    server = await start_serve({**BASE_CONFIG, "server": {"grace_period_seconds": 1.0}})
+    [warning] = server.events_named("config_warning")
+    assert warning["key"] == "server.grace_period_seconds"
+    assert warning["message"].startswith("1 is less than yunpian.timeout_seconds + 1 (3)")
+
+
+# Configs that passed check-config and then failed (or misbehaved) once served, each with the
+# key its problem names; the ports are filled in by bad_config.
+BAD_CONFIGS: Final = {
+    "tls cert not a certificate": ("server.tls.cert", {"tls": ("garbage", "server_key", None)}),
+    "tls key of another cert": ("server.tls.key", {"tls": ("server_cert", "other_key", None)}),
+    "tls client_ca not a certificate": (
+        "server.tls.client_ca",
+        {"tls": ("server_cert", "server_key", "garbage")},
+    ),
+    "limit period too long": ("limits.per_phone", {"per_phone": ["1/9999999999999999d"]}),
+    "limit period of zero": ("limits.per_phone", {"per_phone": ["1/00s"]}),
+    "limit count too large": ("limits.per_caller", {"per_caller": ["99999999999/1s"]}),
+    "redis url without host": ("store.url", {"store": "redis://"}),
+    "redis without a fingerprint secret": (
+        "store.fingerprint_secret",
+        {"store": "redis://127.0.0.1:{port}/0", "secret": ""},
+    ),
+    "redis url with unknown option": ("store.url", {"store": "redis://127.0.0.1:{port}/0?x=1"}),
+    "metrics on the grpc port": ("server.metrics_listen", {"metrics_listen": "127.0.0.1:{port}"}),
+    "ipv6 listen without brackets": ("server.listen", {"listen": "::1:{port}"}),
+    "listen beyond loopback without auth": ("server.listen", {"listen": "0.0.0.0:{port}"}),
+}
+
+
+def bad_config(case: str, pki: Pki, garbage: Path) -> dict[str, Any]:
+    """The BAD_CONFIGS case as a config: otherwise valid, on a free loopback port."""
+    port = free_port()
+    _, spec = BAD_CONFIGS[case]
+    files = {"garbage": garbage, "other_key": pki.client("other")[1]}
+    files |= {"server_cert": pki.server_cert, "server_key": pki.server_key}
+    server: dict[str, Any] = {"listen": f"127.0.0.1:{port}"}
+    limits: dict[str, Any] = {"per_phone": []}
+    store = {"url": "memory://", "fingerprint_secret": FINGERPRINT_SECRET}
+    for name, value in spec.items():
+        if name == "tls":
+            tls = dict(zip(("cert", "key", "client_ca"), value, strict=True))
+            server["tls"] = {key: str(files[file]) for key, file in tls.items() if file}
+        elif name in ("per_phone", "per_caller"):
+            limits[name] = value
+        elif name == "store":
+            store["url"] = value.format(port=free_port())
+        elif name == "secret":
+            store["fingerprint_secret"] = value
+        else:
+            server[name] = value.format(port=port)
+    return {
+        "server": server,
+        "yunpian": {"api_key": API_KEY, "base_url": f"http://127.0.0.1:{free_port()}"},
+        "limits": limits,
+        "store": store,
+    }
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+async def test_check_config_refuses_whatever_serve_would_refuse(
+    case: str, pki: Pki, garbage: Path, tmp_path: Path
+) -> None:
+    key, _ = BAD_CONFIGS[case]
+    path = tmp_path / "config.toml"
+    path.write_text(toml_text(bad_config(case, pki, garbage)))
+    serve = ServeProcess.start("--config", str(path), directory=tmp_path / "serve")
+    checked, served = await asyncio.gather(
+        asyncio.to_thread(run_cli, "check-config", "--config", str(path)), serve.exit_status()
+    )
+    for command, status, stderr in (
+        ("check-config", checked.returncode, checked.stderr),
+        ("serve", served, serve.stderr),
+    ):
+        assert status == 2, f"{command} did not refuse the config: {stderr}"
+        assert "Traceback" not in stderr
+        assert f"config error: {key}: " in stderr, f"{command}: {stderr}"
+        assert all(line.startswith("config error: ") for line in stderr.splitlines())
 
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"

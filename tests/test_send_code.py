@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 
 import grpc
 import pytest
@@ -13,6 +12,7 @@ from support import (
     INTERNATIONAL_TEMPLATE,
     SIGN_IN_TEMPLATE,
     StartServer,
+    free_port,
     make_config,
 )
 
@@ -361,16 +361,10 @@ async def test_the_server_answers_before_the_callers_deadline(
     assert caught.value.delivery_unknown
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_an_unreachable_yunpian_is_unavailable_and_safe_to_retry(
     start_server: StartServer,
 ) -> None:
-    server = await start_server(base_url=f"http://127.0.0.1:{closed_port()}")
+    server = await start_server(base_url=f"http://127.0.0.1:{free_port()}")
     async with AsyncSmsClient(f"127.0.0.1:{server.port}") as client:
         with pytest.raises(UnavailableError) as caught:
             await client.send_code(PHONE, "123456")

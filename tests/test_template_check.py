@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +14,7 @@ from support import (
     INTERNATIONAL_TEMPLATE,
     SIGN_IN_TEMPLATE,
     FakeClock,
+    free_port,
     make_config,
 )
 
@@ -78,12 +78,6 @@ async def checker(
 
 def tpl_gets(sandbox: RunningSandbox) -> int:
     return sandbox.sandbox.request_counts[TPL_GET_PATH]
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def reasons(result: TemplateCheck) -> list[ProblemReason]:
@@ -364,7 +358,7 @@ async def test_a_remote_without_a_usable_answer_is_not_checked_and_not_cached(
 async def test_an_unreachable_remote_is_not_checked_and_local_problems_still_show(
     session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:
-    checker = make_checker(session, f"http://127.0.0.1:{closed_port()}", clock)
+    checker = make_checker(session, f"http://127.0.0.1:{free_port()}", clock)
     result = await checker.check("{{code}}{{code}}", international=False)
     assert result.status is TemplateStatus.NOT_CHECKED
     assert reasons(result) == [

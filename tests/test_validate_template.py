@@ -7,8 +7,6 @@ import dataclasses
 import io
 import json
 import os
-import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +16,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import (
     BASE_CONFIG,
+    CLI,
     GENERIC_TEMPLATE,
     INTERNATIONAL_TEMPLATE,
     SIGN_IN_TEMPLATE,
     StartServer,
+    free_port,
     log_events,
     make_config,
 )
@@ -48,7 +48,6 @@ from yunpian_sms_server.sandbox import (
 from yunpian_sms_server.service import MAX_TEMPLATE_CONTENT_LENGTH
 from yunpian_sms_server.templates import TemplateBook, yunpian_form
 
-CLI = str(Path(sys.executable).parent / "yunpian-sms")
 SERVICE = "yunpian.sms.v1.SmsService"
 SIGN_IN_ID, GENERIC_ID, INTERNATIONAL_ID = "1", "2", "3"
 TYPO_TEMPLATE = "您的登陆验证码是{{code}}，5分钟内有效。"
@@ -56,12 +55,6 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Quick re-checks, so verify_on_start notices an approval within a test's patience.
 FAST_RECHECK_S = 0.05
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def target_of(server: SmsServer) -> str:
@@ -201,7 +194,7 @@ async def test_concurrent_validations_share_one_upstream_call(
 async def test_an_unreachable_yunpian_is_not_checked_with_a_problem(
     start_server: StartServer,
 ) -> None:
-    server = await start_server(base_url=f"http://127.0.0.1:{closed_port()}")
+    server = await start_server(base_url=f"http://127.0.0.1:{free_port()}")
     async with AsyncSmsClient(target_of(server)) as client:
         report = await client.validate_template(usage_type="SignIn")
     assert not report.valid
@@ -352,7 +345,7 @@ async def test_verify_on_start_stays_not_serving_while_yunpian_is_unreachable(
     start_server: StartServer, log_output: io.StringIO
 ) -> None:
     config = make_config(templates=templates_with(verify_on_start=True))
-    server = await start_server(config, base_url=f"http://127.0.0.1:{closed_port()}")
+    server = await start_server(config, base_url=f"http://127.0.0.1:{free_port()}")
     assert await health_of(server) == [NOT_SERVING, NOT_SERVING]
     failing = log_events(log_output, "template_not_approved")
     assert len(failing) == 5  # four domestic templates and the international one
@@ -505,7 +498,7 @@ async def test_validate_template_console_script_exit_codes(
             "{{code}}",
             "--skip-remote",
             "--target",
-            f"127.0.0.1:{closed_port()}",
+            f"127.0.0.1:{free_port()}",
             env=cli_env,
         ),
     )
@@ -599,7 +592,7 @@ async def test_check_config_remote_exits_1_when_yunpian_is_unreachable(
     capsys: pytest.CaptureFixture[str],
     cli_env: dict[str, str],
 ) -> None:
-    config = write_config(tmp_path / "config.toml", f"http://127.0.0.1:{closed_port()}")
+    config = write_config(tmp_path / "config.toml", f"http://127.0.0.1:{free_port()}")
     assert await run_main("check-config", "--remote", "--config", str(config)) == 1
     lines = status_lines(capsys.readouterr().out)
     assert len(lines) == 5

@@ -33,11 +33,13 @@ from yunpian_sms_server.config import (
     Config,
     TlsConfig,
     YunpianConfig,
+    config_warnings,
     exposure_problem,
     parse_listen,
 )
 from yunpian_sms_server.envelope import RpcEnvelope
-from yunpian_sms_server.errors import ConfigError, ServiceError
+from yunpian_sms_server.errors import ConfigError, ListenError, ServiceError
+from yunpian_sms_server.listeners import GRPC_LISTENER, probe_listen
 from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint
 from yunpian_sms_server.rate_limits import RateLimiter
 from yunpian_sms_server.sandbox import (
@@ -67,7 +69,8 @@ SANDBOX_ALL_REGIONS: Final = "ALL"
 # Calls still running at the end of the grace period are interrupted this long before gRPC
 # would cut them: time to record what they know and answer with it.
 SHUTDOWN_ANSWER_MARGIN_S: Final = 0.5
-# gRPC's SO_REUSEPORT lets a second server bind a port in use and take half its connections.
+# gRPC sets SO_REUSEPORT by default: a second server on a port in use would then share it,
+# each process with its own memory store, and a phone number would get twice its limit.
 GRPC_SERVER_OPTIONS: Final = (("grpc.so_reuseport", 0),)
 
 _log = structlog.get_logger("yunpian_sms.app")
@@ -122,15 +125,24 @@ def yunpian_client(
 
 
 def _add_port(server: grpc.aio.Server, address: str, tls: TlsConfig | None) -> int:
-    """Binds the gRPC port, with TLS (and client certificates) when configured."""
-    if tls is None:
-        return server.add_insecure_port(address)
-    credentials = grpc.ssl_server_credentials(
-        [(tls.key.read_bytes(), tls.cert.read_bytes())],
-        root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
-        require_client_auth=tls.client_ca is not None,
-    )
-    return server.add_secure_port(address, credentials)
+    """Binds the gRPC port, with TLS (and client certificates) when configured.
+
+    Raises ListenError when the address cannot be had.
+    """
+    probe_listen(address, GRPC_LISTENER)
+    try:
+        if tls is None:
+            return server.add_insecure_port(address)
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key.read_bytes(), tls.cert.read_bytes())],
+            root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+            require_client_auth=tls.client_ca is not None,
+        )
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:
+        # Another process took the port since the probe: probing again names the reason.
+        probe_listen(address, GRPC_LISTENER)
+        raise ListenError(address, GRPC_LISTENER, "gRPC could not bind it") from None
 
 
 async def verify_templates(config: Config, checker: TemplateChecker) -> bool:
@@ -196,7 +208,19 @@ class SmsServer:
         sandbox: bool = False,
         sandbox_listen: str = IN_PROCESS_SANDBOX_LISTEN,
     ) -> None:
-        """Starts the sandbox (if asked), the HTTP session and the gRPC server; then SERVING."""
+        """Starts the sandbox (if asked), the HTTP session and the gRPC server; then SERVING.
+
+        When a part fails (ListenError: a port in use), closes the parts already started.
+        """
+        try:
+            await self._start(listen=listen, sandbox=sandbox, sandbox_listen=sandbox_listen)
+        except BaseException:
+            if self._server is not None:
+                await self._server.stop(None)
+            await self._close()
+            raise
+
+    async def _start(self, *, listen: str | None, sandbox: bool, sandbox_listen: str) -> None:
         config = self.config
         if sandbox:
             host, port = parse_listen(sandbox_listen)
@@ -249,14 +273,17 @@ class SmsServer:
                 listen=address,
                 message="no [auth]: every caller is anonymous and may send any usage type",
             )
-        self.port = _add_port(server, address, config.server.tls)
-        self._server = server
+        for warning in config_warnings(config):
+            _log.warning("config_warning", key=warning.key, message=warning.problem)
         if config.server.metrics_listen:
             self._metrics_runner, self.metrics_port = await start_metrics_endpoint(
                 self.metrics, config.server.metrics_listen
             )
         await self._set_health(serving=False)
         await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        # Bound last and started at once: grpc keeps the port of a server never started.
+        self._server = server
+        self.port = _add_port(server, address, config.server.tls)
         await server.start()
         serving = True
         if config.template_checks.verify_on_start:
@@ -313,6 +340,12 @@ class SmsServer:
                 _log.info("draining", drain_seconds=settings.drain_seconds)
                 await asyncio.sleep(settings.drain_seconds)
             await self._stop_grpc(settings.grace_period_seconds)
+        await self._close()
+        _log.info("stopped")
+
+    async def _close(self) -> None:
+        """Closes the parts other than the gRPC server, those start got to (after the records
+        of calls that outlived their RPC are written)."""
         if self._sending is not None:
             await self._sending.drain()
         if self._checker is not None:
@@ -325,7 +358,6 @@ class SmsServer:
             await self._metrics_runner.cleanup()
         if self.sandbox is not None:
             await self.sandbox.close()
-        _log.info("stopped")
 
     async def _stop_grpc(self, grace_s: float) -> None:
         """Closes the listener; interrupts the calls still running when the grace period ends."""

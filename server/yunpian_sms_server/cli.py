@@ -8,9 +8,9 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import grpc
 import structlog
@@ -28,11 +28,12 @@ from yunpian_sms_server.config import (
     API_KEY_ENV,
     CONFIG_ENV,
     Config,
+    config_warnings,
     exposure_problem,
     load_config,
     parse_listen,
 )
-from yunpian_sms_server.errors import ConfigError, ServiceError
+from yunpian_sms_server.errors import ConfigError, ListenError, ServiceError
 from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
 from yunpian_sms_server.sandbox import start_sandbox
 from yunpian_sms_server.template_check import (
@@ -163,6 +164,16 @@ async def _serve(config: Config, args: argparse.Namespace) -> None:
         await server.stop()
 
 
+def _run_listener(main: Coroutine[Any, Any, None]) -> int:
+    """Runs serve or sandbox; an address it cannot listen on is one line and exit status 2."""
+    try:
+        asyncio.run(main)
+    except ListenError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 async def _sandbox(config: Config, listen: str) -> None:
     host, port = parse_listen(listen)
     running = await start_sandbox(sandbox_for(config), host, port)
@@ -271,6 +282,8 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config, needs_api_key=True)
     if config is None:
         return EXIT_USAGE
+    for warning in config_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"config OK: {args.config or os.environ.get(CONFIG_ENV) or '(defaults)'}")
     if args.remote:
         return asyncio.run(_check_remote(config))
@@ -318,11 +331,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"config error: {exposed}", file=sys.stderr)
                 return EXIT_USAGE
         configure_logging(args.log_format)
-        asyncio.run(_serve(config, args))
-        return EXIT_OK
+        return _run_listener(_serve(config, args))
+    try:
+        parse_listen(args.listen)
+    except ValueError as error:
+        print(f"argument error: --listen: {error}", file=sys.stderr)
+        return EXIT_USAGE
     configure_logging()
-    asyncio.run(_sandbox(config, args.listen))
-    return EXIT_OK
+    return _run_listener(_sandbox(config, args.listen))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import phonenumbers
+from redis.asyncio import ConnectionPool
 
 from yunpian_sms_server.errors import ConfigError, ConfigProblem
 from yunpian_sms_server.template_check import DEFAULT_REMOTE_CACHE_S
@@ -51,6 +53,15 @@ MAX_TIMEOUT_S: Final = 60.0
 _API_KEY = re.compile(r"[0-9a-fA-F]{32}")
 _LIMIT = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*")
 _PERIOD_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Bounds of a rate limit "COUNT/PERIOD": beyond them a limit is a typo, and the stores' clocks
+# and counters (Redis takes periods in milliseconds) would overflow.
+MAX_LIMIT_COUNT: Final = 1_000_000_000
+MAX_LIMIT_PERIOD_DAYS: Final = 366
+MAX_LIMIT_PERIOD_S: Final = MAX_LIMIT_PERIOD_DAYS * _PERIOD_SECONDS["d"]
+# A shutdown should give a send already waiting on YunPian its whole timeout, plus this.
+SHUTDOWN_MARGIN_S: Final = 1.0
+# Hosts that listen on every address of the machine: they share their port with any other host.
+_WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not a bind
 # Longest allowed cache of YunPian's template list: a template's approval shows within this.
 MAX_REMOTE_CACHE_S: Final = 86400.0
 # Keys of [templates] that are options, not usage types.
@@ -217,16 +228,39 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ValueError("port must be 0 to 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("brackets hold an IPv6 address, e.g. [::1]:50051") from None
+    elif ":" in host:
+        # gRPC cannot tell "::1:50051" from an address without a port.
+        raise ValueError("an IPv6 host goes in brackets, e.g. [::1]:50051")
     return host, port
 
 
+def _at_most(digits: str, ceiling: int) -> int:
+    """The decimal number, or ceiling + 1 when it is larger (however many digits it has)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= len(str(ceiling)) else ceiling + 1
+
+
 def parse_limit(text: str) -> Limit:
-    """Parses "COUNT/PERIOD" ("1/60s", "5/1h", "10/1d"); raises ValueError when malformed."""
+    """Parses "COUNT/PERIOD" ("1/60s", "5/1h", "10/1d", "2/m"); raises ValueError when malformed
+    or out of bounds."""
     match = _LIMIT.fullmatch(text)
-    if not match or int(match.group(1)) < 1 or match.group(2) == "0":
+    if not match:
         raise ValueError(f"{text!r} is not COUNT/PERIOD with PERIOD in s, m, h or d, e.g. '5/1h'")
-    period = int(match.group(2) or 1) * _PERIOD_SECONDS[match.group(3)]
-    return Limit(count=int(match.group(1)), period_s=float(period), text=text.strip())
+    count_digits, period_digits, unit = match.groups()
+    count = _at_most(count_digits, MAX_LIMIT_COUNT)
+    if not 1 <= count <= MAX_LIMIT_COUNT:
+        raise ValueError(f"{text.strip()!r}: COUNT must be 1 to {MAX_LIMIT_COUNT}")
+    unit_s = _PERIOD_SECONDS[unit]
+    period = _at_most(period_digits or "1", MAX_LIMIT_PERIOD_S // unit_s) * unit_s
+    if not 0 < period <= MAX_LIMIT_PERIOD_S:
+        raise ValueError(
+            f"{text.strip()!r}: PERIOD must be more than 0 and at most {MAX_LIMIT_PERIOD_DAYS} days"
+        )
+    return Limit(count=count, period_s=float(period), text=text.strip())
 
 
 class _Reader:
@@ -367,6 +401,29 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
+def share_a_port(first: str, second: str) -> bool:
+    """Whether two HOST:PORT addresses claim one port (port 0 is a fresh port each time)."""
+    (first_host, first_port), (second_host, second_port) = parse_listen(first), parse_listen(second)
+    hosts = {first_host, second_host}
+    return first_port == second_port != 0 and (len(hosts) == 1 or bool(hosts & _WILDCARD_HOSTS))
+
+
+def config_warnings(config: Config) -> list[ConfigProblem]:
+    """What is valid but likely a mistake: check-config prints it, serve logs it."""
+    warnings: list[ConfigProblem] = []
+    needed = config.yunpian.timeout_seconds + SHUTDOWN_MARGIN_S
+    if config.server.grace_period_seconds < needed:
+        warnings.append(
+            ConfigProblem(
+                "server.grace_period_seconds",
+                f"{config.server.grace_period_seconds:g} is less than yunpian.timeout_seconds "
+                f"+ {SHUTDOWN_MARGIN_S:g} ({needed:g}): a shutdown could cut short a send "
+                "already on its way to YunPian",
+            )
+        )
+    return warnings
+
+
 def exposure_problem(listen: str, config: Config) -> ConfigProblem | None:
     """A non-loopback listen address without authentication, unless explicitly allowed."""
     if config.authenticates or config.server.allow_unauthenticated or is_loopback(listen):
@@ -376,6 +433,41 @@ def exposure_problem(listen: str, config: Config) -> ConfigProblem | None:
         f"{listen} is reachable beyond this machine but there is no [auth] section; "
         "configure [auth] (or server.tls.client_ca), or set server.allow_unauthenticated = true",
     )
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key's passphrase.
+    return b""
+
+
+def _tls_problems(cert: Path | None, key: Path | None, client_ca: Path | None) -> dict[str, str]:
+    """What gRPC would trip on when loading the files, by key; the files exist.
+
+    Python's OpenSSL reads the same PEM files gRPC does, so a file it refuses here would
+    otherwise fail only when `serve` binds the port.
+    """
+    problems: dict[str, str] = {}
+    for name, path in (("cert", cert), ("client_ca", client_ca)):
+        if path is None:
+            continue
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+        except ssl.SSLError:
+            problems[name] = f"{path} holds no PEM certificate"
+        except OSError as error:
+            problems[name] = f"{path} cannot be read: {error.strerror}"
+    if cert is None or key is None or "cert" in problems:
+        return problems
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, _no_passphrase)
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            problems["key"] = f"{key} is not the private key of server.tls.cert"
+        else:
+            problems["key"] = f"{key} holds no unencrypted PEM private key"
+    except OSError as error:
+        problems["key"] = f"{key} cannot be read: {error.strerror}"
+    return problems
 
 
 def _read_tls(reader: _Reader, base_dir: Path) -> TlsConfig | None:
@@ -395,6 +487,9 @@ def _read_tls(reader: _Reader, base_dir: Path) -> TlsConfig | None:
         if not path.is_file():
             tls.problem(name, f"{path} is not a readable file")
         paths[name] = path
+    files = {name: path if path and path.is_file() else None for name, path in paths.items()}
+    for name, problem in _tls_problems(files["cert"], files["key"], files["client_ca"]).items():
+        tls.problem(name, problem)
     cert, key = paths["cert"], paths["key"]
     if cert is None or key is None:
         return None
@@ -465,6 +560,11 @@ def parse_config(
         allow_unauthenticated=server_table.boolean("allow_unauthenticated", False),
         tls=tls,
     )
+    if server.metrics_listen and share_a_port(server.listen, server.metrics_listen):
+        server_table.problem(
+            "metrics_listen",
+            f"{server.metrics_listen} is server.listen's port: metrics need a port of their own",
+        )
     auth = _read_auth(root, has_client_ca=tls is not None and tls.client_ca is not None)
 
     yunpian_table = root.table("yunpian")
@@ -575,9 +675,31 @@ def _read_store(store_table: _Reader, env: Mapping[str, str]) -> StoreConfig:
 
 
 def _check_store_url(value: str) -> None:
-    scheme = urlsplit(value).scheme
-    if scheme not in ("memory", "redis", "rediss"):
+    parts = urlsplit(value)
+    if parts.scheme not in ("memory", "redis", "rediss"):
         raise ValueError("must be memory:// or redis://HOST:PORT/DB")
+    if parts.scheme == "memory":
+        return
+    # redis-py would quietly connect to localhost:6379/0 for a missing host, port 0 or a
+    # database that is not a number: each is a typo, never what was meant.
+    if not parts.hostname:
+        raise ValueError("must name the Redis host, e.g. redis://127.0.0.1:6379/0")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("port must be 1 to 65535, e.g. redis://127.0.0.1:6379/0")
+    if not re.fullmatch(r"/?|/\d+", parts.path):
+        raise ValueError("the database must be a number, e.g. redis://127.0.0.1:6379/0")
+    try:
+        # What RedisStore does with the URL, short of connecting: checks its ?options too.
+        # (redis-py leaves make_connection untyped.)
+        ConnectionPool.from_url(value).make_connection()  # type: ignore[no-untyped-call]
+    except TypeError as error:
+        raise ValueError(f"has an option redis-py does not know ({error})") from None
+    except ValueError as error:
+        raise ValueError(f"redis-py refuses it: {error}") from None
 
 
 def _check_on_error(value: str) -> None:

@@ -331,3 +331,16 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return "; ".join(str(problem) for problem in self.problems)
+
+
+class ListenError(Exception):
+    """An address a listener cannot have: in use by another process, not this machine's, …
+
+    `cli` turns it into one line on stderr and exit status 2, never a traceback.
+    """
+
+    def __init__(self, address: str, listener: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {address} ({listener}): {reason}")
+        self.address = address
+        self.listener = listener
+        self.reason = reason

@@ -16,6 +16,7 @@ from prometheus_client import (
 from prometheus_client.metrics import MetricWrapperBase
 
 from yunpian_sms_server.config import parse_listen
+from yunpian_sms_server.listeners import METRICS_LISTENER, start_tcp_site
 
 NAMESPACE: Final = "yunpian_sms"
 METRICS_PATH: Final = "/metrics"
@@ -106,7 +107,10 @@ class Metrics:
 
 
 async def start_metrics_endpoint(metrics: Metrics, listen: str) -> tuple[web.AppRunner, int]:
-    """Serves GET /metrics on HOST:PORT; returns the runner (to clean up) and the bound port."""
+    """Serves GET /metrics on HOST:PORT; returns the runner (to clean up) and the bound port.
+
+    Raises ListenError when the address cannot be had.
+    """
 
     async def scrape(_request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -116,9 +120,5 @@ async def start_metrics_endpoint(metrics: Metrics, listen: str) -> tuple[web.App
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = parse_listen(listen)
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
+    await start_tcp_site(runner, host, port, METRICS_LISTENER)
     return runner, int(runner.addresses[0][1])

@@ -71,6 +71,8 @@ import phonenumbers
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from yunpian_sms_server.listeners import SANDBOX_LISTENER, start_tcp_site
+
 SANDBOX_API_KEY: Final = "0123456789abcdef0123456789abcdef"
 DEFAULT_SIGNATURE: Final = "【云片沙箱】"
 
@@ -1014,18 +1016,16 @@ class RunningSandbox:
 
 
 async def start_sandbox(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0) -> RunningSandbox:
-    """Serves the sandbox on host:port (0 picks a free port) and returns where it listens."""
+    """Serves the sandbox on host:port (0 picks a free port) and returns where it listens.
+
+    Raises ListenError when the address cannot be had.
+    """
     runner = web.AppRunner(
         sandbox.app, access_log_class=_AccessLogger, shutdown_timeout=SHUTDOWN_TIMEOUT_S
     )
     await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound_host, bound_port = runner.addresses[0][:2]
-    except BaseException:
-        await runner.cleanup()
-        raise
+    await start_tcp_site(runner, host, port, SANDBOX_LISTENER)
+    bound_host, bound_port = runner.addresses[0][:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     url = f"http://{url_host}:{bound_port}"
     _log.info("YunPian sandbox listening on %s", url)

@@ -9,13 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import structlog
 from support import (
+    REDIS_ADMIN_PASSWORD,
+    REDIS_ADMIN_USER,
     RedisServer,
     ServeProcess,
     StartServe,
     StartServer,
     make_config,
+    set_store,
     toml_text,
 )
 
@@ -74,6 +78,33 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def faulty_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the module's own, whose server user loses rights (`redis_admin`)."""
+    server = RedisServer(tmp_path_factory.mktemp("faulty-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_admin(faulty_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A connection to `faulty_redis` (emptied) as a user of its own, which keeps its rights
+    while the servers' (default) user loses them (`set_store`); healthy again afterwards."""
+    bootstrap = aioredis.Redis(port=faulty_redis.port)
+    await bootstrap.flushall()
+    await bootstrap.execute_command(
+        "ACL", "SETUSER", REDIS_ADMIN_USER, "on", f">{REDIS_ADMIN_PASSWORD}", "~*", "&*", "+@all"
+    )
+    await bootstrap.aclose()
+    admin = aioredis.Redis(
+        port=faulty_redis.port, username=REDIS_ADMIN_USER, password=REDIS_ADMIN_PASSWORD
+    )
+    yield admin
+    await set_store(admin, "healthy")
+    await admin.aclose()
 
 
 @pytest.fixture

@@ -361,3 +361,23 @@ async def eventually(
     while not condition():
         assert loop.time() < deadline, f"still not true after {within_s} s"
         await asyncio.sleep(0.02)
+
+
+# Store faults of a real Redis: what `set_store` revokes from the server's (default) user. All
+# of it; the scripts (claims, counts and releases fail; records work); or HDEL, which only the
+# record's transaction uses, so Redis aborts that transaction (EXECABORT) and nothing else.
+# The data stays; the errors are Redis's own (NOPERM).
+STORE_FAULTS: Final = {
+    "down": ["-@all"],
+    "scripts": ["-evalsha", "-eval"],
+    "records": ["-hdel"],
+}
+REDIS_ADMIN_USER: Final = "test-admin"
+REDIS_ADMIN_PASSWORD: Final = "test-admin-password"
+
+
+async def set_store(admin: Any, kind: str) -> None:
+    """Makes the Redis of `admin` (a `redis_admin` connection) healthy or one of STORE_FAULTS."""
+    await admin.execute_command("ACL", "SETUSER", "default", "+@all")
+    if kind != "healthy":
+        await admin.execute_command("ACL", "SETUSER", "default", *STORE_FAULTS[kind])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import socket
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, Final
@@ -17,6 +18,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from support import (
+    BASE_CONFIG,
     FINGERPRINT_SECRET,
     RedisServer,
     ServeProcess,
@@ -28,6 +30,7 @@ from support import (
     log_events,
     make_config,
     scrape,
+    set_store,
     value,
 )
 
@@ -117,7 +120,9 @@ async def test_a_call_cancelled_before_it_reached_yunpian_holds_and_counts_nothi
 ) -> None:
     with unreachable_yunpian() as url:
         config = make_config(
-            yunpian={"timeout_seconds": 0.5}, limits={"per_phone": ["1/60s"]}, store=store_table
+            yunpian={**BASE_CONFIG["yunpian"], "timeout_seconds": 0.5},
+            limits={"per_phone": ["1/60s"]},
+            store=store_table,
         )
         server = await start_server(config, base_url=url)
         async with client_of(server) as client:
@@ -184,22 +189,35 @@ async def test_a_call_cancelled_after_yunpian_answered_replays_that_answer(
     assert replayed.message_id == str(message.sid)
 
 
-async def test_a_call_cancelled_while_redis_holds_its_claim_gives_the_claim_back(
-    start_server: StartServer, quiet_sandbox: RunningSandbox, redis_server: RedisServer
+@pytest.mark.parametrize("on_error", ["deny", "allow"])
+async def test_an_outcome_the_store_failed_to_record_still_replays_from_this_server(
+    start_server: StartServer,
+    quiet_sandbox: RunningSandbox,
+    faulty_redis: RedisServer,
+    redis_admin: aioredis.Redis,
+    log_output: io.StringIO,
+    on_error: str,
 ) -> None:
-    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
-    admin = aioredis.Redis.from_url(url)
-    await admin.flushdb()
+    # on_error decides whether a send goes ahead when the store fails before it; once the SMS
+    # is sent, a failed record must not let a retry send it again, whatever on_error says.
+    store = {
+        "url": faulty_redis.url,
+        "on_error": on_error,
+        "fingerprint_secret": FINGERPRINT_SECRET,
+    }
     server = await start_server(
-        make_config(store={"url": url, "fingerprint_secret": FINGERPRINT_SECRET})
+        make_config(store=store, yunpian={**BASE_CONFIG["yunpian"], "timeout_seconds": 0.5})
     )
     async with client_of(server) as client:
-        await admin.execute_command("CLIENT", "PAUSE", "400", "ALL")
-        await cancel_after(client.send_code(PHONE, CODE, request_id="order-42"), 0.2)
-        await asyncio.sleep(0.4)  # the pause ends; whatever the claim did is undone
+        await set_store(redis_admin, "records")
         sent = await client.send_code(PHONE, CODE, request_id="order-42")
-    await admin.aclose()
-    assert not sent.replayed
+        await set_store(redis_admin, "healthy")
+        await asyncio.sleep(1.6)  # the claim's lease has expired in Redis
+        retried = await client.send_code(PHONE, CODE, request_id="order-42")
+    failed = [e["operation"] for e in log_events(log_output, "store_unavailable")]
+    assert failed == ["record"]
+    assert retried.replayed
+    assert retried.message_id == sent.message_id
     assert len(quiet_sandbox.sandbox.messages) == 1
 
 

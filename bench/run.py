@@ -49,7 +49,7 @@ TEMPLATE: Final = "您的验证码是{{code}}。如非本人操作，请忽略�
 REQUIRED_USAGE_TYPES: Final = ("SignIn", "Register", "ForgotPassword", "Generic")
 # Distinct valid mainland mobiles: 13800000000, 13800000001, ... (one per call of the run).
 FIRST_PHONE: Final = 13_800_000_000
-# The production defaults (design.md §8): every call has its own number, so they never refuse.
+# The production defaults: every call has its own number, so they never refuse.
 PRODUCTION_PER_PHONE_LIMITS: Final = ("1/60s", "5/1h", "10/1d")
 PRODUCTION_IDEMPOTENCY_TTL_S: Final = 86400
 # The memory scenario's leak check keeps every call's state (idempotency record, per-phone log)

@@ -1,7 +1,7 @@
 """A minimal fake of YunPian's `POST /v2/sms/single_send.json`: always accepts, after a delay.
 
 Run: `python bench/upstream.py --delay-ms 100`. Prints `{"port": N}` on stdout once it listens.
-It answers the documented success JSON (yunpian-api.md §2.1), echoing the form's `mobile`; it
+It answers the documented success JSON (YunPian's single_send.json), echoing the form's `mobile`; it
 checks nothing else, so every server under test gets the same cheap, predictable upstream.
 """
 

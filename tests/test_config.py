@@ -1,4 +1,4 @@
-"""Config validation (design.md §8): every problem listed, exit status 2, no traceback."""
+"""Config validation : every problem listed, exit status 2, no traceback."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The error table (design.md §6): YunPian codes to reasons, reasons to gRPC statuses."""
+"""The error table: YunPian codes to reasons, reasons to gRPC statuses."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from yunpian_sms_server.errors import (
     to_status_proto,
 )
 
-# design.md §6, row by row: YunPian code -> (reason, retry delay in seconds or None).
+# The error table, row by row: YunPian code -> (reason, retry delay in seconds or None).
 DESIGN_TABLE: dict[int, tuple[Reason, float | None]] = {
     **dict.fromkeys((5, 7, 60), (Reason.PROVIDER_TEMPLATE_REJECTED, None)),
     **dict.fromkeys((15, 16, 18, -57), (Reason.PROVIDER_SIGNATURE_REJECTED, None)),

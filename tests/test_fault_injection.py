@@ -1,5 +1,5 @@
 """2,000 SendCode calls at concurrency 100 against a `yunpian-sms serve` process while the sandbox
-injects faults: every call ends as design.md §6 says, in time; nothing is sent twice or lost; the
+injects faults: every call ends as the error table says, in time; nothing is sent twice or lost; the
 server's memory does not grow (issue 4).
 
 Each call has its own mainland number and its own fault (or none), injected for that number

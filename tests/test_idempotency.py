@@ -1,4 +1,4 @@
-"""Idempotent SendCode and local rate limits, end to end on the in-memory store (design.md §7)."""
+"""Idempotent SendCode and local rate limits, end to end on the in-memory store."""
 
 from __future__ import annotations
 

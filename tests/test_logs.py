@@ -1,4 +1,4 @@
-"""One structured event per RPC (design.md §10), and no secret in any log line."""
+"""One structured event per RPC , and no secret in any log line."""
 
 from __future__ import annotations
 

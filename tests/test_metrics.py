@@ -1,4 +1,4 @@
-"""Prometheus metrics, scraped over HTTP after real traffic (design.md §10)."""
+"""Prometheus metrics, scraped over HTTP after real traffic."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Phone number parsing (design.md §4) and masking."""
+"""Phone number parsing and masking."""
 
 from __future__ import annotations
 

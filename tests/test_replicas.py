@@ -1,5 +1,5 @@
 """Two `yunpian-sms serve` processes on one real Redis: one budget, one idempotency record, and
-the configured behaviour while Redis is down (design.md §7, issue 4).
+the configured behaviour while Redis is down .
 
 Each test owns one Redis database (flushed first) and uses its own numbers, so the session's
 redis-server is shared safely; the test that stops it starts it again on the same port.

@@ -1,4 +1,4 @@
-"""SendCode end to end: SDK -> gRPC server -> sandbox, over loopback sockets (design.md §4-§6)."""
+"""SendCode end to end: SDK -> gRPC server -> sandbox, over loopback sockets."""
 
 from __future__ import annotations
 
@@ -205,7 +205,7 @@ async def test_send_code_rejects_landline_numbers(client: AsyncSmsClient) -> Non
         await client.send_code("+44 20 7946 0958", "123456")
 
 
-# design.md §6: each YunPian answer code SendCode can meet -> (error class, reason, retry delay).
+# The error table: each YunPian answer code SendCode can meet -> (error class, reason, retry delay).
 PROVIDER_ROWS: list[tuple[int, type[SmsError], str, float | None]] = [
     *[(c, FailedPreconditionError, "PROVIDER_TEMPLATE_REJECTED", None) for c in (5, 7, 60)],
     *[(c, FailedPreconditionError, "PROVIDER_SIGNATURE_REJECTED", None) for c in (15, 16, 18, -57)],

@@ -1,4 +1,4 @@
-"""The two stores behind one interface: in memory and a real Redis (design.md §7)."""
+"""The two stores behind one interface: in memory and a real Redis."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Template lookup, rendering and local checks (design.md §5)."""
+"""Template lookup, rendering and local checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The configuration: a TOML file (design.md §8), validated whole at start-up.
+"""The configuration: a TOML file (config.example.toml documents every key), validated whole
+at start-up.
 
 `load_config` collects every problem before it fails, so an operator fixes a file in one pass.
 """

@@ -1,7 +1,7 @@
 """Domain errors of the service and the one table that turns them into gRPC statuses.
 
 Handlers raise `ServiceError`; `to_grpc_status` builds the `google.rpc.Status` (with ErrorInfo
-and the detail messages design.md §6 names) in one place. YunPian's answer codes map here too.
+and the detail messages each reason carries) in one place. YunPian's answer codes map here too.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _ELLIPSIS: Final = "…"
 
 
 class Reason(StrEnum):
-    """The ErrorInfo reasons of design.md §6."""
+    """The ErrorInfo reasons: each names one condition a caller can act on."""
 
     INVALID_PHONE_NUMBER = "INVALID_PHONE_NUMBER"
     INVALID_CODE = "INVALID_CODE"
@@ -241,7 +241,7 @@ def to_grpc_status(error: ServiceError) -> grpc.Status:
     return status
 
 
-# --- YunPian's answer codes (yunpian-api.md §3.2) -------------------------------------------
+# --- YunPian's answer codes (its API's error code table) ---------------------------------
 
 _PROVIDER_REASONS: Final[Mapping[int, Reason]] = {
     **dict.fromkeys((5, 7, 60), Reason.PROVIDER_TEMPLATE_REJECTED),

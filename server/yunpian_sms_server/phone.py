@@ -1,7 +1,7 @@
 """Phone numbers: parsing callers' input into what YunPian expects, and masking for logs.
 
 Mainland numbers go to YunPian as their 11 national digits; all others as E.164 with `+`, which
-makes them international (yunpian-api.md §4).
+makes them international (YunPian treats a number without `+` as Chinese).
 """
 
 from __future__ import annotations

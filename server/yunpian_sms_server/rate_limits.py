@@ -1,4 +1,4 @@
-"""Rate limits per phone number, per caller and global (design.md §7), counted before a send."""
+"""Rate limits per phone number, per caller and global , counted before a send."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ DEFAULT_TIMEOUT_S: Final = 10.0
 _RequestT = TypeVar("_RequestT", bound=Message)
 _ResponseT = TypeVar("_ResponseT", bound=Message)
 
-# The configuration's and the command line's CamelCase names (design.md §8).
+# The configuration's and the command line's CamelCase names.
 _USAGE_TYPE_NAMES: Final[Mapping[str, int]] = MappingProxyType(
     {
         "SignIn": pb.USAGE_TYPE_SIGN_IN,

@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 # The trailer that carries the serialized google.rpc.Status (the gRPC richer error model).
 _STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
-# ErrorInfo metadata keys the service sets (design.md §6).
+# ErrorInfo metadata keys the service sets.
 _YUNPIAN_CODE_KEY: Final = "yunpian_code"
 _DELIVERY_KEY: Final = "delivery"
 _DELIVERY_UNKNOWN: Final = "unknown"

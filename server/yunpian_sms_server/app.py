@@ -32,6 +32,7 @@ from yunpian_sms_server.config import (
 from yunpian_sms_server.envelope import RpcEnvelope
 from yunpian_sms_server.errors import ConfigError, ServiceError
 from yunpian_sms_server.guards import SendGuards
+from yunpian_sms_server.loop_lag import LoopLagMonitor
 from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
@@ -168,6 +169,7 @@ class SmsServer:
         self._verifier: asyncio.Task[None] | None = None
         self.metrics = Metrics()
         self.metrics_port = 0
+        self._loop_lag = LoopLagMonitor(self.metrics.loop_lag.observe)
         self._metrics_runner: web.AppRunner | None = None
 
     async def start(
@@ -243,6 +245,7 @@ class SmsServer:
                     self._verify_until_approved(config, self._checker)
                 )
         await self._set_health(serving=serving)
+        self._loop_lag.start()
         _log.info(
             "serving",
             listen=address,
@@ -285,6 +288,7 @@ class SmsServer:
             self._verifier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._verifier
+        await self._loop_lag.stop()
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             _log.info("stopping", grace_period_seconds=grace)

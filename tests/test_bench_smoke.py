@@ -1,4 +1,5 @@
-"""The benchmark's CI-sized run (issue 6): it runs and prints every figure, never judging one."""
+"""The benchmarks' CI-sized runs (issue 6 and the worst inputs): they run and print every
+figure, never judging one."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Final
 
 REPO: Final = Path(__file__).resolve().parents[1]
 BENCH: Final = REPO / "bench" / "run.py"
+WORST_INPUTS: Final = REPO / "bench" / "worst_inputs.py"
 # The smoke run takes seconds; this only stops a hung run from holding CI.
 SMOKE_TIMEOUT_S: Final = 100
 SERVER_FIGURES: Final = (
@@ -41,9 +43,10 @@ def _assert_figures(section: dict[str, Any], names: tuple[str, ...], where: str)
         assert _is_number(section.get(name)), f"{where}.{name} is {section.get(name)!r}"
 
 
-def test_bench_smoke_run_prints_every_figure_of_every_scenario() -> None:
+def _smoke_report(script: Path) -> Any:
+    """The JSON a script prints with --smoke (it must exit 0)."""
     completed = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke"],
+        [sys.executable, str(script), "--smoke"],
         capture_output=True,
         text=True,
         timeout=SMOKE_TIMEOUT_S,
@@ -51,7 +54,11 @@ def test_bench_smoke_run_prints_every_figure_of_every_scenario() -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    report = json.loads(completed.stdout)
+    return json.loads(completed.stdout)
+
+
+def test_bench_smoke_run_prints_every_figure_of_every_scenario() -> None:
+    report = _smoke_report(BENCH)
     scenarios = report["scenarios"]
 
     servers_of = {
@@ -88,3 +95,16 @@ def test_bench_smoke_run_prints_every_figure_of_every_scenario() -> None:
         assert _is_number(target["value"]), target
         assert _is_number(target["bound"]), target
         assert isinstance(target["pass"], bool)
+
+
+def test_worst_inputs_smoke_run_prints_a_figure_per_parser_and_size() -> None:
+    report = _smoke_report(WORST_INPUTS)
+    sizes = [str(size) for size in report["sizes"]]
+    assert len(sizes) >= 2
+    assert report["parsers"]
+    for entry in report["parsers"]:
+        assert entry["parser"]
+        assert entry["worst_input"]
+        assert list(entry["cpu_us_per_call"]) == sizes
+        _assert_figures(entry["cpu_us_per_call"], tuple(sizes), entry["parser"])
+        assert _is_number(entry["growth"]), entry

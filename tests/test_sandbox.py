@@ -28,6 +28,7 @@ from yunpian_sms_server.sandbox import (
     SandboxTemplate,
     start_sandbox,
 )
+from yunpian_sms_server.sandbox_matching import MAX_VARIABLES
 
 DOMESTIC_BODY = "您的验证码是#code#。如非本人操作，请忽略本短信"
 DOMESTIC_ID = 1001
@@ -714,6 +715,14 @@ async def test_faults_endpoint_refuses_a_body_that_is_not_json(url, http):
         assert "JSON" in (await resp.json())["error"]
 
 
+async def test_control_endpoints_refuse_json_nested_past_the_recursion_limit(url, http):
+    nested = "[" * 100_000 + "]" * 100_000
+    for path in ("/sandbox/faults", "/sandbox/templates", "/sandbox/limits"):
+        async with http.post(url + path, data=nested) as resp:
+            assert resp.status == 400
+            assert "nested" in (await resp.json())["error"]
+
+
 def test_fault_constructor_validates_like_the_endpoint():
     with pytest.raises(SandboxInputError, match="seconds"):
         Fault("delay")
@@ -764,6 +773,16 @@ async def test_tpl_get_with_unknown_id_answers_code_5_naming_the_id(url, http):
     assert_yunpian_error(status, body, 5)
     assert "tpl_id" in body["detail"]
     assert "424242" in body["detail"]
+
+
+async def test_tpl_get_with_an_id_longer_than_64_bits_answers_code_2(url, http):
+    # int() refuses strings of over 4,300 digits: such an id once failed with HTTP 500.
+    for raw_id in ("9" * 21, "9" * 5000):
+        form = {"apikey": SANDBOX_API_KEY, "tpl_id": raw_id}
+
+        status, body = await post_form(http, url, TPL_GET_PATH, form)
+
+        assert_yunpian_error(status, body, 2)
 
 
 async def test_tpl_get_and_user_get_check_the_apikey(url, http):
@@ -860,6 +879,7 @@ async def test_templates_endpoint_adds_replaces_and_lists_templates(sandbox, url
         ({"tpl_id": 7, "tpl_content": "x", "check_status": "OK"}, "check_status"),
         ({"tpl_id": 7, "tpl_content": "x", "country_code": "us,sg"}, "country_code"),
         ({"tpl_id": 7, "tpl_content": "x", "content": "x"}, "content"),
+        ({"tpl_id": 7, "tpl_content": "#v#" * (MAX_VARIABLES + 1)}, "variables"),
     ],
 )
 async def test_templates_endpoint_refuses_bad_templates(sandbox, url, http, template, complaint):

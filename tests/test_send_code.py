@@ -6,6 +6,7 @@ import dataclasses
 
 import grpc
 import pytest
+from aiohttp import web
 from google.rpc import error_details_pb2
 from support import (
     GENERIC_TEMPLATE,
@@ -319,6 +320,30 @@ async def test_a_malformed_answer_is_unknown_with_delivery_unknown(
     sandbox.sandbox.inject(Fault(kind="malformed", body=body))  # type: ignore[arg-type]
     with pytest.raises(UnknownError) as caught:
         await client.send_code(PHONE, "123456")
+    assert caught.value.reason == "PROVIDER_BAD_RESPONSE"
+    assert caught.value.delivery_unknown
+
+
+async def test_an_answer_nested_past_the_recursion_limit_is_a_bad_response(
+    start_server: StartServer,
+) -> None:
+    # JSON that deep makes the decoder raise RecursionError, not ValueError: once INTERNAL.
+    async def nested(_request: web.Request) -> web.Response:
+        return web.json_response(text="[" * 100_000 + "]" * 100_000)
+
+    app = web.Application()
+    app.router.add_post("/v2/sms/single_send.json", nested)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        server = await start_server(base_url=f"http://127.0.0.1:{port}")
+        async with AsyncSmsClient(f"127.0.0.1:{server.port}", retry=None) as client:
+            with pytest.raises(UnknownError) as caught:
+                await client.send_code(PHONE, "123456")
+    finally:
+        await runner.cleanup()
     assert caught.value.reason == "PROVIDER_BAD_RESPONSE"
     assert caught.value.delivery_unknown
 

@@ -40,6 +40,7 @@ from yunpian_sms_server.config import (
 from yunpian_sms_server.envelope import RpcEnvelope
 from yunpian_sms_server.errors import ConfigError, ListenError, ServiceError
 from yunpian_sms_server.listeners import GRPC_LISTENER, probe_listen
+from yunpian_sms_server.loop_lag import LoopLagMonitor
 from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint
 from yunpian_sms_server.rate_limits import RateLimiter
 from yunpian_sms_server.sandbox import (
@@ -199,6 +200,7 @@ class SmsServer:
         self._verifier: asyncio.Task[None] | None = None
         self.metrics = Metrics()
         self.metrics_port = 0
+        self._loop_lag = LoopLagMonitor(self.metrics.loop_lag.observe)
         self._metrics_runner: web.AppRunner | None = None
 
     async def start(
@@ -293,6 +295,7 @@ class SmsServer:
                     self._verify_until_approved(config, self._checker)
                 )
         await self._set_health(serving=serving)
+        self._loop_lag.start()
         _log.info(
             "serving",
             listen=address,
@@ -348,6 +351,7 @@ class SmsServer:
         of calls that outlived their RPC are written)."""
         if self._sending is not None:
             await self._sending.drain()
+        await self._loop_lag.stop()
         if self._checker is not None:
             await self._checker.close()
         if self._session is not None:

@@ -22,6 +22,9 @@ NAMESPACE: Final = "yunpian_sms"
 METRICS_PATH: Final = "/metrics"
 # YunPian answers in tens to hundreds of milliseconds; the buckets resolve that range.
 UPSTREAM_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0, 10.0)
+# A healthy loop wakes within a millisecond or two; tens of milliseconds already delay every RPC,
+# and seconds are a stalled server.
+LOOP_LAG_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Metrics:
@@ -85,6 +88,14 @@ class Metrics:
         )
         self.segments = Counter(
             "segments", "SMS segments sent (YunPian's count).", namespace=NAMESPACE, registry=r
+        )
+        self.loop_lag = Histogram(
+            "event_loop_lag_seconds",
+            "How late the event loop woke a task that slept a fixed interval: time every RPC "
+            "waited for the loop meanwhile.",
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=LOOP_LAG_BUCKETS_S,
         )
         self.store_failures_allowed = Counter(
             "store_failures_allowed",

@@ -19,8 +19,11 @@ API behaviour worth knowing:
 * A mainland number is exactly 11 digits `1[3-9]xxxxxxxxx`; anything starting with `+` is
   international (`+86…` included: it needs an international template listing CN or ALL).
 * A template matches when the text equals its content with the leading 【signature】 stripped (or
-  with it); each `#name#` variable matches 1-16 ASCII letters/digits. The recorded text is the text
-  as delivered, signature included; `count` and `fee` are computed from that length.
+  with it); each `#name#` variable matches 1-16 ASCII letters/digits (a template uses at most
+  `MAX_VARIABLES`). Matching takes time linear in the text (sandbox_matching); a text whose
+  matches would take more than `MAX_MATCH_STEPS` steps is answered code 5, with a warning logged.
+  The recorded text is the text as delivered, signature included; `count` and `fee` are computed
+  from that length.
 * Sids start above 2**53 so callers prove they keep them exact.
 
 Control endpoints (JSON; no apikey; a bad body is HTTP 400 `{"error": "<what is wrong>"}`):
@@ -72,6 +75,14 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from yunpian_sms_server.listeners import SANDBOX_LISTENER, start_tcp_site
+from yunpian_sms_server.sandbox_matching import (
+    MAX_MATCH_STEPS,
+    MAX_VARIABLES,
+    MatchBudget,
+    MatchBudgetError,
+    TemplatePattern,
+    variable_count,
+)
 
 SANDBOX_API_KEY: Final = "0123456789abcdef0123456789abcdef"
 DEFAULT_SIGNATURE: Final = "【云片沙箱】"
@@ -94,6 +105,8 @@ MAX_FAULT_DELAY_S: Final = 600.0
 # An error fault's own `detail` text: up to this long, to try how a caller copes with any answer.
 MAX_FAULT_DETAIL_CHARS: Final = 100_000
 MAX_TEMPLATE_CHARS: Final = 1_000
+# Digits of the largest tpl_id (YunPian's ids are 64-bit).
+MAX_TPL_ID_DIGITS: Final = len(str(2**64 - 1))
 # How long closing a running sandbox waits for requests in progress (e.g. a delay fault).
 SHUTDOWN_TIMEOUT_S: Final = 1.0
 
@@ -104,8 +117,6 @@ FEE_PER_SEGMENT: Final = Decimal("0.05")
 FEE_UNIT: Final = "RMB"
 ACCOUNT_BALANCE: Final = 1000.0
 
-# Values of a `#name#` template variable: YunPian accepts 1-16 ASCII letters and digits.
-VARIABLE_VALUE_PATTERN: Final = "[A-Za-z0-9]{1,16}"
 CODE_VARIABLE: Final = "code"
 
 CheckStatus = Literal["SUCCESS", "CHECKING", "FAIL"]
@@ -190,7 +201,6 @@ DETAILS: Final[Mapping[int, str]] = {
 }
 
 _SIGNATURE = re.compile(r"【[^】]*】")
-_VARIABLE = re.compile(r"#([A-Za-z_][A-Za-z0-9_]*)#")
 _MAINLAND_MOBILE = re.compile(r"1[3-9][0-9]{9}")
 _INTERNATIONAL_MOBILE = re.compile(r"\+[1-9][0-9]{5,14}")
 _REGION_LIST = re.compile(r"ALL|[A-Z]{2}(?:,[A-Z]{2})*")
@@ -225,6 +235,8 @@ class SandboxTemplate:
             raise SandboxInputError("tpl_content must be a non-empty string")
         if len(self.content) > MAX_TEMPLATE_CHARS:
             raise SandboxInputError(f"tpl_content must be at most {MAX_TEMPLATE_CHARS} characters")
+        if variable_count(self.content) > MAX_VARIABLES:
+            raise SandboxInputError(f"tpl_content may use at most {MAX_VARIABLES} #variables#")
         if self.check_status not in CHECK_STATUSES:
             raise SandboxInputError(f"check_status must be one of {', '.join(CHECK_STATUSES)}")
         for name in ("reason", "lang"):
@@ -722,12 +734,22 @@ class Sandbox:
 
     def _match_template(self, text: str, recipient: _Recipient) -> _Match:
         region_refused = False
+        budget = MatchBudget()
         for template in self._templates.values():
             if template.check_status != "SUCCESS" or template.international != (
                 recipient.region is not None
             ):
                 continue
-            match = _match_text(template, text)
+            try:
+                match = _match_text(template, text, budget)
+            except MatchBudgetError:
+                _log.warning(
+                    "Gave up matching a text after %d steps (template %d): its variables are "
+                    "too ambiguous; answering code 5",
+                    MAX_MATCH_STEPS,
+                    template.tpl_id,
+                )
+                raise _ApiError(5) from None
             if match is None:
                 continue
             if recipient.region is None or template.allows_region(recipient.region):
@@ -741,7 +763,8 @@ class Sandbox:
         raw_id = _form_field(form, "tpl_id")
         if raw_id is None:
             return _json_response([t.to_json() for t in self._templates.values()])
-        if not raw_id.isascii() or not raw_id.isdigit():
+        # Longer ids are no 64-bit id, and int() refuses (ValueError) past 4,300 digits.
+        if not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > MAX_TPL_ID_DIGITS:
             raise _ApiError(2, f"参数 tpl_id 格式不正确，tpl_id:{raw_id}")
         template = self._templates.get(int(raw_id))
         if template is None:
@@ -833,36 +856,22 @@ def split_signature(content: str) -> tuple[str, str]:
 
 
 @functools.lru_cache(maxsize=MAX_TEMPLATES)
-def _compile_template(body: str) -> re.Pattern[str]:
-    """A regex that matches `body` with each `#name#` filled by a valid value (group `v_name`)."""
-    parts: list[str] = []
-    seen: set[str] = set()
-    position = 0
-    for variable in _VARIABLE.finditer(body):
-        parts.append(re.escape(body[position : variable.start()]))
-        name = variable.group(1)
-        # A variable used twice must hold the same value both times.
-        parts.append(
-            f"(?P=v_{name})" if name in seen else f"(?P<v_{name}>{VARIABLE_VALUE_PATTERN})"
-        )
-        seen.add(name)
-        position = variable.end()
-    parts.append(re.escape(body[position:]))
-    return re.compile("".join(parts))
+def _template_pattern(body: str) -> TemplatePattern:
+    return TemplatePattern.parse(body)
 
 
-def _match_text(template: SandboxTemplate, text: str) -> _Match | None:
+def _match_text(template: SandboxTemplate, text: str, budget: MatchBudget) -> _Match | None:
     """Matches a text sent without the signature, or with the template's own signature."""
     signature, body = split_signature(template.content)
-    pattern = _compile_template(body)
-    if (found := pattern.fullmatch(text)) is not None:
+    pattern = _template_pattern(body)
+    if (values := pattern.fullmatch(text, 0, budget)) is not None:
         delivered = signature + text
     elif signature and text.startswith(signature):
-        found = pattern.fullmatch(text, len(signature))
+        values = pattern.fullmatch(text, len(signature), budget)
         delivered = text
-    if found is None:
+    if values is None:
         return None
-    return _Match(template, delivered, found.groupdict().get(f"v_{CODE_VARIABLE}"))
+    return _Match(template, delivered, values.get(CODE_VARIABLE))
 
 
 def _parse_mobile(raw: str) -> _Recipient | None:
@@ -945,6 +954,8 @@ async def _read_json(request: web.Request) -> object:
         return json.loads(await request.text())
     except ValueError as error:
         raise SandboxInputError(f"the body must be JSON: {error}") from None
+    except RecursionError:  # "[[[[…": json gives up past the interpreter's recursion limit
+        raise SandboxInputError("the body must be JSON nested less deeply") from None
 
 
 def _json_object(data: object, what: str) -> JsonObject:

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
-import heapq
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -39,6 +36,7 @@ from yunpian_sms_server.templates import (
     strip_signature,
     yunpian_form,
 )
+from yunpian_sms_server.text_diff import closest, first_difference
 from yunpian_sms_server.usage import GENERIC
 from yunpian_sms_server.yunpian import DEADLINE_MARGIN_S, YunpianClient
 
@@ -47,8 +45,6 @@ DEFAULT_REMOTE_CACHE_S: Final = 60.0
 # Characters of a template (or of a difference) quoted in a problem message.
 QUOTE_CHARS: Final = 40
 DIFFERENCE_CHARS: Final = 12
-# Account templates compared in full when looking for the closest one.
-CLOSEST_SHORTLIST: Final = 20
 
 # YunPian's check_status values (yunpian-api.md §2.3), best first: several templates may match.
 _CHECK_STATUS_RANK: Final[Mapping[str, int]] = {"SUCCESS": 0, "CHECKING": 1, "FAIL": 2}
@@ -174,52 +170,30 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _difference(ours: str, theirs: str, matcher: difflib.SequenceMatcher[str]) -> str:
+def _difference(ours: str, theirs: str) -> str:
     """Where two texts first differ, e.g. 'at character 5 the template has "登陆" where …'."""
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            continue
-        mine = f'"{_quote(ours[i1:i2], DIFFERENCE_CHARS)}"'
-        yours = f'"{_quote(theirs[j1:j2], DIFFERENCE_CHARS)}"'
-        where = f"at character {i1 + 1}"
-        if tag == "replace":
-            return f"{where} the template has {mine} where YunPian's has {yours}"
-        if tag == "delete":
-            return f"{where} the template has {mine}, which YunPian's lacks"
-        return f"{where} YunPian's has {yours}, which the template lacks"
-    return "they are equal"  # pragma: no cover - only called for texts that differ
-
-
-def _shared_characters_ratio(ours: Counter[str], length: int, theirs: str) -> float:
-    """difflib's `quick_ratio` (an upper bound of its ratio), computed in C-backed Counters."""
-    shared = sum((ours & Counter(theirs)).values())
-    return 2.0 * shared / (length + len(theirs)) if length + len(theirs) else 1.0
+    found = first_difference(ours, theirs)
+    if found is None:  # pragma: no cover - only called for texts that differ
+        return "they are equal"
+    mine = f'"{_quote(found.ours, DIFFERENCE_CHARS)}"'
+    yours = f'"{_quote(found.theirs, DIFFERENCE_CHARS)}"'
+    where = f"at character {found.at + 1}"
+    if found.ours and found.theirs:
+        return f"{where} the template has {mine} where YunPian's has {yours}"
+    if found.ours:
+        return f"{where} the template has {mine}, which YunPian's lacks"
+    return f"{where} YunPian's has {yours}, which the template lacks"
 
 
 def _closest(
-    ours: str, candidates: Iterable[AccountTemplate]
+    ours: str, candidates: Sequence[AccountTemplate]
 ) -> tuple[AccountTemplate, str] | None:
-    """The candidate most like `ours` (difflib's ratio) and where they differ.
-
-    The full diff is quadratic, so only the candidates ranked best by a linear upper bound get
-    it: an account with a thousand long templates stays cheap.
-    """
-    counted = Counter(ours)
-    shortlist = heapq.nlargest(
-        CLOSEST_SHORTLIST,
-        candidates,
-        key=lambda candidate: _shared_characters_ratio(counted, len(ours), candidate.body),
-    )
-    best: tuple[float, AccountTemplate, difflib.SequenceMatcher[str]] | None = None
-    for candidate in shortlist:
-        matcher = difflib.SequenceMatcher(None, ours, candidate.body, autojunk=False)
-        ratio = matcher.ratio()
-        if best is None or ratio > best[0]:
-            best = (ratio, candidate, matcher)
-    if best is None:
+    """The candidate most like `ours` and where they differ (text_diff bounds the work)."""
+    index = closest(ours, [candidate.body for candidate in candidates])
+    if index is None:
         return None
-    _, template, matcher = best
-    return template, _difference(ours, template.body, matcher)
+    template = candidates[index]
+    return template, _difference(ours, template.body)
 
 
 def _not_found_problem(

@@ -118,7 +118,8 @@ def _parse_answer(status: int, body: bytes, subject: str) -> Any:
     """
     try:
         answer = _DECODER.decode(body.decode())
-    except (ValueError, UnicodeDecodeError):
+    # RecursionError: a body such as "[[[[…" nested past the interpreter's recursion limit.
+    except (ValueError, UnicodeDecodeError, RecursionError):
         answer = None
     if isinstance(answer, list) and status == 200:
         return answer

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from support import ServeProcess
+from support import ServeProcess, StartServer, make_config
 
 from yunpian_sms_client import AsyncSmsClient, UnavailableError
 from yunpian_sms_server.app import SmsServer
@@ -48,7 +48,11 @@ async def test_reflection_lists_and_describes_the_service(server: SmsServer) -> 
     assert methods == ["SendCode", "ValidateTemplate"]
 
 
-async def test_stopping_refuses_new_rpcs_and_reports_not_serving(server: SmsServer) -> None:
+async def test_stopping_refuses_new_rpcs_and_reports_not_serving(
+    start_server: StartServer,
+) -> None:
+    # While it drains, the port stays open: the refusal is the server's own, not a closed port's.
+    server = await start_server(make_config(server={"drain_seconds": 0.5}))
     target = f"127.0.0.1:{server.port}"
     async with grpc.aio.insecure_channel(target) as channel, AsyncSmsClient(target) as client:
         watch = health_pb2_grpc.HealthStub(channel).Watch(
@@ -58,9 +62,10 @@ async def test_stopping_refuses_new_rpcs_and_reports_not_serving(server: SmsServ
         stopping = asyncio.create_task(server.stop())
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
         watch.cancel()
-        with pytest.raises(UnavailableError):
+        with pytest.raises(UnavailableError) as refused:
             await client.send_code("13800138000", "123456", timeout=2.0)
         await stopping
+    assert refused.value.reason == "SHUTTING_DOWN"
 
 
 @pytest.fixture

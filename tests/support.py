@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import aiohttp
 import grpc
+import redis.asyncio as aioredis
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
@@ -381,3 +382,14 @@ async def set_store(admin: Any, kind: str) -> None:
     await admin.execute_command("ACL", "SETUSER", "default", "+@all")
     if kind != "healthy":
         await admin.execute_command("ACL", "SETUSER", "default", *STORE_FAULTS[kind])
+
+
+async def fresh_database(redis_server: RedisServer, db: int) -> str:
+    """The URL of Redis database `db`, emptied for this test."""
+    url = f"redis://127.0.0.1:{redis_server.port}/{db}"
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+    return url

@@ -14,7 +14,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from support import (
     BASE_CONFIG,
     FINGERPRINT_SECRET,
@@ -22,6 +21,7 @@ from support import (
     ServeProcess,
     StartServe,
     eventually,
+    fresh_database,
 )
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
@@ -37,17 +37,6 @@ from yunpian_sms_server.sandbox import SANDBOX_API_KEY, Fault, RunningSandbox
 CODE = "123456"
 # How long a refusal may take while Redis is down: it must be prompt, not a hang.
 OUTAGE_ANSWER_WITHIN_S = 2.0
-
-
-async def fresh_database(redis_server: RedisServer, db: int) -> str:
-    """The URL of Redis database `db`, emptied for this test."""
-    url = f"redis://127.0.0.1:{redis_server.port}/{db}"
-    client = aioredis.Redis.from_url(url)
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
-    return url
 
 
 def replica_config(

@@ -27,6 +27,7 @@ from support import (
     error_info,
     eventually,
     free_port,
+    fresh_database,
     log_events,
     make_config,
     scrape,
@@ -61,10 +62,7 @@ async def store_table(
         yield {"url": "memory://"}
         return
     redis_server: RedisServer = request.getfixturevalue("redis_server")
-    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
-    admin = aioredis.Redis.from_url(url)
-    await admin.flushdb()
-    await admin.aclose()
+    url = await fresh_database(redis_server, REDIS_DB)
     yield {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
 
 
@@ -228,9 +226,8 @@ async def test_a_thousand_calls_with_one_request_id_send_one_sms_on_redis(
     redis_server: RedisServer,
     on_error: str,
 ) -> None:
-    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+    url = await fresh_database(redis_server, REDIS_DB)
     admin = aioredis.Redis.from_url(url)
-    await admin.flushdb()
     await admin.config_resetstat()
     store = {"url": url, "on_error": on_error, "fingerprint_secret": FINGERPRINT_SECRET}
     server = await start_server(make_config(limits={"per_phone": ["1/60s"]}, store=store))
@@ -257,10 +254,7 @@ async def test_a_thousand_calls_with_one_request_id_send_one_sms_on_redis(
 async def test_a_burst_beyond_the_store_connections_is_queued_not_refused(
     start_server: StartServer, quiet_sandbox: RunningSandbox, redis_server: RedisServer
 ) -> None:
-    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
-    admin = aioredis.Redis.from_url(url)
-    await admin.flushdb()
-    await admin.aclose()
+    url = await fresh_database(redis_server, REDIS_DB)
     # 4 connections for 400 calls with their own request_ids and numbers, all at once.
     store = {"url": url, "max_connections": 4, "fingerprint_secret": FINGERPRINT_SECRET}
     server = await start_server(make_config(limits={"per_phone": ["1/60s"]}, store=store))
@@ -298,10 +292,7 @@ async def test_one_request_id_sends_once_from_a_server_whose_store_is_down_under
 async def test_a_retry_after_the_api_key_is_rotated_is_still_a_replay(
     start_server: StartServer, quiet_sandbox: RunningSandbox, redis_server: RedisServer
 ) -> None:
-    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
-    admin = aioredis.Redis.from_url(url)
-    await admin.flushdb()
-    await admin.aclose()
+    url = await fresh_database(redis_server, REDIS_DB)
     store = {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
     before = await start_server(make_config(store=store))
     # The same service after the operator rotated the YunPian API key.
@@ -318,10 +309,7 @@ async def test_a_retry_after_the_api_key_is_rotated_is_still_a_replay(
 async def test_records_made_under_a_previous_fingerprint_secret_still_replay(
     start_server: StartServer, quiet_sandbox: RunningSandbox, redis_server: RedisServer
 ) -> None:
-    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
-    admin = aioredis.Redis.from_url(url)
-    await admin.flushdb()
-    await admin.aclose()
+    url = await fresh_database(redis_server, REDIS_DB)
     new_secret = "n" * 40
     before = await start_server(
         make_config(store={"url": url, "fingerprint_secret": FINGERPRINT_SECRET})

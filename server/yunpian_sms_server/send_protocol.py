@@ -10,11 +10,11 @@
    a retry is judged afresh.
 
 Every way a call can end is decided here. A refusal or a failure that sent nothing settles as
-"nothing sent". A call cancelled by its client, cut by its deadline or interrupted by a shutdown
-settles as "nothing sent" if it had not yet connected to YunPian, and otherwise as an SMS that
-may have been sent (PROVIDER_TIMEOUT, `delivery=unknown`). Settling runs to its end whatever
-happens to the call: once cancelled, it continues in a task of its own that the server awaits
-before it closes the store.
+"nothing sent". A call cancelled by its client, cut by its deadline or interrupted by a
+shutdown (or failing on a bug) settles as "nothing sent" if it had not yet connected to
+YunPian, and otherwise as an SMS that may have been sent (PROVIDER_TIMEOUT,
+`delivery=unknown`). Settling runs to its end whatever happens to the call: once cancelled, it
+continues in a task of its own that the server awaits before it closes the store.
 
 A store failure refuses the send (STORE_UNAVAILABLE) under `store.on_error = "deny"`; under
 "allow" the send goes ahead without that step. Outcomes the store could not record, and under
@@ -264,6 +264,10 @@ class SendProtocol:
             outcome = await self._call_yunpian(order, taken, time_remaining)
         except ServiceError as refusal:
             outcome = refusal  # nothing was sent
+        except Exception:
+            # A bug: settled like an interruption, so it cannot turn into a second SMS either.
+            _log.exception("send_failed")
+            outcome = interrupted_outcome("error") if taken.attempt.connected else _internal()
         except asyncio.CancelledError:
             # Cancelled by the client, its deadline or a shutdown: settle it as far as it got.
             why = "shutdown" if self._shutdown.interrupting else "cancelled"
@@ -450,6 +454,10 @@ def _in_progress() -> ServiceError:
         Reason.REQUEST_ID_IN_PROGRESS,
         "A call with this request_id is still in progress; retry with the same id.",
     )
+
+
+def _internal() -> ServiceError:
+    return ServiceError(Reason.INTERNAL_ERROR, "Internal server error; nothing was sent.")
 
 
 def _shutting_down() -> ServiceError:

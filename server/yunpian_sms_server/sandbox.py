@@ -1,7 +1,7 @@
 """A faithful local fake of YunPian's HTTP API (aiohttp.web), plus control endpoints for tests.
 
 It implements `POST /v2/sms/single_send.json`, `/v2/tpl/get.json` and `/v2/user/get.json` with the
-shapes and error bodies of yunpian-api.md: it checks the API key and the mobile number, matches the
+shapes and error bodies of YunPian's API: it checks the API key and the mobile number, matches the
 text against its approved templates (code 5 when none matches), enforces YunPian's default
 per-number limits (§6), records every accepted message and lets a test inject faults.
 
@@ -110,7 +110,7 @@ MAX_TPL_ID_DIGITS: Final = len(str(2**64 - 1))
 # How long closing a running sandbox waits for requests in progress (e.g. a delay fault).
 SHUTDOWN_TIMEOUT_S: Final = 1.0
 
-# Billing (yunpian-api.md §5): up to 70 characters is one segment, longer texts 67 per segment.
+# Billing: up to 70 characters is one segment, longer texts 67 per segment.
 SINGLE_SEGMENT_CHARS: Final = 70
 MULTI_SEGMENT_CHARS: Final = 67
 FEE_PER_SEGMENT: Final = Decimal("0.05")
@@ -126,7 +126,7 @@ FAULT_KINDS: Final[tuple[str, ...]] = get_args(FaultKind)
 MalformedBody = Literal["not_json", "wrong_shape"]
 MALFORMED_BODIES: Final[tuple[str, ...]] = get_args(MalformedBody)
 
-# YunPian's `msg` per code (yunpian-api.md §3.2), so an injected code reads like the real thing.
+# YunPian's `msg` per code (its error code table), so an injected code reads like the real thing.
 # Code 33 really answers with a null msg and the text only in `detail`.
 MESSAGES: Final[Mapping[int, str | None]] = {
     1: "请求参数缺失",
@@ -444,8 +444,8 @@ class _Limit:
     same_content: bool
 
 
-# YunPian's default per-number limits (yunpian-api.md §6), in the order they are checked: the
-# same-content rules first since they are the more specific reason for a refusal.
+# YunPian's default per-number limits (anti-bombing, anti-harassment), in the order they are
+# checked: the same-content rules first since they are the more specific reason for a refusal.
 PER_NUMBER_LIMITS: Final = (
     _Limit(code=8, count=1, window_s=30.0, same_content=True),
     _Limit(code=9, count=3, window_s=300.0, same_content=True),
@@ -892,7 +892,7 @@ def _parse_mobile(raw: str) -> _Recipient | None:
 
 
 def _account() -> JsonObject:
-    """The flat account object of `user/get.json` (yunpian-api.md §2.5)."""
+    """The flat account object of `user/get.json` (v2 does not wrap it under `user`)."""
     return {
         "nick": "sandbox",
         "gmt_created": "2024-01-01 00:00:00",

@@ -1,4 +1,4 @@
-"""Checking a template: the local checks of design.md §5, then a match against YunPian's list.
+"""Checking a template: the local checks of templates.py, then a match against YunPian's list.
 
 The account's templates (`tpl/get.json`, list form) are cached for a configurable time, and
 checks that arrive while the list is being fetched share that one upstream call.
@@ -6,7 +6,7 @@ checks that arrive while the list is being fetched share that one upstream call.
 What a failed fetch becomes:
 
 * YunPian answered with an error code (an invalid key -1, a quota -4/-5, a system error -50, …):
-  the `ServiceError` of that code is raised, so the RPC fails through the design.md §6 table
+  the `ServiceError` of that code is raised, so the RPC fails through the error table (errors.py)
   (-1 is FAILED_PRECONDITION PROVIDER_AUTH_FAILED, -50 UNAVAILABLE PROVIDER_UNAVAILABLE, …).
   YunPian is telling the operator something about the account that a template report would hide.
 * No usable answer (YunPian unreachable, no answer in time, connection lost, an HTTP 5xx without a
@@ -46,7 +46,7 @@ DEFAULT_REMOTE_CACHE_S: Final = 60.0
 QUOTE_CHARS: Final = 40
 DIFFERENCE_CHARS: Final = 12
 
-# YunPian's check_status values (yunpian-api.md §2.3), best first: several templates may match.
+# YunPian's check_status values (tpl/get.json), best first: several templates may match.
 _CHECK_STATUS_RANK: Final[Mapping[str, int]] = {"SUCCESS": 0, "CHECKING": 1, "FAIL": 2}
 _UNCHECKED_WHY: Final[Mapping[Reason, str]] = {
     Reason.PROVIDER_UNREACHABLE: "YunPian could not be reached",

@@ -1,4 +1,4 @@
-"""SMS templates: lookup by usage type, rendering, and the local checks of design.md §5."""
+"""SMS templates: lookup by usage type, rendering, and the local checks of a template."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ _CODE_PLACEHOLDER = re.compile(r"\{\{\s*code\s*\}\}")
 _ANY_PLACEHOLDER = re.compile(r"\{\{([^{}]*)\}\}")
 _LEADING_SIGNATURE = re.compile(r"^\s*【[^】]*】")
 YUNPIAN_CODE_VARIABLE: Final = "#code#"
-# YunPian refuses longer texts (yunpian-api.md §5).
+# YunPian refuses longer texts.
 MAX_RENDERED_LENGTH: Final = 500
-# One SMS holds 70 characters; a longer one is billed in segments of 67 (yunpian-api.md §5).
+# One SMS holds 70 characters; a longer one is billed in segments of 67.
 SINGLE_SEGMENT_LENGTH: Final = 70
 MULTI_SEGMENT_LENGTH: Final = 67
 # Characters the account's 【signature】 adds to every text, which YunPian prepends itself.
@@ -31,7 +31,7 @@ SIGNATURE_ALLOWANCE: Final = 8
 
 
 class ProblemReason(StrEnum):
-    """The TemplateProblem reasons of design.md §5."""
+    """The TemplateProblem reasons: what can be wrong with a template."""
 
     CODE_PLACEHOLDER_MISSING = "CODE_PLACEHOLDER_MISSING"
     CODE_PLACEHOLDER_REPEATED = "CODE_PLACEHOLDER_REPEATED"
@@ -147,7 +147,7 @@ class TemplateBook:
     international: Mapping[str, str] = field(default_factory=dict)
 
     def lookup(self, usage_type: str, *, international: bool) -> str | None:
-        """The template for a usage type, with design.md §5's fallbacks; None when there is none.
+        """The template for a usage type, with its fallbacks; None when there is none.
 
         International: the exact international template, its Generic, then the mainland lookup.
         Mainland: the exact template, then Generic.

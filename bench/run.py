@@ -313,8 +313,10 @@ def build_config(
     Other engineers add features (limits, idempotency, metrics, ...) while this benchmark stays
     as it is, so every optional key is tried against `parse_config` and dropped if refused.
     """
-    from yunpian_sms_server.config import parse_config  # the installed server's own parser
-    from yunpian_sms_server.errors import ConfigError
+    from yunpian_sms_server.config import (
+        ConfigError,
+        parse_config,  # the installed server's own parser
+    )
 
     data: dict[str, Any] = {
         "server": {"listen": listen, "grace_period_seconds": SERVER_GRACE_S},

@@ -20,8 +20,7 @@ from yunpian_sms_client import (
     UnavailableError,
 )
 from yunpian_sms_server.auth import hash_token
-from yunpian_sms_server.config import parse_config
-from yunpian_sms_server.errors import ConfigError
+from yunpian_sms_server.config import ConfigError, parse_config
 from yunpian_sms_server.sandbox import RunningSandbox
 
 CHECKOUT_TOKEN = "checkout-secret-token-1"

@@ -24,6 +24,7 @@ from yunpian_sms_server.config import (
     FINGERPRINT_SECRET_ENV,
     MAX_LIMIT_COUNT,
     MAX_LIMIT_PERIOD_S,
+    ConfigError,
     Limit,
     config_warnings,
     load_config,
@@ -31,7 +32,6 @@ from yunpian_sms_server.config import (
     parse_limit,
     parse_listen,
 )
-from yunpian_sms_server.errors import ConfigError
 
 API_KEY = "0123456789abcdef0123456789abcdef"
 ENV_KEY = "fedcba9876543210fedcba9876543210"

@@ -6,14 +6,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from yunpian_sms_server.errors import (
-    ERROR_DOMAIN,
-    STATUS_CODES,
-    Reason,
-    ServiceError,
-    provider_error,
-    to_status_proto,
-)
+from yunpian_sms_server.errors import Reason, ServiceError
+from yunpian_sms_server.statuses import ERROR_DOMAIN, STATUS_CODES, status_code, to_status_proto
+from yunpian_sms_server.yunpian import provider_error
 
 # The error table, row by row: YunPian code -> (reason, retry delay in seconds or None).
 DESIGN_TABLE: dict[int, tuple[Reason, float | None]] = {
@@ -60,7 +55,7 @@ def test_provider_error_follows_the_design_table(
     reason, delay = expected
     error = provider_error(yunpian_code, "msg", "detail", "138****8000")
     assert error.reason is reason
-    assert error.code is EXPECTED_CODES[reason]
+    assert status_code(error) is EXPECTED_CODES[reason]
     assert error.retry_after_s == delay
     assert error.metadata["yunpian_code"] == str(yunpian_code)
     assert error.yunpian_code == yunpian_code

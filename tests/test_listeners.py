@@ -23,8 +23,7 @@ from support import (
 from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server import app
 from yunpian_sms_server.app import SmsServer
-from yunpian_sms_server.errors import ListenError
-from yunpian_sms_server.listeners import probe_listen
+from yunpian_sms_server.listeners import ListenError, probe_listen
 
 LOOPBACK = "127.0.0.1"
 

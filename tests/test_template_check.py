@@ -31,9 +31,9 @@ from yunpian_sms_server.sandbox import (
 )
 from yunpian_sms_server.template_check import (
     DEFAULT_REMOTE_CACHE_S,
+    ApprovalStatus,
     TemplateCheck,
     TemplateChecker,
-    TemplateStatus,
     configured_templates,
     parse_account_templates,
 )
@@ -103,7 +103,7 @@ async def test_an_approved_template_is_valid_with_its_id_and_registration_form(
         problems=(),
         content=SIGN_IN_TEMPLATE,
         yunpian_content="您的登录验证码是#code#，5分钟内有效。",
-        status=TemplateStatus.APPROVED,
+        status=ApprovalStatus.APPROVED,
         template_id=str(SIGN_IN_ID),
         status_reason="",
         estimated_segments=1,
@@ -128,7 +128,7 @@ async def test_each_local_problem_is_reported_without_asking_yunpian_when_skippe
     assert reasons(result) == [reason]
     assert result.problems[0].message.endswith(".")
     assert not result.valid
-    assert result.status is TemplateStatus.NOT_CHECKED
+    assert result.status is ApprovalStatus.NOT_CHECKED
     assert tpl_gets(sandbox) == 0
 
 
@@ -138,7 +138,7 @@ async def test_local_problems_make_an_approved_template_invalid(
     content = "{{code}}是验证码，{{name}}"
     sandbox.sandbox.add_template(SandboxTemplate(31, "#code#是验证码，{{name}}"))
     result = await checker.check(content, international=False)
-    assert result.status is TemplateStatus.APPROVED
+    assert result.status is ApprovalStatus.APPROVED
     assert result.template_id == "31"
     assert reasons(result) == [ProblemReason.UNKNOWN_PLACEHOLDER]
     assert not result.valid
@@ -149,7 +149,7 @@ async def test_skip_remote_reports_a_well_formed_template_valid_and_not_checked(
 ) -> None:
     result = await checker.check("从未注册过的模板{{code}}", international=False, skip_remote=True)
     assert result.valid
-    assert result.status is TemplateStatus.NOT_CHECKED
+    assert result.status is ApprovalStatus.NOT_CHECKED
     assert (result.problems, result.template_id) == ((), "")
     assert result.yunpian_content == "从未注册过的模板#code#"
     assert tpl_gets(sandbox) == 0
@@ -174,7 +174,7 @@ async def test_a_template_in_review_is_pending(
 ) -> None:
     sandbox.sandbox.set_template_status(SIGN_IN_ID, "CHECKING")
     result = await checker.check(SIGN_IN_TEMPLATE, international=False)
-    assert (result.status, result.template_id) == (TemplateStatus.PENDING, str(SIGN_IN_ID))
+    assert (result.status, result.template_id) == (ApprovalStatus.PENDING, str(SIGN_IN_ID))
     message = only_message(result, ProblemReason.TEMPLATE_PENDING)
     assert f"reviewing template {SIGN_IN_ID}" in message
     assert not result.valid
@@ -185,7 +185,7 @@ async def test_a_rejected_template_carries_yunpians_reason(
 ) -> None:
     sandbox.sandbox.set_template_status(SIGN_IN_ID, "FAIL", "签名不规范")
     result = await checker.check(SIGN_IN_TEMPLATE, international=False)
-    assert (result.status, result.template_id) == (TemplateStatus.REJECTED, str(SIGN_IN_ID))
+    assert (result.status, result.template_id) == (ApprovalStatus.REJECTED, str(SIGN_IN_ID))
     assert result.status_reason == "签名不规范"
     message = only_message(result, ProblemReason.TEMPLATE_REJECTED)
     assert f"rejected template {SIGN_IN_ID}: 签名不规范." in message
@@ -198,8 +198,8 @@ async def test_of_several_exact_matches_approved_beats_pending_beats_rejected(
     account = sandbox.sandbox
     account.add_template(SandboxTemplate(10, registered(SIGN_IN_TEMPLATE, "【旧签名】"), "FAIL"))
     account.add_template(SandboxTemplate(11, registered(SIGN_IN_TEMPLATE, ""), "CHECKING"))
-    expected = [("1", TemplateStatus.APPROVED), ("11", TemplateStatus.PENDING)]
-    expected.append(("10", TemplateStatus.REJECTED))
+    expected = [("1", ApprovalStatus.APPROVED), ("11", ApprovalStatus.PENDING)]
+    expected.append(("10", ApprovalStatus.REJECTED))
     for tpl_id, status in expected:
         result = await checker.check(SIGN_IN_TEMPLATE, international=False)
         assert (result.template_id, result.status) == (tpl_id, status)
@@ -211,7 +211,7 @@ async def test_not_found_names_the_closest_approved_template_and_where_it_differ
     checker: TemplateChecker,
 ) -> None:
     result = await checker.check(TYPO_TEMPLATE, international=False)
-    assert (result.status, result.template_id) == (TemplateStatus.NOT_FOUND, "")
+    assert (result.status, result.template_id) == (ApprovalStatus.NOT_FOUND, "")
     message = only_message(result, ProblemReason.NO_MATCHING_TEMPLATE)
     assert f'closest is template {SIGN_IN_ID} "您的登录验证码是#code#，5分钟内有效。"' in message
     assert 'at character 4 the template has "陆" where YunPian\'s has "录"' in message
@@ -253,7 +253,7 @@ async def test_not_found_says_when_yunpian_has_no_approved_template_of_the_kind(
 
 async def test_comparison_is_exact_down_to_whitespace(checker: TemplateChecker) -> None:
     result = await checker.check(SIGN_IN_TEMPLATE + " ", international=False)
-    assert result.status is TemplateStatus.NOT_FOUND
+    assert result.status is ApprovalStatus.NOT_FOUND
 
 
 async def test_templates_registered_without_a_signature_match_too(
@@ -261,7 +261,7 @@ async def test_templates_registered_without_a_signature_match_too(
 ) -> None:
     sandbox.sandbox.add_template(SandboxTemplate(20, "无签名的验证码#code#"))
     result = await checker.check("无签名的验证码{{ code }}", international=False)
-    assert (result.status, result.template_id) == (TemplateStatus.APPROVED, "20")
+    assert (result.status, result.template_id) == (ApprovalStatus.APPROVED, "20")
 
 
 async def test_domestic_and_international_templates_are_matched_separately(
@@ -269,17 +269,17 @@ async def test_domestic_and_international_templates_are_matched_separately(
 ) -> None:
     international = await checker.check(INTERNATIONAL_TEMPLATE, international=True)
     assert (international.status, international.template_id) == (
-        TemplateStatus.APPROVED,
+        ApprovalStatus.APPROVED,
         str(INTERNATIONAL_ID),
     )
     as_domestic = await checker.check(INTERNATIONAL_TEMPLATE, international=False)
-    assert as_domestic.status is TemplateStatus.NOT_FOUND
+    assert as_domestic.status is ApprovalStatus.NOT_FOUND
     message = only_message(as_domestic, ProblemReason.NO_MATCHING_TEMPLATE)
     assert f"only as international template {INTERNATIONAL_ID}; register it as a domestic" in (
         message
     )
     as_international = await checker.check(GENERIC_TEMPLATE, international=True)
-    assert as_international.status is TemplateStatus.NOT_FOUND
+    assert as_international.status is ApprovalStatus.NOT_FOUND
     assert f"only as domestic template {GENERIC_ID}; register it as an international" in (
         as_international.problems[0].message
     )
@@ -293,7 +293,7 @@ async def test_a_burst_of_checks_is_one_upstream_call_until_the_cache_expires(
     results = await asyncio.gather(
         *(checker.check(SIGN_IN_TEMPLATE, international=False) for _ in range(20))
     )
-    assert all(result.status is TemplateStatus.APPROVED for result in results)
+    assert all(result.status is ApprovalStatus.APPROVED for result in results)
     assert tpl_gets(sandbox) == 1
     clock.advance(DEFAULT_REMOTE_CACHE_S - 1)
     await checker.check(GENERIC_TEMPLATE, international=False)
@@ -310,9 +310,9 @@ async def test_check_many_asks_yunpian_once(
         [(SIGN_IN_TEMPLATE, False), (INTERNATIONAL_TEMPLATE, True), (TYPO_TEMPLATE, False)]
     )
     assert [r.status for r in results] == [
-        TemplateStatus.APPROVED,
-        TemplateStatus.APPROVED,
-        TemplateStatus.NOT_FOUND,
+        ApprovalStatus.APPROVED,
+        ApprovalStatus.APPROVED,
+        ApprovalStatus.NOT_FOUND,
     ]
     assert tpl_gets(sandbox) == 1
 
@@ -325,7 +325,7 @@ async def test_the_cache_shows_a_status_change_only_after_it_expires(
     assert (await checker.check(SIGN_IN_TEMPLATE, international=False)).valid
     clock.advance(DEFAULT_REMOTE_CACHE_S)
     pending = await checker.check(SIGN_IN_TEMPLATE, international=False)
-    assert pending.status is TemplateStatus.PENDING
+    assert pending.status is ApprovalStatus.PENDING
 
 
 @pytest.mark.parametrize(
@@ -346,7 +346,7 @@ async def test_a_remote_without_a_usable_answer_is_not_checked_and_not_cached(
     )
     assert tpl_gets(sandbox) == 1  # the failed call was shared too
     for result in burst:
-        assert result.status is TemplateStatus.NOT_CHECKED
+        assert result.status is ApprovalStatus.NOT_CHECKED
         assert not result.valid
         message = only_message(result, ProblemReason.REMOTE_CHECK_FAILED)
         assert message.startswith("The template was not checked at YunPian: ")
@@ -360,7 +360,7 @@ async def test_an_unreachable_remote_is_not_checked_and_local_problems_still_sho
 ) -> None:
     checker = make_checker(session, f"http://127.0.0.1:{free_port()}", clock)
     result = await checker.check("{{code}}{{code}}", international=False)
-    assert result.status is TemplateStatus.NOT_CHECKED
+    assert result.status is ApprovalStatus.NOT_CHECKED
     assert reasons(result) == [
         ProblemReason.CODE_PLACEHOLDER_REPEATED,
         ProblemReason.REMOTE_CHECK_FAILED,
@@ -375,7 +375,7 @@ async def test_an_upstream_timeout_is_not_checked(
     checker = make_checker(session, sandbox.url, clock, timeout_s=0.2)
     sandbox.sandbox.inject(Fault(kind="delay", seconds=0.5, path=TPL_GET_PATH))
     result = await checker.check(SIGN_IN_TEMPLATE, international=False)
-    assert result.status is TemplateStatus.NOT_CHECKED
+    assert result.status is ApprovalStatus.NOT_CHECKED
     assert "did not answer in time" in only_message(result, ProblemReason.REMOTE_CHECK_FAILED)
 
 
@@ -386,10 +386,10 @@ async def test_a_short_deadline_stops_waiting_while_the_shared_call_goes_on(
     started = time.monotonic()
     hurried = await checker.check(SIGN_IN_TEMPLATE, international=False, time_remaining=0.15)
     assert time.monotonic() - started < 0.3
-    assert hurried.status is TemplateStatus.NOT_CHECKED
+    assert hurried.status is ApprovalStatus.NOT_CHECKED
     assert "did not answer in time" in hurried.problems[0].message
     patient = await checker.check(SIGN_IN_TEMPLATE, international=False)
-    assert patient.status is TemplateStatus.APPROVED
+    assert patient.status is ApprovalStatus.APPROVED
     assert tpl_gets(sandbox) == 1
 
 

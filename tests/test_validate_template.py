@@ -36,8 +36,7 @@ from yunpian_sms_client import (
 )
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.cli import main
-from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV
-from yunpian_sms_server.errors import ConfigError
+from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV, ConfigError
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
     SANDBOX_API_KEY,

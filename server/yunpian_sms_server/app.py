@@ -31,18 +31,19 @@ from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian_sms_server.auth import Authenticator
 from yunpian_sms_server.config import (
     Config,
+    ConfigError,
     TlsConfig,
     YunpianConfig,
     config_warnings,
     exposure_problem,
     parse_listen,
 )
-from yunpian_sms_server.envelope import RpcEnvelope
-from yunpian_sms_server.errors import ConfigError, ListenError, ServiceError
-from yunpian_sms_server.listeners import GRPC_LISTENER, probe_listen
+from yunpian_sms_server.errors import ServiceError
+from yunpian_sms_server.listeners import GRPC_LISTENER, ListenError, probe_listen
 from yunpian_sms_server.loop_lag import LoopLagMonitor
 from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint
 from yunpian_sms_server.rate_limits import RateLimiter
+from yunpian_sms_server.rpc_envelope import RpcEnvelope
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
     SANDBOX_API_KEY,
@@ -55,7 +56,7 @@ from yunpian_sms_server.send_protocol import Fingerprints, SendProtocol
 from yunpian_sms_server.service import SmsServicer
 from yunpian_sms_server.shutdown import Shutdown
 from yunpian_sms_server.stores import Store, StoreUnavailableError, open_store
-from yunpian_sms_server.template_check import TemplateChecker, TemplateStatus, configured_templates
+from yunpian_sms_server.template_check import ApprovalStatus, TemplateChecker, configured_templates
 from yunpian_sms_server.templates import yunpian_form
 from yunpian_sms_server.yunpian import YunpianClient, open_session
 
@@ -166,7 +167,7 @@ async def verify_templates(config: Config, checker: TemplateChecker) -> bool:
         return False
     approved = True
     for template, result in zip(templates, results, strict=True):
-        if result.status is TemplateStatus.APPROVED:
+        if result.status is ApprovalStatus.APPROVED:
             continue
         approved = False
         _log.warning(

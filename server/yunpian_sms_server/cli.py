@@ -28,23 +28,23 @@ from yunpian_sms_server.config import (
     API_KEY_ENV,
     CONFIG_ENV,
     Config,
+    ConfigError,
     config_warnings,
     exposure_problem,
     load_config,
     parse_listen,
 )
-from yunpian_sms_server.errors import ConfigError, ListenError, ServiceError
+from yunpian_sms_server.errors import ServiceError
+from yunpian_sms_server.listeners import ListenError
 from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
 from yunpian_sms_server.sandbox import start_sandbox
 from yunpian_sms_server.template_check import (
+    ApprovalStatus,
     TemplateCheck,
     TemplateChecker,
     configured_templates,
 )
-from yunpian_sms_server.template_check import (
-    TemplateStatus as CheckStatus,
-)
-from yunpian_sms_server.usage import USAGE_TYPE_VALUES
+from yunpian_sms_server.usage_types import USAGE_TYPE_VALUES
 
 TARGET_ENV: Final = "YUNPIAN_SMS_TARGET"
 # The bearer token of send and validate-template: an environment variable, never an argument.
@@ -274,7 +274,7 @@ async def _check_remote(config: Config) -> int:
     width = max((len(template.label) for template in templates), default=0)
     for template, result in zip(templates, results, strict=True):
         print(_remote_line(template.label, width, result))
-    approved = all(result.status is CheckStatus.APPROVED for result in results)
+    approved = all(result.status is ApprovalStatus.APPROVED for result in results)
     return EXIT_OK if approved else EXIT_FAILED
 
 

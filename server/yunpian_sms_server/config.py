@@ -21,10 +21,9 @@ from urllib.parse import urlsplit
 import phonenumbers
 from redis.asyncio import ConnectionPool
 
-from yunpian_sms_server.errors import ConfigError, ConfigProblem
 from yunpian_sms_server.template_check import DEFAULT_REMOTE_CACHE_S
 from yunpian_sms_server.templates import TemplateBook, local_problems
-from yunpian_sms_server.usage import REQUIRED_USAGE_TYPES, USAGE_TYPE_VALUES
+from yunpian_sms_server.usage_types import REQUIRED_USAGE_TYPES, USAGE_TYPE_VALUES
 
 CONFIG_ENV: Final = "YUNPIAN_SMS_CONFIG"
 API_KEY_ENV: Final = "YUNPIAN_API_KEY"
@@ -101,6 +100,27 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "auth": frozenset({"callers"}),
     "auth.callers.*": frozenset({"token_sha256", "usage_types"}),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong in the configuration: where, and what."""
+
+    key: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.problem}"
+
+
+@dataclass
+class ConfigError(Exception):
+    """The configuration is invalid; every problem found is listed."""
+
+    problems: list[ConfigProblem] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "; ".join(str(problem) for problem in self.problems)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,20 @@ from typing import Final
 from aiohttp import web
 
 from yunpian_sms_server.config import parse_listen
-from yunpian_sms_server.errors import ListenError
+
+
+class ListenError(Exception):
+    """An address a listener cannot have: in use by another process, not this machine's, …
+
+    `cli` turns it into one line on stderr and exit status 2, never a traceback.
+    """
+
+    def __init__(self, address: str, listener: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {address} ({listener}): {reason}")
+        self.address = address
+        self.listener = listener
+        self.reason = reason
+
 
 GRPC_LISTENER: Final = "gRPC"
 SANDBOX_LISTENER: Final = "sandbox"

@@ -11,7 +11,6 @@ import grpc
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_server.auth import current_caller, require_usage_type
-from yunpian_sms_server.codes import check_code
 from yunpian_sms_server.config import Config
 from yunpian_sms_server.errors import (
     PreconditionViolation,
@@ -22,9 +21,10 @@ from yunpian_sms_server.errors import (
 from yunpian_sms_server.logs import bind_rpc_fields
 from yunpian_sms_server.phone import PhoneNumber, parse_phone
 from yunpian_sms_server.send_protocol import SendOrder, SendProtocol
-from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker, TemplateStatus
+from yunpian_sms_server.template_check import ApprovalStatus, TemplateCheck, TemplateChecker
 from yunpian_sms_server.templates import render
-from yunpian_sms_server.usage import usage_type_name
+from yunpian_sms_server.usage_types import usage_type_name
+from yunpian_sms_server.verification_codes import check_code
 
 MAX_REQUEST_ID_LENGTH: Final = 128
 # ValidateTemplate's content: far above YunPian's 500, low enough to keep the diff against every
@@ -34,12 +34,12 @@ _REQUEST_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-_TEMPLATE_STATUSES: Final[Mapping[TemplateStatus, pb.TemplateStatus]] = {
-    TemplateStatus.APPROVED: pb.TEMPLATE_STATUS_APPROVED,
-    TemplateStatus.PENDING: pb.TEMPLATE_STATUS_PENDING,
-    TemplateStatus.REJECTED: pb.TEMPLATE_STATUS_REJECTED,
-    TemplateStatus.NOT_FOUND: pb.TEMPLATE_STATUS_NOT_FOUND,
-    TemplateStatus.NOT_CHECKED: pb.TEMPLATE_STATUS_NOT_CHECKED,
+_TEMPLATE_STATUSES: Final[Mapping[ApprovalStatus, pb.TemplateStatus]] = {
+    ApprovalStatus.APPROVED: pb.TEMPLATE_STATUS_APPROVED,
+    ApprovalStatus.PENDING: pb.TEMPLATE_STATUS_PENDING,
+    ApprovalStatus.REJECTED: pb.TEMPLATE_STATUS_REJECTED,
+    ApprovalStatus.NOT_FOUND: pb.TEMPLATE_STATUS_NOT_FOUND,
+    ApprovalStatus.NOT_CHECKED: pb.TEMPLATE_STATUS_NOT_CHECKED,
 }
 
 

@@ -37,7 +37,7 @@ from yunpian_sms_server.templates import (
     yunpian_form,
 )
 from yunpian_sms_server.text_diff import closest, first_difference
-from yunpian_sms_server.usage import GENERIC
+from yunpian_sms_server.usage_types import GENERIC
 from yunpian_sms_server.yunpian import DEADLINE_MARGIN_S, YunpianClient
 
 # How long the account's template list is trusted before YunPian is asked again.
@@ -68,7 +68,7 @@ _REMOTE_REASONS: Final = frozenset(
 Clock = Callable[[], float]
 
 
-class TemplateStatus(StrEnum):
+class ApprovalStatus(StrEnum):
     """Where a template stands at YunPian (the proto's TemplateStatus without its prefix)."""
 
     APPROVED = "APPROVED"
@@ -102,7 +102,7 @@ class TemplateCheck:
     problems: tuple[Problem, ...]
     content: str
     yunpian_content: str
-    status: TemplateStatus
+    status: ApprovalStatus
     template_id: str
     status_reason: str
     estimated_segments: int
@@ -111,7 +111,7 @@ class TemplateCheck:
         """Why the template is not usable, in one sentence without the template text (for logs)."""
         if self.valid:
             return "The template is approved at YunPian."
-        if self.status is TemplateStatus.NOT_FOUND:
+        if self.status is ApprovalStatus.NOT_FOUND:
             return "No YunPian template matches it exactly."
         remote = [p for p in self.problems if p.reason in _REMOTE_REASONS]
         if remote:
@@ -235,16 +235,16 @@ def _best_match(matches: Sequence[AccountTemplate]) -> AccountTemplate:
 
 def compare(
     content: str, *, international: bool, account: Sequence[AccountTemplate]
-) -> tuple[TemplateStatus, str, str, list[Problem]]:
+) -> tuple[ApprovalStatus, str, str, list[Problem]]:
     """Matches a template against the account's list: (status, template_id, reason, problems)."""
     wanted = yunpian_form(content)
     matches = [t for t in account if t.international == international and t.body == wanted]
     if not matches:
         problem = _not_found_problem(wanted, international, account)
-        return TemplateStatus.NOT_FOUND, "", "", [problem]
+        return ApprovalStatus.NOT_FOUND, "", "", [problem]
     match = _best_match(matches)
     if match.approved:
-        return TemplateStatus.APPROVED, match.tpl_id, "", []
+        return ApprovalStatus.APPROVED, match.tpl_id, "", []
     if match.check_status == "FAIL":
         because = match.reason or "YunPian gave no reason"
         problem = Problem(
@@ -252,13 +252,13 @@ def compare(
             f"YunPian rejected template {match.tpl_id}: {because}. Change the template as "
             "YunPian asks and submit it again.",
         )
-        return TemplateStatus.REJECTED, match.tpl_id, match.reason, [problem]
+        return ApprovalStatus.REJECTED, match.tpl_id, match.reason, [problem]
     problem = Problem(
         ProblemReason.TEMPLATE_PENDING,
         f"YunPian is still reviewing template {match.tpl_id} ({match.check_status}); it refuses "
         "SMS with it until it is approved.",
     )
-    return TemplateStatus.PENDING, match.tpl_id, "", [problem]
+    return ApprovalStatus.PENDING, match.tpl_id, "", [problem]
 
 
 def parse_account_templates(items: Sequence[Mapping[str, Any]]) -> list[AccountTemplate]:
@@ -357,7 +357,7 @@ class TemplateChecker:
         content: str, international: bool, account: list[AccountTemplate] | Problem | None
     ) -> TemplateCheck:
         problems = local_problems(content)
-        status, template_id, status_reason = TemplateStatus.NOT_CHECKED, "", ""
+        status, template_id, status_reason = ApprovalStatus.NOT_CHECKED, "", ""
         if isinstance(account, Problem):
             problems.append(account)
         elif account is not None:
@@ -366,7 +366,7 @@ class TemplateChecker:
             )
             problems.extend(remote)
         # Valid: approved at YunPian, or (remote check skipped) well formed.
-        usable = status is TemplateStatus.APPROVED or account is None
+        usable = status is ApprovalStatus.APPROVED or account is None
         return TemplateCheck(
             valid=not problems and usable,
             problems=tuple(problems),

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
-from yunpian_sms_server.codes import MAX_CODE_LENGTH
-from yunpian_sms_server.usage import GENERIC
+from yunpian_sms_server.usage_types import GENERIC
+from yunpian_sms_server.verification_codes import MAX_CODE_LENGTH
 
 # `{{code}}`, spaces inside the braces allowed: our form. YunPian's is `#code#`.
 _CODE_PLACEHOLDER = re.compile(r"\{\{\s*code\s*\}\}")

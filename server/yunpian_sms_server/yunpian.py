@@ -21,9 +21,11 @@ import aiohttp
 
 from yunpian_sms_server.errors import (
     DELIVERY_UNKNOWN,
+    FieldViolation,
+    QuotaViolation,
     Reason,
     ServiceError,
-    provider_error,
+    bounded,
 )
 from yunpian_sms_server.phone import mask_numbers_in_text
 
@@ -287,3 +289,76 @@ class YunpianClient:
                 Reason.PROVIDER_BAD_RESPONSE, "YunPian's template list is not the documented JSON."
             )
         return answer
+
+
+# --- What YunPian's answer codes mean (its API's error code table) ---------------------
+
+# How long a caller should wait after YunPian's per-key quota refusals (-4, -5).
+PROVIDER_QUOTA_RETRY_S: Final = 60.0
+_PROVIDER_REASONS: Final[Mapping[int, Reason]] = {
+    **dict.fromkeys((5, 7, 60), Reason.PROVIDER_TEMPLATE_REJECTED),
+    **dict.fromkeys((15, 16, 18, -57), Reason.PROVIDER_SIGNATURE_REJECTED),
+    **dict.fromkeys((20, 23), Reason.PROVIDER_REGION_NOT_SUPPORTED),
+    3: Reason.PROVIDER_INSUFFICIENT_BALANCE,
+    **dict.fromkeys((-1, -2, -3), Reason.PROVIDER_AUTH_FAILED),
+    **dict.fromkeys((13, 27, 40, 55, -11, -62), Reason.PROVIDER_ACCOUNT_ERROR),
+    **dict.fromkeys((4, 52), Reason.PROVIDER_CONTENT_BLOCKED),
+    10: Reason.PROVIDER_RECIPIENT_BLOCKED,
+    56: Reason.PROVIDER_PHONE_REJECTED,
+    **dict.fromkeys((8, 33, 9, 22, 53, 17, 43), Reason.PROVIDER_RATE_LIMITED),
+    **dict.fromkeys((-4, -5), Reason.PROVIDER_QUOTA_EXCEEDED),
+    **dict.fromkeys((-50, -51, -53), Reason.PROVIDER_UNAVAILABLE),
+}
+# How long YunPian's per-number limits make a caller wait, by answer code.
+PROVIDER_RETRY_DELAYS_S: Final[Mapping[int, float]] = {
+    **dict.fromkeys((8, 33), 30.0),
+    9: 300.0,
+    **dict.fromkeys((22, 53), 3600.0),
+    **dict.fromkeys((17, 43), 86400.0),
+    **dict.fromkeys((-4, -5), PROVIDER_QUOTA_RETRY_S),
+}
+# YunPian's "parameter format wrong" is about the phone number when its detail names `mobile`.
+_PARAMETER_FORMAT_WRONG: Final = 2
+_MESSAGES: Final[Mapping[Reason, str]] = {
+    Reason.PROVIDER_TEMPLATE_REJECTED: "YunPian has no approved template matching the SMS text.",
+    Reason.PROVIDER_SIGNATURE_REJECTED: "YunPian refused the SMS signature.",
+    Reason.PROVIDER_REGION_NOT_SUPPORTED: "YunPian cannot send to this number's region.",
+    Reason.PROVIDER_INSUFFICIENT_BALANCE: "The YunPian account balance is insufficient.",
+    Reason.PROVIDER_AUTH_FAILED: "YunPian refused the API key or the caller's IP address.",
+    Reason.PROVIDER_ACCOUNT_ERROR: "The YunPian account cannot send this SMS.",
+    Reason.PROVIDER_CONTENT_BLOCKED: "YunPian blocked the SMS content.",
+    Reason.PROVIDER_RECIPIENT_BLOCKED: "YunPian blocked the recipient's number.",
+    Reason.PROVIDER_PHONE_REJECTED: "YunPian refused the phone number.",
+    Reason.PROVIDER_RATE_LIMITED: "YunPian's per-number sending limit was reached.",
+    Reason.PROVIDER_QUOTA_EXCEEDED: "YunPian's API call quota was exceeded.",
+    Reason.PROVIDER_UNAVAILABLE: "YunPian is temporarily unavailable.",
+    Reason.PROVIDER_REJECTED_REQUEST: "YunPian rejected the request as malformed.",
+}
+
+
+def provider_error(yunpian_code: int, yunpian_msg: str, detail: str, subject: str) -> ServiceError:
+    """Maps a YunPian error answer to its ServiceError.
+
+    `yunpian_msg` and `detail` must already have their phone numbers masked; `subject` is the
+    masked number the call was about (it names the exhausted quota).
+    """
+    yunpian_msg, detail = bounded(yunpian_msg), bounded(detail)
+    reason = _PROVIDER_REASONS.get(yunpian_code, Reason.PROVIDER_REJECTED_REQUEST)
+    if yunpian_code == _PARAMETER_FORMAT_WRONG and "mobile" in detail:
+        reason = Reason.PROVIDER_PHONE_REJECTED
+    message = f"{_MESSAGES[reason][:-1]} (YunPian code {yunpian_code})."
+    metadata = {"yunpian_code": str(yunpian_code), "yunpian_msg": yunpian_msg}
+    if detail:
+        metadata["yunpian_detail"] = detail
+    retry_after = PROVIDER_RETRY_DELAYS_S.get(yunpian_code)
+    if reason is Reason.PROVIDER_PHONE_REJECTED:
+        return ServiceError(
+            reason,
+            message,
+            metadata=metadata,
+            field_violation=FieldViolation("phone_number", detail or yunpian_msg or message),
+        )
+    quota = None
+    if reason is Reason.PROVIDER_RATE_LIMITED:
+        quota = QuotaViolation(subject, detail or yunpian_msg or message)
+    return ServiceError(reason, message, metadata=metadata, quota=quota, retry_after_s=retry_after)

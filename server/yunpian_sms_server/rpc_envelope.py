@@ -30,11 +30,12 @@ from google.protobuf.message import DecodeError, Message
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_server.auth import Authenticator, set_current_caller
-from yunpian_sms_server.errors import Reason, ServiceError, to_grpc_status
+from yunpian_sms_server.errors import Reason, ServiceError
 from yunpian_sms_server.ids import new_id
 from yunpian_sms_server.logs import end_rpc_fields, start_rpc_fields
 from yunpian_sms_server.metrics import Metrics
 from yunpian_sms_server.shutdown import Shutdown
+from yunpian_sms_server.statuses import status_code, to_grpc_status
 
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["SmsService"]
 RPC_NAMES: Final = tuple(method.name for method in SERVICE.methods)
@@ -155,7 +156,7 @@ class RpcEnvelope:
                     return response
                 if failure.yunpian_code is not None:
                     fields["yunpian_code"] = failure.yunpian_code
-                self._finish(rpc, failure.code.name, failure, None, fields, started)
+                self._finish(rpc, status_code(failure).name, failure, None, fields, started)
                 status = to_grpc_status(failure)
                 await context.abort(
                     status.code, status.details, (*status.trailing_metadata, *trailer)

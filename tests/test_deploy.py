@@ -16,7 +16,8 @@ from support import StartServer, make_config
 
 from yunpian_sms_server.app import LIVENESS_SERVICE, SHUTDOWN_ANSWER_MARGIN_S
 from yunpian_sms_server.auth import hash_token
-from yunpian_sms_server.config import Config, parse_config, parse_listen
+from yunpian_sms_server.config import Config, parse_config
+from yunpian_sms_server.listen_addresses import parse_listen
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES = REPO / "deploy" / "kubernetes"

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from support import RedisServer
 
-from yunpian_sms_server.config import parse_limit
+from yunpian_sms_server.limits import parse_limit
 from yunpian_sms_server.stores import (
     ClaimState,
     MemoryStore,
@@ -18,6 +18,7 @@ from yunpian_sms_server.stores import (
     StoreUnavailableError,
     Window,
     open_store,
+    url_problem,
 )
 
 
@@ -164,6 +165,24 @@ async def test_redis_store_reports_an_unreachable_server() -> None:
             await store.ping()
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://127.0.0.1:6379/0?sockettimeout=1", "has an option redis-py does not know"),
+        ("redis://127.0.0.1:6379?db=one", "redis-py refuses it: Invalid value for 'db'"),
+    ],
+)
+def test_url_problem_names_what_redis_py_would_refuse(url: str, problem: str) -> None:
+    found = url_problem(url)
+    assert found is not None
+    assert found.startswith(problem)
+
+
+def test_url_problem_passes_urls_redis_py_takes() -> None:
+    assert url_problem("memory://") is None
+    assert url_problem("rediss://user:pw@redis.internal:6380/3?ssl_cert_reqs=none") is None
 
 
 def test_open_store_picks_the_store_by_url() -> None:

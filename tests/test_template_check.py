@@ -19,7 +19,7 @@ from support import (
 )
 
 from yunpian_sms_server.app import open_yunpian_session, yunpian_client
-from yunpian_sms_server.config import YunpianConfig
+from yunpian_sms_server.config import DEFAULT_REMOTE_CACHE_S, YunpianConfig
 from yunpian_sms_server.errors import Reason, ServiceError
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
@@ -30,7 +30,6 @@ from yunpian_sms_server.sandbox import (
     SandboxTemplate,
 )
 from yunpian_sms_server.template_check import (
-    DEFAULT_REMOTE_CACHE_S,
     ApprovalStatus,
     TemplateCheck,
     TemplateChecker,
@@ -64,7 +63,9 @@ def make_checker(
     timeout_s: float = 2.0,
 ) -> TemplateChecker:
     config = YunpianConfig(api_key=api_key, base_url=base_url, timeout_seconds=timeout_s)
-    return TemplateChecker(yunpian_client(session, config), clock=clock)
+    return TemplateChecker(
+        yunpian_client(session, config), cache_ttl_s=DEFAULT_REMOTE_CACHE_S, clock=clock
+    )
 
 
 @pytest.fixture

@@ -36,9 +36,9 @@ from yunpian_sms_server.config import (
     YunpianConfig,
     config_warnings,
     exposure_problem,
-    parse_listen,
 )
 from yunpian_sms_server.errors import ServiceError
+from yunpian_sms_server.listen_addresses import parse_listen
 from yunpian_sms_server.listeners import GRPC_LISTENER, ListenError, probe_listen
 from yunpian_sms_server.loop_lag import LoopLagMonitor
 from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint

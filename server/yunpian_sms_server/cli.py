@@ -32,12 +32,13 @@ from yunpian_sms_server.config import (
     config_warnings,
     exposure_problem,
     load_config,
-    parse_listen,
 )
 from yunpian_sms_server.errors import ServiceError
+from yunpian_sms_server.listen_addresses import parse_listen
 from yunpian_sms_server.listeners import ListenError
 from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
 from yunpian_sms_server.sandbox import start_sandbox
+from yunpian_sms_server.stores import url_problem
 from yunpian_sms_server.template_check import (
     ApprovalStatus,
     TemplateCheck,
@@ -125,6 +126,10 @@ def _load(path: Path | None, *, needs_api_key: bool) -> Config | None:
     except ConfigError as error:
         for problem in error.problems:
             print(f"config error: {problem}", file=sys.stderr)
+        return None
+    store_problem = url_problem(config.store.url)
+    if store_problem is not None:
+        print(f"config error: store.url: {store_problem}", file=sys.stderr)
         return None
     if needs_api_key and not config.yunpian.api_key:
         print(
@@ -263,7 +268,10 @@ async def _check_remote(config: Config) -> int:
         config.templates, international_enabled=config.international.enabled
     )
     async with open_yunpian_session(config.yunpian) as session:
-        checker = TemplateChecker(yunpian_client(session, config.yunpian))
+        checker = TemplateChecker(
+            yunpian_client(session, config.yunpian),
+            cache_ttl_s=config.template_checks.remote_cache_seconds,
+        )
         try:
             results = await checker.check_many([(t.content, t.international) for t in templates])
         except ServiceError as error:

@@ -6,7 +6,6 @@ at start-up.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
@@ -19,9 +18,9 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import phonenumbers
-from redis.asyncio import ConnectionPool
 
-from yunpian_sms_server.template_check import DEFAULT_REMOTE_CACHE_S
+from yunpian_sms_server.limits import Limit, parse_limit
+from yunpian_sms_server.listen_addresses import is_loopback, parse_listen, share_a_port
 from yunpian_sms_server.templates import TemplateBook, local_problems
 from yunpian_sms_server.usage_types import REQUIRED_USAGE_TYPES, USAGE_TYPE_VALUES
 
@@ -51,17 +50,10 @@ MAX_REFUSAL_MESSAGE_LENGTH: Final = 500
 # YunPian's upstream deadline may not exceed this: a caller waiting longer has given up anyway.
 MAX_TIMEOUT_S: Final = 60.0
 _API_KEY = re.compile(r"[0-9a-fA-F]{32}")
-_LIMIT = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*")
-_PERIOD_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# Bounds of a rate limit "COUNT/PERIOD": beyond them a limit is a typo, and the stores' clocks
-# and counters (Redis takes periods in milliseconds) would overflow.
-MAX_LIMIT_COUNT: Final = 1_000_000_000
-MAX_LIMIT_PERIOD_DAYS: Final = 366
-MAX_LIMIT_PERIOD_S: Final = MAX_LIMIT_PERIOD_DAYS * _PERIOD_SECONDS["d"]
 # A shutdown should give a send already waiting on YunPian its whole timeout, plus this.
 SHUTDOWN_MARGIN_S: Final = 1.0
-# Hosts that listen on every address of the machine: they share their port with any other host.
-_WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not a bind
+# How long YunPian's template list is trusted before it is asked again, unless configured.
+DEFAULT_REMOTE_CACHE_S: Final = 60.0
 # Longest allowed cache of YunPian's template list: a template's approval shows within this.
 MAX_REMOTE_CACHE_S: Final = 86400.0
 # Keys of [templates] that are options, not usage types.
@@ -121,15 +113,6 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return "; ".join(str(problem) for problem in self.problems)
-
-
-@dataclass(frozen=True, slots=True)
-class Limit:
-    """At most `count` sends per `period_s` seconds."""
-
-    count: int
-    period_s: float
-    text: str  # as configured, "5/1h": names the limit in errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,51 +220,6 @@ class Config:
         """Whether callers must prove who they are (tokens or client certificates)."""
         tls = self.server.tls
         return self.auth is not None or (tls is not None and tls.client_ca is not None)
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """Splits "HOST:PORT" (IPv6 hosts in brackets); raises ValueError when malformed."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:50051")
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError("port must be 0 to 65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError("brackets hold an IPv6 address, e.g. [::1]:50051") from None
-    elif ":" in host:
-        # gRPC cannot tell "::1:50051" from an address without a port.
-        raise ValueError("an IPv6 host goes in brackets, e.g. [::1]:50051")
-    return host, port
-
-
-def _at_most(digits: str, ceiling: int) -> int:
-    """The decimal number, or ceiling + 1 when it is larger (however many digits it has)."""
-    digits = digits.lstrip("0") or "0"
-    return int(digits) if len(digits) <= len(str(ceiling)) else ceiling + 1
-
-
-def parse_limit(text: str) -> Limit:
-    """Parses "COUNT/PERIOD" ("1/60s", "5/1h", "10/1d", "2/m"); raises ValueError when malformed
-    or out of bounds."""
-    match = _LIMIT.fullmatch(text)
-    if not match:
-        raise ValueError(f"{text!r} is not COUNT/PERIOD with PERIOD in s, m, h or d, e.g. '5/1h'")
-    count_digits, period_digits, unit = match.groups()
-    count = _at_most(count_digits, MAX_LIMIT_COUNT)
-    if not 1 <= count <= MAX_LIMIT_COUNT:
-        raise ValueError(f"{text.strip()!r}: COUNT must be 1 to {MAX_LIMIT_COUNT}")
-    unit_s = _PERIOD_SECONDS[unit]
-    period = _at_most(period_digits or "1", MAX_LIMIT_PERIOD_S // unit_s) * unit_s
-    if not 0 < period <= MAX_LIMIT_PERIOD_S:
-        raise ValueError(
-            f"{text.strip()!r}: PERIOD must be more than 0 and at most {MAX_LIMIT_PERIOD_DAYS} days"
-        )
-    return Limit(count=count, period_s=float(period), text=text.strip())
 
 
 class _Reader:
@@ -409,24 +347,6 @@ def _read_templates(reader: _Reader, *, international: bool) -> dict[str, str]:
             reader.problem(name, problem.message)
         templates[name] = content
     return templates
-
-
-def is_loopback(listen: str) -> bool:
-    """Whether a HOST:PORT listens on loopback only."""
-    host, _ = parse_listen(listen)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def share_a_port(first: str, second: str) -> bool:
-    """Whether two HOST:PORT addresses claim one port (port 0 is a fresh port each time)."""
-    (first_host, first_port), (second_host, second_port) = parse_listen(first), parse_listen(second)
-    hosts = {first_host, second_host}
-    return first_port == second_port != 0 and (len(hosts) == 1 or bool(hosts & _WILDCARD_HOSTS))
 
 
 def config_warnings(config: Config) -> list[ConfigProblem]:
@@ -713,14 +633,6 @@ def _check_store_url(value: str) -> None:
         raise ValueError("port must be 1 to 65535, e.g. redis://127.0.0.1:6379/0")
     if not re.fullmatch(r"/?|/\d+", parts.path):
         raise ValueError("the database must be a number, e.g. redis://127.0.0.1:6379/0")
-    try:
-        # What RedisStore does with the URL, short of connecting: checks its ?options too.
-        # (redis-py leaves make_connection untyped.)
-        ConnectionPool.from_url(value).make_connection()  # type: ignore[no-untyped-call]
-    except TypeError as error:
-        raise ValueError(f"has an option redis-py does not know ({error})") from None
-    except ValueError as error:
-        raise ValueError(f"redis-py refuses it: {error}") from None
 
 
 def _check_on_error(value: str) -> None:

@@ -13,7 +13,7 @@ from typing import Final
 
 from aiohttp import web
 
-from yunpian_sms_server.config import parse_listen
+from yunpian_sms_server.listen_addresses import join_listen, parse_listen
 
 
 class ListenError(Exception):
@@ -32,11 +32,6 @@ class ListenError(Exception):
 GRPC_LISTENER: Final = "gRPC"
 SANDBOX_LISTENER: Final = "sandbox"
 METRICS_LISTENER: Final = "metrics"
-
-
-def join_listen(host: str, port: int) -> str:
-    """HOST:PORT, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def listen_error(address: str, listener: str, error: OSError) -> ListenError:

@@ -15,7 +15,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
-from yunpian_sms_server.config import parse_listen
+from yunpian_sms_server.listen_addresses import parse_listen
 from yunpian_sms_server.listeners import METRICS_LISTENER, start_tcp_site
 
 NAMESPACE: Final = "yunpian_sms"

@@ -7,8 +7,9 @@ from typing import Final
 
 from yunpian_sms_server.config import LimitsConfig
 from yunpian_sms_server.errors import QuotaViolation, Reason, ServiceError
+from yunpian_sms_server.limits import Window
 from yunpian_sms_server.phone import PhoneNumber
-from yunpian_sms_server.stores import Refusal, Store, Window
+from yunpian_sms_server.stores import Refusal, Store
 
 GLOBAL_SUBJECT: Final = "all"
 

@@ -38,11 +38,12 @@ import structlog
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian_sms_server.errors import DELIVERY_UNKNOWN, Reason, ServiceError
 from yunpian_sms_server.ids import new_id
+from yunpian_sms_server.limits import Window
 from yunpian_sms_server.logs import bind_rpc_fields
 from yunpian_sms_server.phone import PhoneNumber
 from yunpian_sms_server.rate_limits import RateLimiter
 from yunpian_sms_server.shutdown import Shutdown
-from yunpian_sms_server.stores import ClaimState, Store, StoreUnavailableError, Window
+from yunpian_sms_server.stores import ClaimState, Store, StoreUnavailableError
 from yunpian_sms_server.yunpian import SendAttempt, YunpianClient
 
 # How often a call waiting for another replica's claim asks the store again.

@@ -21,12 +21,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final, NamedTuple, Protocol
+from typing import Final, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from yunpian_sms_server.config import Limit
+from yunpian_sms_server.limits import Window
 
 # Redis operations that take longer than this count as a store failure.
 REDIS_TIMEOUT_S: Final = 1.0
@@ -42,27 +42,6 @@ _RECORD_HEAD: Final = struct.Struct("<dH")
 
 class StoreUnavailableError(Exception):
     """The store could not be reached or failed; the caller applies store.on_error."""
-
-
-class Window(NamedTuple):
-    """One rate limit applied to one subject: `scope` names it in errors ("phone", "caller").
-
-    A named tuple: a SendCode makes one per per-phone limit, so it must be cheap to make.
-    """
-
-    scope: str
-    subject: str
-    limit: Limit
-
-    @property
-    def subject_key(self) -> str:
-        """What the window counts: every window of one subject shares its log."""
-        return f"{self.scope}:{self.subject}"
-
-    @property
-    def key(self) -> str:
-        limit = f"{self.limit.count}/{self.limit.period_s:g}"
-        return f"{KEY_PREFIX}rate:{self.scope}:{self.subject}:{limit}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +289,12 @@ return 0
 """
 
 
+def _window_key(window: Window) -> str:
+    """The Redis key of a window's log: one per subject and limit."""
+    limit = f"{window.limit.count}/{window.limit.period_s:g}"
+    return f"{KEY_PREFIX}rate:{window.scope}:{window.subject}:{limit}"
+
+
 class RedisStore:
     """The store shared by every replica, in one Redis server; each operation is one round trip.
 
@@ -337,7 +322,9 @@ class RedisStore:
             args += [window.limit.count, int(window.limit.period_s * 1000)]
         try:
             async with self._turns:
-                answer = await self._acquire(keys=[w.key for w in windows], args=args)
+                answer = await self._acquire(
+                    keys=[_window_key(window) for window in windows], args=args
+                )
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
         if not answer:
@@ -349,7 +336,7 @@ class RedisStore:
         try:
             async with self._turns, self._redis.pipeline(transaction=True) as pipe:
                 for window in windows:
-                    pipe.zrem(window.key, token)
+                    pipe.zrem(_window_key(window), token)
                 await pipe.execute()
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
@@ -395,6 +382,21 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def url_problem(url: str) -> str | None:
+    """What redis-py would refuse in a redis:// URL (its ?options), short of connecting; None
+    when nothing (and for memory://). The config checks the rest of the URL."""
+    if url.startswith("memory:"):
+        return None
+    try:
+        # (redis-py leaves make_connection untyped.)
+        aioredis.ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+    except TypeError as error:
+        return f"has an option redis-py does not know ({error})"
+    except ValueError as error:
+        return f"redis-py refuses it: {error}"
+    return None
 
 
 def open_store(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Store:

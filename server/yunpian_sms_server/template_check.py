@@ -40,8 +40,6 @@ from yunpian_sms_server.text_diff import closest, first_difference
 from yunpian_sms_server.usage_types import GENERIC
 from yunpian_sms_server.yunpian import DEADLINE_MARGIN_S, YunpianClient
 
-# How long the account's template list is trusted before YunPian is asked again.
-DEFAULT_REMOTE_CACHE_S: Final = 60.0
 # Characters of a template (or of a difference) quoted in a problem message.
 QUOTE_CHARS: Final = 40
 DIFFERENCE_CHARS: Final = 12
@@ -316,7 +314,7 @@ class TemplateChecker:
         self,
         yunpian: YunpianClient,
         *,
-        cache_ttl_s: float = DEFAULT_REMOTE_CACHE_S,
+        cache_ttl_s: float,
         clock: Clock = time.monotonic,
     ) -> None:
         self._yunpian = yunpian

@@ -18,6 +18,7 @@ from support import (
     make_config,
 )
 
+from yunpian_sms_server.account_templates import ApprovalStatus, parse_account_templates
 from yunpian_sms_server.app import open_yunpian_session, yunpian_client
 from yunpian_sms_server.config import DEFAULT_REMOTE_CACHE_S, YunpianConfig
 from yunpian_sms_server.errors import Reason, ServiceError
@@ -29,14 +30,13 @@ from yunpian_sms_server.sandbox import (
     RunningSandbox,
     SandboxTemplate,
 )
-from yunpian_sms_server.template_check import (
-    ApprovalStatus,
-    TemplateCheck,
-    TemplateChecker,
+from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker
+from yunpian_sms_server.templates import (
+    ProblemReason,
+    TemplateBook,
     configured_templates,
-    parse_account_templates,
+    yunpian_form,
 )
-from yunpian_sms_server.templates import ProblemReason, TemplateBook, yunpian_form
 
 # The sandbox of conftest.py approves the templates of support.BASE_CONFIG with these ids.
 SIGN_IN_ID, GENERIC_ID, INTERNATIONAL_ID = 1, 2, 3

@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
+from yunpian_sms_server.account_templates import ApprovalStatus
 from yunpian_sms_server.auth import Authenticator
 from yunpian_sms_server.config import (
     Config,
@@ -56,8 +57,8 @@ from yunpian_sms_server.send_protocol import Fingerprints, SendProtocol
 from yunpian_sms_server.service import SmsServicer
 from yunpian_sms_server.shutdown import Shutdown
 from yunpian_sms_server.stores import Store, StoreUnavailableError, open_store
-from yunpian_sms_server.template_check import ApprovalStatus, TemplateChecker, configured_templates
-from yunpian_sms_server.templates import yunpian_form
+from yunpian_sms_server.template_check import TemplateChecker
+from yunpian_sms_server.templates import configured_templates, yunpian_form
 from yunpian_sms_server.yunpian import YunpianClient, open_session
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["SmsService"].full_name

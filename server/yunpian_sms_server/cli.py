@@ -16,6 +16,7 @@ import grpc
 import structlog
 
 from yunpian_sms_client import SmsClient, SmsError, TemplateStatus
+from yunpian_sms_server.account_templates import ApprovalStatus
 from yunpian_sms_server.app import (
     IN_PROCESS_SANDBOX_LISTEN,
     SmsServer,
@@ -39,12 +40,8 @@ from yunpian_sms_server.listeners import ListenError
 from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
 from yunpian_sms_server.sandbox import start_sandbox
 from yunpian_sms_server.stores import url_problem
-from yunpian_sms_server.template_check import (
-    ApprovalStatus,
-    TemplateCheck,
-    TemplateChecker,
-    configured_templates,
-)
+from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker
+from yunpian_sms_server.templates import configured_templates
 from yunpian_sms_server.usage_types import USAGE_TYPE_VALUES
 
 TARGET_ENV: Final = "YUNPIAN_SMS_TARGET"

@@ -10,6 +10,7 @@ import grpc
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
+from yunpian_sms_server.account_templates import ApprovalStatus
 from yunpian_sms_server.auth import current_caller, require_usage_type
 from yunpian_sms_server.config import Config
 from yunpian_sms_server.errors import (
@@ -21,7 +22,7 @@ from yunpian_sms_server.errors import (
 from yunpian_sms_server.logs import bind_rpc_fields
 from yunpian_sms_server.phone import PhoneNumber, parse_phone
 from yunpian_sms_server.send_protocol import SendOrder, SendProtocol
-from yunpian_sms_server.template_check import ApprovalStatus, TemplateCheck, TemplateChecker
+from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker
 from yunpian_sms_server.templates import render
 from yunpian_sms_server.usage_types import usage_type_name
 from yunpian_sms_server.verification_codes import check_code

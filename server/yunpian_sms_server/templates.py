@@ -157,3 +157,42 @@ class TemplateBook:
             if found is not None:
                 return found
         return self.domestic.get(usage_type) or self.domestic.get(GENERIC)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfiguredTemplate:
+    """A template the config would send: for which usage type, to which kind of number."""
+
+    usage_type: str
+    international: bool
+    content: str
+    # An international number with no international template gets the domestic one.
+    falls_back: bool = False
+
+    @property
+    def label(self) -> str:
+        """How reports name it: "SignIn", "international Generic"."""
+        if not self.international:
+            return self.usage_type
+        suffix = " (domestic template)" if self.falls_back else ""
+        return f"international {self.usage_type}{suffix}"
+
+
+def configured_templates(
+    book: TemplateBook, *, international_enabled: bool
+) -> list[ConfiguredTemplate]:
+    """Every template the config can send: the domestic ones, then the international ones.
+
+    When international sending is enabled, a usage type without an international template (its
+    own or Generic) sends its domestic text to international numbers, so that text must be an
+    approved international template too: it is listed as well.
+    """
+    found = [ConfiguredTemplate(name, False, text) for name, text in book.domestic.items()]
+    found += [ConfiguredTemplate(name, True, text) for name, text in book.international.items()]
+    if international_enabled and GENERIC not in book.international:
+        found += [
+            ConfiguredTemplate(name, True, content, falls_back=True)
+            for name, content in book.domestic.items()
+            if name not in book.international
+        ]
+    return found

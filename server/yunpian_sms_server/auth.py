@@ -4,7 +4,6 @@ caller may send. The caller's name scopes logs, metrics, rate limits and request
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Mapping
@@ -33,18 +32,6 @@ class Caller:
 
 
 ANONYMOUS_CALLER: Final = Caller(ANONYMOUS)
-_current: contextvars.ContextVar[Caller] = contextvars.ContextVar(
-    "caller", default=ANONYMOUS_CALLER
-)
-
-
-def current_caller() -> Caller:
-    """The caller of the RPC being handled."""
-    return _current.get()
-
-
-def set_current_caller(caller: Caller) -> None:
-    _current.set(caller)
 
 
 def hash_token(token: str) -> str:
@@ -52,9 +39,8 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def require_usage_type(usage_type: str) -> None:
-    """Raises PERMISSION_DENIED unless the current caller may send this usage type."""
-    caller = current_caller()
+def require_usage_type(caller: Caller, usage_type: str) -> None:
+    """Raises PERMISSION_DENIED unless the caller may send this usage type."""
     if not caller.may_send(usage_type):
         raise ServiceError(
             Reason.PERMISSION_DENIED,

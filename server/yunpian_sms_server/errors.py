@@ -118,6 +118,11 @@ class ServiceError(Exception):
         return int(raw) if raw is not None else None
 
     @property
+    def replayed(self) -> bool:
+        """Whether this is a recorded outcome answered again: nothing was sent this time."""
+        return self.metadata.get("replayed") == "true"
+
+    @property
     def delivery_unknown(self) -> bool:
         """Whether an SMS may have been sent although the call failed."""
         return self.metadata.get("delivery") == DELIVERY_UNKNOWN

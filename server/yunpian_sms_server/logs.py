@@ -10,56 +10,29 @@ from typing import Any, Final, TextIO
 
 import structlog
 
+from yunpian_sms_server.rpc_record import RpcRecord
+
 LOG_FORMATS: Final = ("json", "console")
 # Keys that would carry a secret or the SMS text; dropped from any event as a last line of defence.
 SECRET_KEYS: Final = frozenset({"code", "api_key", "apikey", "text", "sms_text", "authorization"})
-# Every `rpc` event carries these keys, None where the RPC did not get that far.
-RPC_EVENT_KEYS: Final = (
-    "request_id",
-    "caller",
-    "usage_type",
-    "international",
-    "phone",
-    "idempotency_key",
-    "yunpian_code",
-    "message_id",
-    "replayed",
-)
-
-# The fields of the RPC being handled. grpc.aio runs each RPC in a task of its own, so each RPC
-# sees its own dict, and every event logged while it runs carries them (merge_rpc_fields).
-_rpc_fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "rpc_fields", default=None
+# The record of the RPC being handled. grpc.aio runs each RPC in a task of its own, so each RPC
+# sees its own, and every event logged while it runs carries its fields (merge_rpc_fields).
+_current_record: contextvars.ContextVar[RpcRecord | None] = contextvars.ContextVar(
+    "rpc_record", default=None
 )
 
 
-def start_rpc_fields(request_id: str) -> dict[str, Any]:
-    """Starts the current RPC's fields (every key of RPC_EVENT_KEYS); returns them."""
-    fields: dict[str, Any] = dict.fromkeys(RPC_EVENT_KEYS)
-    fields["request_id"] = request_id
-    fields["replayed"] = False
-    _rpc_fields.set(fields)
-    return fields
-
-
-def end_rpc_fields() -> None:
-    """Events logged from now on carry no RPC's fields."""
-    _rpc_fields.set(None)
-
-
-def bind_rpc_fields(**fields: object) -> None:
-    """Adds fields to the current RPC's events (phone, usage_type, ...); outside an RPC, nothing."""
-    current = _rpc_fields.get()
-    if current is not None:
-        current.update(fields)
+def log_rpc_record(record: RpcRecord | None) -> None:
+    """Events logged from now on (in this task) carry the record's fields; None: none."""
+    _current_record.set(record)
 
 
 def merge_rpc_fields(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """Puts the current RPC's fields first in the event; the event's own keys win."""
-    fields = _rpc_fields.get()
-    return event if fields is None else {**fields, **event}
+    record = _current_record.get()
+    return event if record is None else {**record.fields(), **event}
 
 
 def drop_secrets(

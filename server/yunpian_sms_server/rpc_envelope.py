@@ -28,12 +28,13 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
-from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
-from yunpian_sms_server.auth import Authenticator, set_current_caller
+from yunpian_sms_server.auth import Authenticator
 from yunpian_sms_server.errors import Reason, ServiceError
 from yunpian_sms_server.ids import new_id
-from yunpian_sms_server.logs import end_rpc_fields, start_rpc_fields
+from yunpian_sms_server.logs import log_rpc_record
 from yunpian_sms_server.metrics import Metrics
+from yunpian_sms_server.rpc_record import RpcRecord
+from yunpian_sms_server.service import RpcCall, SmsServicer
 from yunpian_sms_server.shutdown import Shutdown
 from yunpian_sms_server.statuses import status_code, to_grpc_status
 
@@ -44,7 +45,9 @@ REQUEST_ID_KEY: Final = "x-request-id"
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 _log = structlog.get_logger("yunpian_sms.rpc")
 Context = grpc.aio.ServicerContext[Any, Any]
-Handler = Callable[[Any, Context], Awaitable[Any]]
+# A servicer method, and the gRPC method the envelope makes of it.
+Handler = Callable[[Any, RpcCall], Awaitable[Any]]
+GrpcHandler = Callable[[Any, Context], Awaitable[Any]]
 
 
 class MalformedRequest:
@@ -95,7 +98,7 @@ class RpcEnvelope:
         self._metrics = metrics
         self._shutdown = shutdown
 
-    def add_service(self, servicer: pb_grpc.SmsServiceServicer, server: grpc.aio.Server) -> None:
+    def add_service(self, servicer: SmsServicer, server: grpc.aio.Server) -> None:
         """Registers the SmsService methods of `servicer` on `server`, each wrapped."""
         handlers = {
             method.name: grpc.unary_unary_rpc_method_handler(
@@ -113,8 +116,8 @@ class RpcEnvelope:
         # grpc-stubs lags grpcio: it lacks the registered-method fast path.
         server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
 
-    def wrap(self, rpc: str, handler: Handler) -> Handler:
-        """The RPC method `rpc` served by `handler` inside the envelope."""
+    def wrap(self, rpc: str, handler: Handler) -> GrpcHandler:
+        """The gRPC method `rpc`: `handler` served inside the envelope."""
         metrics = self._metrics
         in_flight = metrics.child(metrics.in_flight, rpc)
         shutdown = self._shutdown
@@ -124,7 +127,8 @@ class RpcEnvelope:
             shutdown.enter(task)
             metadata = tuple(context.invocation_metadata() or ())
             request_id = _request_id(metadata)
-            fields = start_rpc_fields(request_id)
+            record = RpcRecord(request_id)
+            log_rpc_record(record)
             started = time.perf_counter()
             in_flight.inc()
             failure: ServiceError | None = None
@@ -134,16 +138,17 @@ class RpcEnvelope:
                     if shutdown.draining:
                         raise _shutting_down()
                     caller = self._authenticator.authenticate(metadata, context.auth_context)
-                    set_current_caller(caller)
-                    fields["caller"] = caller.name
+                    record.caller = caller.name
                     if isinstance(request, MalformedRequest):
                         raise _malformed(request)
-                    response = await handler(request, context)
+                    response = await handler(
+                        request, RpcCall(caller, record, context.time_remaining)
+                    )
                 except ServiceError as error:
                     failure = error
                 except asyncio.CancelledError:
                     if not shutdown.absorb_interrupt():
-                        self._finish(rpc, "CANCELLED", None, None, fields, started)
+                        self._finish(rpc, "CANCELLED", None, None, record, started)
                         raise
                     failure = _shutting_down()
                 except Exception:
@@ -151,22 +156,22 @@ class RpcEnvelope:
                     _log.exception("rpc_failed", rpc=rpc)
                 trailer = ((REQUEST_ID_KEY, request_id),)
                 if failure is None:
-                    self._finish(rpc, "OK", None, response, fields, started)
+                    self._finish(rpc, "OK", None, response, record, started)
                     context.set_trailing_metadata(trailer)
                     return response
                 if failure.yunpian_code is not None:
-                    fields["yunpian_code"] = failure.yunpian_code
-                self._finish(rpc, status_code(failure).name, failure, None, fields, started)
+                    record.yunpian_code = failure.yunpian_code
+                self._finish(rpc, status_code(failure).name, failure, None, record, started)
                 status = to_grpc_status(failure)
                 await context.abort(
                     status.code, status.details, (*status.trailing_metadata, *trailer)
                 )
             finally:
                 in_flight.dec()
-                end_rpc_fields()
+                log_rpc_record(None)
                 shutdown.leave(task)
 
-        return cast(Handler, handled)
+        return cast(GrpcHandler, handled)
 
     def _finish(
         self,
@@ -174,10 +179,11 @@ class RpcEnvelope:
         grpc_code: str,
         failure: ServiceError | None,
         response: Any,
-        fields: dict[str, Any],
+        record: RpcRecord,
         started: float,
     ) -> None:
-        """Writes the RPC's event and counts it, before its answer leaves."""
+        """Writes the RPC's event (its record's fields with the outcome) and counts it, before
+        its answer leaves."""
         _log.info(
             "rpc",
             rpc=rpc,
@@ -185,7 +191,7 @@ class RpcEnvelope:
             reason=failure.reason.value if failure else None,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
-        self._count(rpc, grpc_code, failure, response, fields)
+        self._count(rpc, grpc_code, failure, response, record)
 
     def _count(
         self,
@@ -193,13 +199,12 @@ class RpcEnvelope:
         grpc_code: str,
         failure: ServiceError | None,
         response: Any,
-        fields: dict[str, Any],
+        record: RpcRecord,
     ) -> None:
         metrics = self._metrics
-        metrics.child(metrics.rpcs, rpc, grpc_code, str(fields.get("caller") or "")).inc()
-        yunpian_code = fields.get("yunpian_code")
-        if yunpian_code:
-            metrics.child(metrics.yunpian_errors, str(yunpian_code)).inc()
+        metrics.child(metrics.rpcs, rpc, grpc_code, record.caller or "").inc()
+        if record.yunpian_code:
+            metrics.child(metrics.yunpian_errors, str(record.yunpian_code)).inc()
         if failure is not None and failure.reason is Reason.RATE_LIMITED:
             metrics.child(metrics.rate_limited, failure.metadata.get("scope", "")).inc()
         elif failure is not None and failure.reason is Reason.PROVIDER_RATE_LIMITED:
@@ -207,14 +212,14 @@ class RpcEnvelope:
         if rpc != "SendCode":
             return
         outcome = failure.reason.value if failure else grpc_code
-        international = fields.get("international")
+        international = record.international
         metrics.child(
             metrics.sends,
-            str(fields.get("usage_type") or ""),
+            record.usage_type or "",
             "" if international is None else str(international).lower(),
             outcome,
         ).inc()
-        if fields.get("replayed"):
+        if record.replayed:
             metrics.replays.inc()
         elif isinstance(response, pb.SendCodeResponse):
             metrics.segments.inc(response.segment_count)

@@ -39,7 +39,6 @@ from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian_sms_server.errors import DELIVERY_UNKNOWN, Reason, ServiceError
 from yunpian_sms_server.ids import new_id
 from yunpian_sms_server.limits import Window
-from yunpian_sms_server.logs import bind_rpc_fields
 from yunpian_sms_server.phone import PhoneNumber
 from yunpian_sms_server.rate_limits import RateLimiter
 from yunpian_sms_server.shutdown import Shutdown
@@ -432,15 +431,9 @@ async def _wait_for(flight: _Flight, budget_s: float) -> bytes | None:
 
 
 def _answer(outcome: Outcome) -> pb.SendCodeResponse:
-    """Returns a response or raises an error; a replay (nothing sent) is logged as one."""
+    """Returns a response or raises an error."""
     if isinstance(outcome, ServiceError):
-        if outcome.metadata.get("replayed") == "true":
-            bind_rpc_fields(replayed=True)
         raise outcome
-    if outcome.replayed:
-        bind_rpc_fields(message_id=outcome.message_id, replayed=True)
-    else:
-        bind_rpc_fields(message_id=outcome.message_id, yunpian_code=0)
     return outcome
 
 

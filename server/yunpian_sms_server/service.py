@@ -1,17 +1,19 @@
-"""The SmsService servicer: validates a request and picks its template; the send protocol sends."""
+"""The SmsService servicer: validates a request and picks its template; the send protocol sends.
+
+Each method takes the request and its `RpcCall` (the caller, the time left, the record it fills);
+the RPC envelope calls it and turns what it raises into a status.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any, Final
-
-import grpc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
-from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_server.account_templates import ApprovalStatus
-from yunpian_sms_server.auth import current_caller, require_usage_type
+from yunpian_sms_server.auth import Caller, require_usage_type
 from yunpian_sms_server.config import Config
 from yunpian_sms_server.errors import (
     PreconditionViolation,
@@ -19,8 +21,8 @@ from yunpian_sms_server.errors import (
     ServiceError,
     invalid_argument,
 )
-from yunpian_sms_server.logs import bind_rpc_fields
 from yunpian_sms_server.phone import PhoneNumber, parse_phone
+from yunpian_sms_server.rpc_record import RpcRecord
 from yunpian_sms_server.send_protocol import SendOrder, SendProtocol
 from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker
 from yunpian_sms_server.templates import render
@@ -33,7 +35,16 @@ MAX_REQUEST_ID_LENGTH: Final = 128
 MAX_TEMPLATE_CONTENT_LENGTH: Final = 2000
 _REQUEST_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 
-Context = grpc.aio.ServicerContext[Any, Any]
+
+@dataclass(frozen=True, slots=True)
+class RpcCall:
+    """One RPC as a servicer method sees it: who calls, the time it has left, its record."""
+
+    caller: Caller
+    record: RpcRecord
+    # Seconds until the caller's deadline, None without one (grpc's time_remaining).
+    time_remaining: Callable[[], float | None]
+
 
 _TEMPLATE_STATUSES: Final[Mapping[ApprovalStatus, pb.TemplateStatus]] = {
     ApprovalStatus.APPROVED: pb.TEMPLATE_STATUS_APPROVED,
@@ -64,8 +75,8 @@ def check_request_id(request_id: str) -> None:
         )
 
 
-class SmsServicer(pb_grpc.SmsServiceServicer):
-    """Answers SmsService RPCs; errors are raised as ServiceError for the interceptor to map."""
+class SmsServicer:
+    """Answers SmsService RPCs; failures are raised as ServiceError."""
 
     def __init__(self, config: Config, sending: SendProtocol, checker: TemplateChecker) -> None:
         self._config = config
@@ -93,15 +104,15 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
                 ),
             )
 
-    async def SendCode(self, request: pb.SendCodeRequest, context: Context) -> pb.SendCodeResponse:
+    async def SendCode(self, request: pb.SendCodeRequest, call: RpcCall) -> pb.SendCodeResponse:
+        record = call.record
         phone = parse_phone(request.phone_number)
-        bind_rpc_fields(phone=phone.masked, international=phone.international)
+        record.phone, record.international = phone.masked, phone.international
         check_code(request.code)
-        usage_type = check_usage_type(request.usage_type)
-        bind_rpc_fields(usage_type=usage_type)
+        usage_type = record.usage_type = check_usage_type(request.usage_type)
         check_request_id(request.request_id)
-        bind_rpc_fields(idempotency_key=request.request_id or None)
-        require_usage_type(usage_type)
+        record.idempotency_key = request.request_id or None
+        require_usage_type(call.caller, usage_type)
         self._check_international(phone)
         template = self._config.templates.lookup(usage_type, international=phone.international)
         if template is None:
@@ -110,24 +121,30 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
                 f"No template is configured for usage type {usage_type} or Generic.",
             )
         order = SendOrder(
-            caller=current_caller().name,
+            caller=call.caller.name,
             phone=phone,
             usage_type=usage_type,
             code=request.code,
             text=render(template, request.code),
             request_id=request.request_id,
         )
-        return await self._sending.send(order, context.time_remaining())
+        try:
+            sent = await self._sending.send(order, call.time_remaining())
+        except ServiceError as error:
+            record.replayed = error.replayed
+            raise
+        record.message_id, record.replayed = sent.message_id, sent.replayed
+        if not sent.replayed:
+            record.yunpian_code = 0
+        return sent
 
     async def ValidateTemplate(
-        self, request: pb.ValidateTemplateRequest, context: Context
+        self, request: pb.ValidateTemplateRequest, call: RpcCall
     ) -> pb.ValidateTemplateResponse:
-        international = request.international
-        bind_rpc_fields(international=international)
+        international = call.record.international = request.international
         which = request.WhichOneof("template")
         if which == "usage_type":
-            usage_type = check_usage_type(request.usage_type)
-            bind_rpc_fields(usage_type=usage_type)
+            usage_type = call.record.usage_type = check_usage_type(request.usage_type)
             content = self._config.templates.lookup(usage_type, international=international)
             if content is None:
                 raise ServiceError(
@@ -150,7 +167,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
             content,
             international=international,
             skip_remote=request.skip_remote,
-            time_remaining=context.time_remaining(),
+            time_remaining=call.time_remaining(),
         )
         return template_response(result)
 

@@ -1,0 +1,29 @@
+"""What one RPC did: filled in as it runs; its `rpc` event and its metrics are made of it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class RpcRecord:
+    """The facts of one RPC, None where it did not get that far.
+
+    The envelope starts it (request id, caller) and writes it out; the servicer fills in what
+    the request asked for and how it ended. Never the code, the API key or a whole number.
+    """
+
+    request_id: str
+    caller: str | None = None
+    usage_type: str | None = None
+    international: bool | None = None
+    phone: str | None = None  # masked: "138****8000"
+    idempotency_key: str | None = None  # the request's request_id
+    yunpian_code: int | None = None
+    message_id: str | None = None
+    replayed: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        """The record as log fields: every key, always."""
+        return asdict(self)

@@ -1,9 +1,10 @@
 """The load generator: a separate process that runs SendCode jobs on request (grpc.aio client).
 
-Run by `run.py`, which writes one JSON job per line on its stdin and reads one JSON result per
-line from its stdout. A job is N calls at concurrency C to one target, after a warm-up; phone
-numbers are distinct valid mainland mobiles (`phone_start + i`), so per-number limits never
-refuse. While the measured calls run it reads the server's CPU time and memory from /proc.
+Run by the benchmark (`load_generator.py`), which writes one JSON job per line on its stdin and
+reads one JSON result per line from its stdout. A job is N calls at concurrency C to one target,
+after a warm-up; phone numbers are distinct valid mainland mobiles (`phone_start + i`), so
+per-number limits never refuse. While the measured calls run it reads the server's CPU time and
+memory from /proc.
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
     .venv/bin/python bench/profile_server.py                 # the real server, 20,000 calls, C=64
     .venv/bin/python bench/profile_server.py --server bare   # the bare proxy, for comparison
 
-Starts the fake upstream (0 ms), the server and the load generator as `run.py` does, records the
-server with `py-spy record --format raw` (collapsed stacks) while the calls run, and prints, as
-text: the share of samples by package of the innermost frame, the top functions by self time,
-and the inclusive share of the server's own functions. `--raw PATH` keeps the stacks (for
-flamegraph tools). py-spy needs ptrace rights over the server (root, or ptrace_scope 0).
+Starts the fake upstream (0 ms), the server and the load generator as `run.py` does (one rig),
+records the server with `py-spy record --format raw` (collapsed stacks) while the calls run, and
+prints, as text: the share of samples by package of the innermost frame, the top functions by
+self time, and the inclusive share of the server's own functions. `--raw PATH` keeps the stacks
+(for flamegraph tools). py-spy needs ptrace rights over the server (root, or ptrace_scope 0).
 """
 
 from __future__ import annotations
@@ -23,15 +23,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Final
 
-from run import (
-    BIN_DIR,
-    DEFAULT_QUIET_WAIT_S,
-    PRODUCTION_PER_PHONE_LIMITS,
-    Bench,
-    BenchError,
-    Server,
-    log,
-)
+from load_generator import DEFAULT_QUIET_WAIT_S, LoadGenerator
+from progress import BenchError, log
+from real_server_config import PRODUCTION_PER_PHONE_LIMITS
+from rig import open_rig
+from servers import BIN_DIR, Server
 
 SAMPLE_RATE_HZ: Final = 200
 PY_SPY_STOP_TIMEOUT_S: Final = 30.0
@@ -112,13 +108,13 @@ def summarize(raw: Path) -> str:
 
 
 def record(
-    bench: Bench, server: Server, calls: int, raw: Path, *, concurrency: int, native: bool
+    load: LoadGenerator, server: Server, calls: int, raw: Path, *, concurrency: int, native: bool
 ) -> None:
     """Runs `calls` at `concurrency` against `server` while py-spy records it."""
     py_spy = shutil.which("py-spy", path=str(BIN_DIR)) or shutil.which("py-spy")
     if py_spy is None:
         raise BenchError("py-spy is not installed: pip install -r bench/requirements.txt")
-    bench.run_job(server, calls=calls // 10, concurrency=concurrency)  # warm up first
+    load.run_job(server, calls=calls // 10, concurrency=concurrency)  # warm up first
     argv = [py_spy, "record", "--pid", str(server.pid), "--rate", str(SAMPLE_RATE_HZ)]
     argv += ["--format", "raw", "--output", str(raw)]
     # --native shows the C and Cython frames (grpc's core, aiohttp's parsers) but stops the
@@ -126,7 +122,7 @@ def record(
     argv += ["--native"] if native else ["--nonblocking"]
     spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        bench.run_job(server, calls=calls, concurrency=concurrency)
+        load.run_job(server, calls=calls, concurrency=concurrency)
     finally:
         spy.send_signal(signal.SIGINT)
         _, errors = spy.communicate(timeout=PY_SPY_STOP_TIMEOUT_S)
@@ -142,28 +138,36 @@ def main() -> int:
     parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here")
     parser.add_argument("--native", action="store_true", help="sample C/Cython frames too")
     args = parser.parse_args()
-    # The load generator and the real server's config read these run.py options.
-    bench_args = argparse.Namespace(
-        request_ids=True,
-        per_phone_limits=list(PRODUCTION_PER_PHONE_LIMITS),
-        threadpool_workers=10,
-        quiet_wait_s=DEFAULT_QUIET_WAIT_S,
-    )
     with tempfile.TemporaryDirectory(prefix="yunpian-profile-") as workdir:
-        bench = Bench(bench_args, Path(workdir))
+        raw = args.raw or Path(workdir) / "profile.txt"
         try:
-            upstream = bench.start_upstream(0)
-            server = (
-                bench.start_real(upstream) if args.server == "real" else bench.start_bare(upstream)
-            )
-            raw = args.raw or Path(workdir) / "profile.txt"
-            log(f"profiling the {args.server} server: {args.calls} calls at C={args.concurrency}")
-            record(bench, server, args.calls, raw, concurrency=args.concurrency, native=args.native)
+            with open_rig(
+                Path(workdir),
+                per_phone_limits=PRODUCTION_PER_PHONE_LIMITS,
+                request_ids=True,
+                quiet_wait_s=DEFAULT_QUIET_WAIT_S,
+            ) as rig:
+                upstream = rig.servers.start_upstream(0)
+                server = (
+                    rig.servers.start_real(upstream)
+                    if args.server == "real"
+                    else rig.servers.start_bare(upstream)
+                )
+                log(
+                    f"profiling the {args.server} server: {args.calls} calls "
+                    f"at C={args.concurrency}"
+                )
+                record(
+                    rig.load,
+                    server,
+                    args.calls,
+                    raw,
+                    concurrency=args.concurrency,
+                    native=args.native,
+                )
         except BenchError as error:
             log(f"failed: {error}")
             return 1
-        finally:
-            bench.procs.stop_all()
         print(summarize(raw))
     return 0
 

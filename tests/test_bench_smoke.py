@@ -1,18 +1,22 @@
 """The benchmarks' CI-sized runs (issue 6 and the worst inputs): they run and print every
-figure, never judging one."""
+figure, never judging one; and the real server's config fails the benchmark on any key refused."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Final
 
+import pytest
+
 REPO: Final = Path(__file__).resolve().parents[1]
 BENCH: Final = REPO / "bench" / "run.py"
 WORST_INPUTS: Final = REPO / "bench" / "worst_inputs.py"
+BENCH_DIR: Final = REPO / "bench"
 # The smoke run takes seconds; this only stops a hung run from holding CI.
 SMOKE_TIMEOUT_S: Final = 100
 SERVER_FIGURES: Final = (
@@ -108,3 +112,30 @@ def test_worst_inputs_smoke_run_prints_a_figure_per_parser_and_size() -> None:
         assert list(entry["cpu_us_per_call"]) == sizes
         _assert_figures(entry["cpu_us_per_call"], tuple(sizes), entry["parser"])
         assert _is_number(entry["growth"]), entry
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("server.metrics_port", "127.0.0.1:9464"),  # a key the server does not know: renamed
+        ("limits.per_phone", ["5 an hour"]),  # a value the server refuses
+        ("server.grace_period_seconds", 1.0),  # valid, but the server would warn at start
+    ],
+)
+def test_bench_config_fails_on_a_key_the_real_server_refuses(
+    key: str, value: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCH_DIR))  # the bench's modules import each other so
+    from progress import BenchError
+    from real_server_config import production_features, real_server_keys, write_config
+
+    features = production_features(
+        metrics_listen="127.0.0.1:50062", per_phone=["1/60s"], idempotency_ttl_s=60
+    )
+    keys = real_server_keys(
+        listen="127.0.0.1:50061", upstream_url="http://127.0.0.1:50063", features=features
+    )
+    write_config(tmp_path / "meant.toml", keys, {})  # the benchmark's own keys are all taken
+
+    with pytest.raises(BenchError, match=rf"{re.escape(key)}: "):
+        write_config(tmp_path / "changed.toml", {**keys, key: value}, {})

@@ -45,7 +45,13 @@ async def test_reflection_lists_and_describes_the_service(server: SmsServer) -> 
     # reflection client runs in a thread: the server shares this test's event loop.
     services, methods = await asyncio.to_thread(reflected_service, f"127.0.0.1:{server.port}")
     assert SERVICE in services
-    assert methods == ["SendCode", "ValidateTemplate"]
+    assert methods == [
+        "SendCode",
+        "ValidateTemplate",
+        "StartVerification",
+        "CheckVerification",
+        "CancelVerification",
+    ]
 
 
 async def test_stopping_refuses_new_rpcs_and_reports_not_serving(

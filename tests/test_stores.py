@@ -9,14 +9,13 @@ from collections.abc import AsyncIterator
 import pytest
 from support import RedisServer
 
-from yunpian_sms_server.limits import parse_limit
+from yunpian_sms_server.limits import Window, parse_limit
 from yunpian_sms_server.stores import (
     ClaimState,
     MemoryStore,
     RedisStore,
     Store,
     StoreUnavailableError,
-    Window,
     open_store,
     url_problem,
 )

@@ -59,6 +59,8 @@ from yunpian_sms_server.shutdown import Shutdown
 from yunpian_sms_server.stores import Store, StoreUnavailableError, open_store
 from yunpian_sms_server.template_check import TemplateChecker
 from yunpian_sms_server.templates import configured_templates, yunpian_form
+from yunpian_sms_server.verification_state import CodeHasher
+from yunpian_sms_server.verifications import Verifications
 from yunpian_sms_server.yunpian import YunpianClient, open_session
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["SmsService"].full_name
@@ -72,6 +74,8 @@ SANDBOX_ALL_REGIONS: Final = "ALL"
 # Calls still running at the end of the grace period are interrupted this long before gRPC
 # would cut them: time to record what they know and answer with it.
 SHUTDOWN_ANSWER_MARGIN_S: Final = 0.5
+# The random verification secret of `serve --sandbox`.
+SANDBOX_SECRET_BYTES: Final = 32
 # gRPC sets SO_REUSEPORT by default: a second server on a port in use would then share it,
 # each process with its own memory store, and a phone number would get twice its limit.
 GRPC_SERVER_OPTIONS: Final = (("grpc.so_reuseport", 0),)
@@ -236,6 +240,13 @@ class SmsServer:
                     base_url=self.sandbox.url,
                     timeout_seconds=config.yunpian.timeout_seconds,
                 ),
+                # Everything runs against the sandbox, verifications too (with a random secret
+                # unless the config has one: codes sent before a restart no longer check).
+                verify=dataclasses.replace(
+                    config.verify,
+                    enabled=True,
+                    secret=config.verify.secret or secrets.token_hex(SANDBOX_SECRET_BYTES),
+                ),
             )
         self._session = open_yunpian_session(config.yunpian)
         yunpian = yunpian_client(
@@ -259,7 +270,14 @@ class SmsServer:
             shutdown=self._shutdown,
             on_store_failure_allowed=self.metrics.store_failures_allowed.inc,
         )
-        servicer = SmsServicer(config, self._sending, self._checker)
+        verifications = None
+        if config.verify.enabled:
+            verify = config.verify
+            hasher = CodeHasher(
+                verify.secret.encode(), [old.encode() for old in verify.previous_secrets]
+            )
+            verifications = Verifications(self._store, self._sending, verify, hasher)
+        servicer = SmsServicer(config, self._sending, self._checker, verifications)
         authenticator = Authenticator(config.auth, required=config.authenticates)
         server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
         RpcEnvelope(authenticator, self.metrics, self._shutdown).add_service(servicer, server)

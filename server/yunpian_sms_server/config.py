@@ -23,10 +23,20 @@ from yunpian_sms_server.limits import Limit, parse_limit
 from yunpian_sms_server.listen_addresses import is_loopback, parse_listen, share_a_port
 from yunpian_sms_server.templates import TemplateBook, local_problems
 from yunpian_sms_server.usage_types import REQUIRED_USAGE_TYPES, USAGE_TYPE_VALUES
+from yunpian_sms_server.verification_codes import MAX_CODE_LENGTH, MIN_CODE_LENGTH
 
 CONFIG_ENV: Final = "YUNPIAN_SMS_CONFIG"
 API_KEY_ENV: Final = "YUNPIAN_API_KEY"
 FINGERPRINT_SECRET_ENV: Final = "YUNPIAN_SMS_FINGERPRINT_SECRET"  # noqa: S105 - a variable's name
+VERIFY_SECRET_ENV: Final = "YUNPIAN_SMS_VERIFY_SECRET"  # noqa: S105 - a variable's name
+DEFAULT_VERIFY_CODE_LENGTH: Final = 6
+DEFAULT_VERIFY_CODE_TTL_S: Final = 600.0
+MAX_VERIFY_CODE_TTL_S: Final = 86400.0
+DEFAULT_VERIFY_MAX_CHECKS: Final = 5
+DEFAULT_VERIFY_MAX_SENDS: Final = 5
+# More checks or sends per verification only help a guesser or a flooder.
+MAX_VERIFY_CHECKS: Final = 20
+MAX_VERIFY_SENDS: Final = 20
 DEFAULT_LISTEN: Final = "127.0.0.1:50051"
 DEFAULT_GRACE_PERIOD_S: Final = 10.0
 # Before the grace period, health says NOT_SERVING this long while the port stays open, so load
@@ -63,7 +73,9 @@ _TEMPLATE_OPTIONS: Final = frozenset({"international", "verify_on_start", "remot
 # Every key of every table (besides usage type names): anything else is reported as unknown.
 # "auth.callers.*" stands for each caller's table. config.example.toml documents them all.
 KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
-    "": frozenset({"server", "yunpian", "international", "templates", "limits", "store", "auth"}),
+    "": frozenset(
+        {"server", "yunpian", "international", "templates", "limits", "store", "auth", "verify"}
+    ),
     "server": frozenset(
         {
             "listen",
@@ -90,6 +102,17 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     "auth": frozenset({"callers"}),
+    "verify": frozenset(
+        {
+            "enabled",
+            "secret",
+            "previous_secrets",
+            "code_length",
+            "code_ttl_seconds",
+            "max_checks",
+            "max_sends",
+        }
+    ),
     "auth.callers.*": frozenset({"token_sha256", "usage_types"}),
 }
 
@@ -191,6 +214,20 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifyConfig:
+    """The `[verify]` section: verifications the service runs (codes it makes and checks)."""
+
+    enabled: bool = False
+    # Keys the stored hashes of the codes; previous ones still check (rotation).
+    secret: str = field(default="", repr=False)
+    previous_secrets: tuple[str, ...] = field(default=(), repr=False)
+    code_length: int = DEFAULT_VERIFY_CODE_LENGTH
+    code_ttl_seconds: float = DEFAULT_VERIFY_CODE_TTL_S
+    max_checks: int = DEFAULT_VERIFY_MAX_CHECKS
+    max_sends: int = DEFAULT_VERIFY_MAX_SENDS
+
+
+@dataclass(frozen=True, slots=True)
 class TemplateCheckConfig:
     """How templates are checked at YunPian: `[templates]` options beside the templates."""
 
@@ -214,6 +251,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     template_checks: TemplateCheckConfig = TemplateCheckConfig()
     auth: AuthConfig | None = None
+    verify: VerifyConfig = VerifyConfig()
 
     @property
     def authenticates(self) -> bool:
@@ -574,12 +612,59 @@ def parse_config(
     store_table = root.table("store")
     store_table.only(KNOWN_KEYS["store"])
     store = _read_store(store_table, env)
-    config = Config(server, yunpian, international, templates, limits, store, template_checks, auth)
+    verify_table = root.table("verify")
+    verify_table.only(KNOWN_KEYS["verify"])
+    verify = _read_verify(verify_table, env)
+    config = Config(
+        server, yunpian, international, templates, limits, store, template_checks, auth, verify
+    )
     if not problems and (exposed := exposure_problem(server.listen, config)) is not None:
         problems.append(exposed)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _secret_problems(
+    reader: _Reader, secret: str, secret_key: str, previous_key: str, previous: tuple[str, ...]
+) -> None:
+    """A secret and its previous values too short to resist guessing (never repeated)."""
+    too_short = f"must be at least {MIN_SECRET_LENGTH} characters, e.g. `openssl rand -hex 32`"
+    if secret and len(secret) < MIN_SECRET_LENGTH:
+        reader.problems.append(ConfigProblem(secret_key, too_short))
+    if any(len(old) < MIN_SECRET_LENGTH for old in previous):
+        reader.problem(previous_key, too_short)
+
+
+def _read_verify(verify_table: _Reader, env: Mapping[str, str]) -> VerifyConfig:
+    secret = verify_table.string("secret", "")
+    secret_key = verify_table.key("secret")
+    if env.get(VERIFY_SECRET_ENV):
+        secret, secret_key = env[VERIFY_SECRET_ENV], VERIFY_SECRET_ENV
+    previous = verify_table.strings("previous_secrets", ())
+    verify = VerifyConfig(
+        enabled=verify_table.boolean("enabled", False),
+        secret=secret,
+        previous_secrets=previous,
+        code_length=verify_table.integer(
+            "code_length", DEFAULT_VERIFY_CODE_LENGTH, MIN_CODE_LENGTH, MAX_CODE_LENGTH
+        ),
+        code_ttl_seconds=verify_table.number(
+            "code_ttl_seconds", DEFAULT_VERIFY_CODE_TTL_S, 0.0, MAX_VERIFY_CODE_TTL_S
+        ),
+        max_checks=verify_table.integer(
+            "max_checks", DEFAULT_VERIFY_MAX_CHECKS, 1, MAX_VERIFY_CHECKS
+        ),
+        max_sends=verify_table.integer("max_sends", DEFAULT_VERIFY_MAX_SENDS, 1, MAX_VERIFY_SENDS),
+    )
+    _secret_problems(verify_table, secret, secret_key, "previous_secrets", previous)
+    if verify.enabled and not secret:
+        verify_table.problem(
+            "secret",
+            f"is required when verifications are enabled; set it or {VERIFY_SECRET_ENV}, "
+            f"at least {MIN_SECRET_LENGTH} characters",
+        )
+    return verify
 
 
 def _read_store(store_table: _Reader, env: Mapping[str, str]) -> StoreConfig:
@@ -600,18 +685,13 @@ def _read_store(store_table: _Reader, env: Mapping[str, str]) -> StoreConfig:
         fingerprint_secret=secret,
         previous_fingerprint_secrets=previous,
     )
-    # The secrets themselves are never repeated in a message.
-    too_short = f"must be at least {MIN_SECRET_LENGTH} characters, e.g. `openssl rand -hex 32`"
-    if secret and len(secret) < MIN_SECRET_LENGTH:
-        store_table.problems.append(ConfigProblem(secret_key, too_short))
-    elif not secret and store.shared:
+    _secret_problems(store_table, secret, secret_key, "previous_fingerprint_secrets", previous)
+    if not secret and store.shared:
         store_table.problem(
             "fingerprint_secret",
             f"is required with a shared store ({store.url.split(':', 1)[0]}://): every server "
             f"must key request fingerprints alike; set it or {FINGERPRINT_SECRET_ENV}",
         )
-    if any(len(old) < MIN_SECRET_LENGTH for old in previous):
-        store_table.problem("previous_fingerprint_secrets", too_short)
     return store
 
 

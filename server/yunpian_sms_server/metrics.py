@@ -97,6 +97,22 @@ class Metrics:
             registry=r,
             buckets=LOOP_LAG_BUCKETS_S,
         )
+        self.verifications = Counter(
+            "verifications",
+            "Verifications started, resent, approved, expired, max_attempts or canceled, by "
+            "usage type.",
+            ["usage_type", "event"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.verification_checks = Counter(
+            "verification_checks",
+            "CheckVerification calls by result: approved, wrong, max_attempts (the wrong code "
+            "that used the last check), ended, not_found.",
+            ["result"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self.store_failures_allowed = Counter(
             "store_failures_allowed",
             "Store failures that store.on_error = allow let through.",

@@ -40,6 +40,8 @@ from yunpian_sms_server.statuses import status_code, to_grpc_status
 
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["SmsService"]
 RPC_NAMES: Final = tuple(method.name for method in SERVICE.methods)
+# The RPCs that send an SMS: counted in the sends, segments and fee metrics.
+SENDING_RPCS: Final = frozenset({"SendCode", "StartVerification"})
 REQUEST_ID_KEY: Final = "x-request-id"
 # A caller's x-request-id is kept when it is this safe to log; otherwise a new one is made.
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -148,7 +150,7 @@ class RpcEnvelope:
                     failure = error
                 except asyncio.CancelledError:
                     if not shutdown.absorb_interrupt():
-                        self._finish(rpc, "CANCELLED", None, None, record, started)
+                        self._finish(rpc, "CANCELLED", None, record, started)
                         raise
                     failure = _shutting_down()
                 except Exception:
@@ -156,12 +158,12 @@ class RpcEnvelope:
                     _log.exception("rpc_failed", rpc=rpc)
                 trailer = ((REQUEST_ID_KEY, request_id),)
                 if failure is None:
-                    self._finish(rpc, "OK", None, response, record, started)
+                    self._finish(rpc, "OK", None, record, started)
                     context.set_trailing_metadata(trailer)
                     return response
                 if failure.yunpian_code is not None:
                     record.yunpian_code = failure.yunpian_code
-                self._finish(rpc, status_code(failure).name, failure, None, record, started)
+                self._finish(rpc, status_code(failure).name, failure, record, started)
                 status = to_grpc_status(failure)
                 await context.abort(
                     status.code, status.details, (*status.trailing_metadata, *trailer)
@@ -178,7 +180,6 @@ class RpcEnvelope:
         rpc: str,
         grpc_code: str,
         failure: ServiceError | None,
-        response: Any,
         record: RpcRecord,
         started: float,
     ) -> None:
@@ -191,15 +192,10 @@ class RpcEnvelope:
             reason=failure.reason.value if failure else None,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
-        self._count(rpc, grpc_code, failure, response, record)
+        self._count(rpc, grpc_code, failure, record)
 
     def _count(
-        self,
-        rpc: str,
-        grpc_code: str,
-        failure: ServiceError | None,
-        response: Any,
-        record: RpcRecord,
+        self, rpc: str, grpc_code: str, failure: ServiceError | None, record: RpcRecord
     ) -> None:
         metrics = self._metrics
         metrics.child(metrics.rpcs, rpc, grpc_code, record.caller or "").inc()
@@ -209,7 +205,14 @@ class RpcEnvelope:
             metrics.child(metrics.rate_limited, failure.metadata.get("scope", "")).inc()
         elif failure is not None and failure.reason is Reason.PROVIDER_RATE_LIMITED:
             metrics.child(metrics.rate_limited, "yunpian").inc()
-        if rpc != "SendCode":
+        if record.verification_change:
+            change = metrics.child(
+                metrics.verifications, record.usage_type or "", record.verification_change
+            )
+            change.inc()
+        if record.check_result:
+            metrics.child(metrics.verification_checks, record.check_result).inc()
+        if rpc not in SENDING_RPCS:
             return
         outcome = failure.reason.value if failure else grpc_code
         international = record.international
@@ -221,8 +224,9 @@ class RpcEnvelope:
         ).inc()
         if record.replayed:
             metrics.replays.inc()
-        elif isinstance(response, pb.SendCodeResponse):
-            metrics.segments.inc(response.segment_count)
+        elif record.segments is not None:
+            metrics.segments.inc(record.segments)
+        if not record.replayed and record.fee is not None:
             # A fee YunPian wrote oddly is still passed on to the caller, just not summed.
             with contextlib.suppress(ValueError):
-                metrics.child(metrics.fee, response.fee_unit).inc(float(response.fee))
+                metrics.child(metrics.fee, record.fee_unit or "").inc(float(record.fee))

@@ -23,6 +23,15 @@ class RpcRecord:
     yunpian_code: int | None = None
     message_id: str | None = None
     replayed: bool = False
+    # What YunPian billed for the SMS this call sent.
+    segments: int | None = None
+    fee: str | None = None
+    fee_unit: str | None = None
+    verification_id: str | None = None
+    # What this call did to a verification: started, resent, approved, max_attempts, expired,
+    # canceled; and what a check came to: approved, wrong, max_attempts, ended, not_found.
+    verification_change: str | None = None
+    check_result: str | None = None
 
     def fields(self) -> dict[str, Any]:
         """The record as log fields: every key, always."""

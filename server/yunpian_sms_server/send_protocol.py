@@ -4,10 +4,11 @@
    and answers with its outcome, so the store is asked once per request_id and server.
 2. Claim the request_id in the store, or find its recorded outcome and replay it.
 3. Count the send against the rate limits.
-4. Call YunPian, once.
-5. Settle: record the outcome if an SMS was or may have been sent (the request_id replays it, the
-   rate-limit slots stay counted); otherwise release the request_id and give the slots back, so
-   a retry is judged afresh.
+4. Prepare the text: the order's own, or what its `SendStep` makes (a verification's new code).
+5. Call YunPian, once.
+6. Settle: record the outcome if an SMS was or may have been sent (the request_id replays it, the
+   rate-limit slots stay counted); otherwise release the request_id, give the slots back and
+   withdraw what the step prepared, so a retry is judged afresh.
 
 Every way a call can end is decided here. A refusal or a failure that sent nothing settles as
 "nothing sent". A call cancelled by its client, cut by its deadline or interrupted by a
@@ -28,10 +29,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 
@@ -57,23 +59,50 @@ INTERRUPTED_MESSAGE: Final = (
     "Retry only with the same request_id."
 )
 _RESPONSE: Final = b"R"
+_TAGGED_RESPONSE: Final = b"T"
 _ERROR: Final = b"E"
+_TAG_LENGTH: Final = struct.Struct("<H")
 
 _log = structlog.get_logger("yunpian_sms.send")
 
 Outcome = pb.SendCodeResponse | ServiceError
 
 
+class SendStep(Protocol):
+    """What a send does once its request_id is claimed and it is counted, before YunPian.
+
+    `prepare` makes the text to send (it may refuse with a ServiceError: nothing is sent);
+    `withdraw` undoes it when nothing was sent. `tag` (set by `prepare`) is recorded with the
+    outcome, and a replay of the request_id hands it back.
+    """
+
+    tag: str
+
+    async def prepare(self) -> str: ...
+
+    async def withdraw(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SendOrder:
-    """A valid SendCode request, ready to send: who asks, to whom, and the rendered text."""
+    """A valid request to send one SMS: who asks, to whom, and its text (or its step's)."""
 
     caller: str
     phone: PhoneNumber
     usage_type: str
+    # The caller's code; "" when the step makes it (it is then not part of the fingerprint).
     code: str = field(repr=False)
     text: str = field(repr=False)
     request_id: str = ""  # "" when the caller gave none: no idempotency
+    step: SendStep | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """An SMS sent (or a replay of one), with the tag of the step that prepared it."""
+
+    response: pb.SendCodeResponse
+    tag: str = ""
 
 
 def may_have_sent(outcome: Outcome) -> bool:
@@ -81,23 +110,33 @@ def may_have_sent(outcome: Outcome) -> bool:
     return not isinstance(outcome, ServiceError) or outcome.delivery_unknown
 
 
-def encode_outcome(outcome: Outcome) -> bytes:
-    """The recorded form of an outcome."""
+def encode_outcome(outcome: Outcome, tag: str = "") -> bytes:
+    """The recorded form of an outcome and its step's tag."""
     if isinstance(outcome, ServiceError):
-        fields = {"reason": outcome.reason.value, "message": outcome.message}
+        fields = {"reason": outcome.reason.value, "message": outcome.message, "tag": tag}
         return _ERROR + json.dumps({**fields, "metadata": outcome.metadata}).encode()
-    return _RESPONSE + outcome.SerializeToString()
+    if not tag:
+        return _RESPONSE + outcome.SerializeToString()
+    encoded = tag.encode()
+    return _TAGGED_RESPONSE + _TAG_LENGTH.pack(len(encoded)) + encoded + outcome.SerializeToString()
 
 
-def decode_outcome(record: bytes) -> Outcome:
-    """A recorded outcome as a replay answers it: a response marked replayed, or the error."""
+def decode_outcome(record: bytes) -> tuple[Outcome, str]:
+    """A recorded outcome as a replay answers it (a response marked replayed, or the error),
+    and its tag."""
+    marker, tag = record[:1], ""
+    if marker == _TAGGED_RESPONSE:
+        (length,) = _TAG_LENGTH.unpack_from(record, 1)
+        start = 1 + _TAG_LENGTH.size
+        tag, record = record[start : start + length].decode(), _RESPONSE + record[start + length :]
     if record.startswith(_RESPONSE):
         response = pb.SendCodeResponse.FromString(record[1:])
         response.replayed = True
-        return response
+        return response, tag
     fields = json.loads(record[1:])
     metadata = {**fields["metadata"], "replayed": "true"}
-    return ServiceError(Reason(fields["reason"]), fields["message"], metadata=metadata)
+    error = ServiceError(Reason(fields["reason"]), fields["message"], metadata=metadata)
+    return error, fields.get("tag", "")
 
 
 def interrupted_outcome(why: str) -> ServiceError:
@@ -121,7 +160,8 @@ class Fingerprints:
         self._secrets = (secret, *previous)
 
     def of(self, order: SendOrder) -> tuple[str, ...]:
-        """The request's fingerprints, the current secret's first."""
+        """The request's fingerprints, the current secret's first (a request whose code the
+        service makes is fingerprinted without it: a retry makes another)."""
         message = "\x1f".join((order.phone.e164, order.usage_type, order.code)).encode()
         return tuple(hmac.digest(secret, message, "sha256").hex() for secret in self._secrets)
 
@@ -173,6 +213,7 @@ class _Taken:
     windows: Sequence[Window] = ()  # the windows this send may be counted in
     attempt: SendAttempt = field(default_factory=SendAttempt)
     store_failed: bool = False  # a store failure was let through ("allow")
+    step: SendStep | None = None  # the order's step, once it may have prepared something
 
 
 class SendProtocol:
@@ -203,10 +244,10 @@ class SendProtocol:
         self._local = _LocalRecords(LOCAL_RECORDS, record_ttl_s)
         self._settling: set[asyncio.Task[None]] = set()
 
-    async def send(self, order: SendOrder, time_remaining: float | None) -> pb.SendCodeResponse:
+    async def send(self, order: SendOrder, time_remaining: float | None) -> Sent:
         """Sends the order's SMS at most once per request_id; raises the ServiceError it ends in."""
         if not order.request_id:
-            return _answer(await self._send(order, None, (), time_remaining))
+            return _answer(*await self._send(order, None, (), time_remaining))
         loop = asyncio.get_running_loop()
         key = f"{order.caller}\x1f{order.request_id}"
         fingerprints = self._fingerprints.of(order)
@@ -217,23 +258,23 @@ class SendProtocol:
                 raise _reused()
             record = await _wait_for(flight, deadline - loop.time())
             if record is not None:
-                return _answer(decode_outcome(record))
+                return _answer(*decode_outcome(record))
             # That send sent nothing: this one is judged afresh (or waits for the next).
         remembered = self._local.get(key, loop.time())
         if remembered is not None:
             if remembered[0] not in fingerprints:
                 raise _reused()
-            return _answer(decode_outcome(remembered[1]))
+            return _answer(*decode_outcome(remembered[1]))
         flight = self._flights[key] = _Flight(fingerprints[0])
         record = None
         try:
-            outcome = await self._send(order, key, fingerprints, time_remaining)
+            outcome, tag = await self._send(order, key, fingerprints, time_remaining)
             if may_have_sent(outcome):
-                record = encode_outcome(outcome)
-            return _answer(outcome)
+                record = encode_outcome(outcome, tag)
+            return _answer(outcome, tag)
         except ServiceError as error:  # an interrupted send answers as it was recorded
             if may_have_sent(error):
-                record = encode_outcome(error)
+                record = encode_outcome(error, order.step.tag if order.step else "")
             raise
         finally:
             del self._flights[key]
@@ -245,8 +286,9 @@ class SendProtocol:
         key: str | None,
         fingerprints: tuple[str, ...],
         time_remaining: float | None,
-    ) -> Outcome:
-        """Steps 2 to 5 for one send; returns its outcome (or a replay), raises if interrupted."""
+    ) -> tuple[Outcome, str]:
+        """Steps 2 to 6 for one send; returns its outcome (or a replay) and its tag, raises if
+        interrupted."""
         taken = _Taken(holder=new_id())
         try:
             # 2. Claim the request_id, or replay its recorded outcome.
@@ -256,12 +298,17 @@ class SendProtocol:
                     return replay
             # 3. Count the send against the rate limits.
             await self._count(order, taken)
-            # 4. Call YunPian.
+            # 4. Prepare the text.
+            text = order.text
+            if order.step is not None:
+                taken.step = order.step  # from here, what it prepared is withdrawn if unsent
+                text = await order.step.prepare()
+            # 5. Call YunPian.
             if self._shutdown.interrupting:
                 raise _shutting_down()
             if taken.store_failed and self._on_store_failure_allowed is not None:
                 self._on_store_failure_allowed()
-            outcome = await self._call_yunpian(order, taken, time_remaining)
+            outcome = await self._call_yunpian(order, text, taken, time_remaining)
         except ServiceError as refusal:
             outcome = refusal  # nothing was sent
         except Exception:
@@ -276,15 +323,15 @@ class SendProtocol:
             if self._shutdown.absorb_interrupt():
                 raise outcome from None
             raise
-        # 5. Settle.
+        # 6. Settle.
         try:
             await self._settle(key, fingerprints, taken, outcome)
         except asyncio.CancelledError:
             await self._in_background(self._settle(key, fingerprints, taken, outcome))
             if self._shutdown.absorb_interrupt():
-                return outcome
+                return outcome, _tag(taken)
             raise
-        return outcome
+        return outcome, _tag(taken)
 
     async def _claim(
         self,
@@ -292,8 +339,8 @@ class SendProtocol:
         fingerprints: tuple[str, ...],
         taken: _Taken,
         time_remaining: float | None,
-    ) -> Outcome | None:
-        """Claims the request_id (None), or returns the recorded outcome to replay.
+    ) -> tuple[Outcome, str] | None:
+        """Claims the request_id (None), or returns the recorded outcome (and tag) to replay.
 
         While another server holds it, waits within the call's budget. Raises REQUEST_ID_REUSED
         for a different request, REQUEST_ID_IN_PROGRESS when the wait runs out.
@@ -339,13 +386,13 @@ class SendProtocol:
             raise self._limiter.refusal_error(refusal, order.phone.masked)
 
     async def _call_yunpian(
-        self, order: SendOrder, taken: _Taken, time_remaining: float | None
+        self, order: SendOrder, text: str, taken: _Taken, time_remaining: float | None
     ) -> Outcome:
         """The one call to YunPian: its answer, or the error it failed with."""
         try:
             result = await self._yunpian.single_send(
                 order.phone.yunpian_mobile,
-                order.text,
+                text,
                 subject=order.phone.masked,
                 time_remaining=time_remaining,
                 attempt=taken.attempt,
@@ -371,8 +418,13 @@ class SendProtocol:
         """
         if may_have_sent(outcome):
             if key is not None:
-                await self._record(key, fingerprints[0], encode_outcome(outcome))
+                await self._record(key, fingerprints[0], encode_outcome(outcome, _tag(taken)))
             return
+        if taken.step is not None:
+            try:
+                await taken.step.withdraw()
+            except StoreUnavailableError as error:
+                self._store_failed("withdraw", error)
         if taken.windows:
             try:
                 await self._limiter.release(taken.windows, taken.holder)
@@ -430,11 +482,15 @@ async def _wait_for(flight: _Flight, budget_s: float) -> bytes | None:
         raise _in_progress() from None
 
 
-def _answer(outcome: Outcome) -> pb.SendCodeResponse:
-    """Returns a response or raises an error."""
+def _answer(outcome: Outcome, tag: str) -> Sent:
+    """What the send answers: the response and its tag, or the error raised."""
     if isinstance(outcome, ServiceError):
         raise outcome
-    return outcome
+    return Sent(outcome, tag)
+
+
+def _tag(taken: _Taken) -> str:
+    return taken.step.tag if taken.step is not None else ""
 
 
 def _reused() -> ServiceError:

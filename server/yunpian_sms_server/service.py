@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from google.protobuf import timestamp_pb2
+
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian_sms_server.account_templates import ApprovalStatus
 from yunpian_sms_server.auth import Caller, require_usage_type
@@ -26,10 +28,23 @@ from yunpian_sms_server.rpc_record import RpcRecord
 from yunpian_sms_server.send_protocol import SendOrder, SendProtocol
 from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker
 from yunpian_sms_server.templates import render
-from yunpian_sms_server.usage_types import usage_type_name
-from yunpian_sms_server.verification_codes import check_code
+from yunpian_sms_server.usage_types import USAGE_TYPE_VALUES, usage_type_name
+from yunpian_sms_server.verification_codes import check_code, check_typed_code
+from yunpian_sms_server.verification_state import VerificationState, VerificationStatus
+from yunpian_sms_server.verifications import (
+    Verifications,
+    check_verification_id,
+    ended,
+)
 
 MAX_REQUEST_ID_LENGTH: Final = 128
+_VERIFICATION_STATUSES: Final[Mapping[VerificationStatus, pb.VerificationStatus]] = {
+    VerificationStatus.PENDING: pb.VERIFICATION_STATUS_PENDING,
+    VerificationStatus.APPROVED: pb.VERIFICATION_STATUS_APPROVED,
+    VerificationStatus.CANCELED: pb.VERIFICATION_STATUS_CANCELED,
+    VerificationStatus.EXPIRED: pb.VERIFICATION_STATUS_EXPIRED,
+    VerificationStatus.MAX_ATTEMPTS_REACHED: pb.VERIFICATION_STATUS_MAX_ATTEMPTS_REACHED,
+}
 # ValidateTemplate's content: far above YunPian's 500, low enough to keep the diff against every
 # account template cheap.
 MAX_TEMPLATE_CONTENT_LENGTH: Final = 2000
@@ -78,10 +93,18 @@ def check_request_id(request_id: str) -> None:
 class SmsServicer:
     """Answers SmsService RPCs; failures are raised as ServiceError."""
 
-    def __init__(self, config: Config, sending: SendProtocol, checker: TemplateChecker) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sending: SendProtocol,
+        checker: TemplateChecker,
+        verifications: Verifications | None = None,
+    ) -> None:
         self._config = config
         self._sending = sending
         self._checker = checker
+        # None: verifications are turned off.
+        self._verifications = verifications
 
     def _check_international(self, phone: PhoneNumber) -> None:
         policy = self._config.international
@@ -104,6 +127,16 @@ class SmsServicer:
                 ),
             )
 
+    def _template(self, usage_type: str, phone: PhoneNumber) -> str:
+        """The template a send of this usage type to this number uses."""
+        template = self._config.templates.lookup(usage_type, international=phone.international)
+        if template is None:
+            raise ServiceError(
+                Reason.TEMPLATE_NOT_CONFIGURED,
+                f"No template is configured for usage type {usage_type} or Generic.",
+            )
+        return template
+
     async def SendCode(self, request: pb.SendCodeRequest, call: RpcCall) -> pb.SendCodeResponse:
         record = call.record
         phone = parse_phone(request.phone_number)
@@ -114,12 +147,7 @@ class SmsServicer:
         record.idempotency_key = request.request_id or None
         require_usage_type(call.caller, usage_type)
         self._check_international(phone)
-        template = self._config.templates.lookup(usage_type, international=phone.international)
-        if template is None:
-            raise ServiceError(
-                Reason.TEMPLATE_NOT_CONFIGURED,
-                f"No template is configured for usage type {usage_type} or Generic.",
-            )
+        template = self._template(usage_type, phone)
         order = SendOrder(
             caller=call.caller.name,
             phone=phone,
@@ -129,14 +157,114 @@ class SmsServicer:
             request_id=request.request_id,
         )
         try:
-            sent = await self._sending.send(order, call.time_remaining())
+            sent = (await self._sending.send(order, call.time_remaining())).response
         except ServiceError as error:
             record.replayed = error.replayed
             raise
-        record.message_id, record.replayed = sent.message_id, sent.replayed
-        if not sent.replayed:
-            record.yunpian_code = 0
+        _record_sent(record, sent)
         return sent
+
+    def _enabled(self) -> Verifications:
+        if self._verifications is None:
+            raise ServiceError(
+                Reason.VERIFICATION_DISABLED,
+                "Verifications are not enabled on this server ([verify] enabled).",
+            )
+        return self._verifications
+
+    async def StartVerification(
+        self, request: pb.StartVerificationRequest, call: RpcCall
+    ) -> pb.Verification:
+        verifications = self._enabled()
+        record = call.record
+        phone = parse_phone(request.phone_number)
+        record.phone, record.international = phone.masked, phone.international
+        usage_type = record.usage_type = check_usage_type(request.usage_type)
+        check_request_id(request.request_id)
+        record.idempotency_key = request.request_id or None
+        require_usage_type(call.caller, usage_type)
+        self._check_international(phone)
+        try:
+            started = await verifications.start(
+                caller=call.caller.name,
+                phone=phone,
+                usage_type=usage_type,
+                template=self._template(usage_type, phone),
+                request_id=request.request_id,
+                time_remaining=call.time_remaining(),
+            )
+        except ServiceError as error:
+            record.replayed = error.replayed
+            raise
+        state = started.state
+        record.verification_id = state.verification_id
+        if started.sent is not None:
+            _record_sent(record, started.sent)
+        if not started.replayed:
+            record.verification_change = "started" if state.send_count == 1 else "resent"
+        return verification_message(state, replayed=started.replayed)
+
+    async def CheckVerification(
+        self, request: pb.CheckVerificationRequest, call: RpcCall
+    ) -> pb.CheckVerificationResponse:
+        verifications = self._enabled()
+        record = call.record
+        caller = call.caller.name
+        which = request.WhichOneof("target")
+        if which == "verification_id":
+            check_verification_id(request.verification_id)
+            verification_id = request.verification_id
+        elif which == "phone_number":
+            phone = parse_phone(request.phone_number)
+            record.phone, record.international = phone.masked, phone.international
+            usage_type = record.usage_type = check_usage_type(request.usage_type)
+            check_typed_code(request.code, verifications.code_length)
+            try:
+                verification_id = await verifications.find(caller, phone, usage_type)
+            except ServiceError:
+                record.check_result = "not_found"
+                raise
+        else:
+            raise invalid_argument(
+                Reason.INVALID_VERIFICATION_TARGET,
+                "target",
+                "Set the verification_id, or the phone_number (and usage_type).",
+            )
+        record.verification_id = verification_id
+        try:
+            checked = await verifications.check(caller, verification_id, request.code)
+        except ServiceError as error:
+            if error.reason is Reason.VERIFICATION_NOT_FOUND:
+                record.check_result = "not_found"
+            elif error.reason is not Reason.INVALID_CODE:
+                record.check_result = "ended"
+            raise
+        state = checked.state
+        record.usage_type = state.usage_type
+        if checked.expired_now:
+            record.verification_change, record.check_result = "expired", "ended"
+            raise ended(state)
+        if checked.approved:
+            record.verification_change = record.check_result = "approved"
+        elif state.status is VerificationStatus.MAX_ATTEMPTS_REACHED:
+            record.verification_change = record.check_result = "max_attempts"
+        else:
+            record.check_result = "wrong"
+        return pb.CheckVerificationResponse(
+            approved=checked.approved, verification=verification_message(state)
+        )
+
+    async def CancelVerification(
+        self, request: pb.CancelVerificationRequest, call: RpcCall
+    ) -> pb.Verification:
+        verifications = self._enabled()
+        check_verification_id(request.verification_id)
+        call.record.verification_id = request.verification_id
+        state, canceled = await verifications.cancel(call.caller.name, request.verification_id)
+        call.record.usage_type = state.usage_type
+        if canceled:
+            call.record.verification_change = "canceled"
+        return verification_message(state)
 
     async def ValidateTemplate(
         self, request: pb.ValidateTemplateRequest, call: RpcCall
@@ -170,6 +298,31 @@ class SmsServicer:
             time_remaining=call.time_remaining(),
         )
         return template_response(result)
+
+
+def _record_sent(record: RpcRecord, sent: pb.SendCodeResponse) -> None:
+    """What an SMS sent (or replayed) leaves in the RPC's record."""
+    record.message_id, record.replayed = sent.message_id, sent.replayed
+    if not sent.replayed:
+        record.yunpian_code = 0
+        record.segments, record.fee, record.fee_unit = sent.segment_count, sent.fee, sent.fee_unit
+
+
+def verification_message(state: VerificationState, *, replayed: bool = False) -> pb.Verification:
+    """The Verification message of a verification's state."""
+    expire_time = timestamp_pb2.Timestamp()
+    expire_time.FromNanoseconds(int(state.expires_at * 1_000_000_000))
+    return pb.Verification(
+        verification_id=state.verification_id,
+        phone_number=state.phone,
+        usage_type=pb.UsageType.Name(USAGE_TYPE_VALUES[state.usage_type]),
+        status=_VERIFICATION_STATUSES[state.status],
+        expire_time=expire_time,
+        send_count=state.send_count,
+        checks_remaining=state.checks_remaining,
+        message_id=state.message_id,
+        replayed=replayed,
+    )
 
 
 def template_response(result: TemplateCheck) -> pb.ValidateTemplateResponse:

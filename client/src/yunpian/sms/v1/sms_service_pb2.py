@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n yunpian/sms/v1/sms_service.proto\x12\x0eyunpian.sms.v1\"x\n\x0fSendCodeRequest\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12-\n\nusage_type\x18\x03 \x01(\x0e\x32\x19.yunpian.sms.v1.UsageType\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x95\x01\n\x10SendCodeResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06mobile\x18\x02 \x01(\t\x12\x15\n\rinternational\x18\x03 \x01(\x08\x12\x15\n\rsegment_count\x18\x04 \x01(\x05\x12\x0b\n\x03\x66\x65\x65\x18\x05 \x01(\t\x12\x10\n\x08\x66\x65\x65_unit\x18\x06 \x01(\t\x12\x10\n\x08replayed\x18\x07 \x01(\x08\"\x95\x01\n\x17ValidateTemplateRequest\x12/\n\nusage_type\x18\x01 \x01(\x0e\x32\x19.yunpian.sms.v1.UsageTypeH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\tH\x00\x12\x15\n\rinternational\x18\x03 \x01(\x08\x12\x13\n\x0bskip_remote\x18\x04 \x01(\x08\x42\n\n\x08template\"2\n\x0fTemplateProblem\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfe\x01\n\x18ValidateTemplateResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x31\n\x08problems\x18\x02 \x03(\x0b\x32\x1f.yunpian.sms.v1.TemplateProblem\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x17\n\x0fyunpian_content\x18\x04 \x01(\t\x12.\n\x06status\x18\x05 \x01(\x0e\x32\x1e.yunpian.sms.v1.TemplateStatus\x12\x13\n\x0btemplate_id\x18\x06 \x01(\t\x12\x15\n\rstatus_reason\x18\x07 \x01(\t\x12\x1a\n\x12\x65stimated_segments\x18\x08 \x01(\x05*\x99\x02\n\tUsageType\x12\x1a\n\x16USAGE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12USAGE_TYPE_SIGN_IN\x10\x01\x12\x17\n\x13USAGE_TYPE_REGISTER\x10\x02\x12\x1e\n\x1aUSAGE_TYPE_FORGOT_PASSWORD\x10\x03\x12\x16\n\x12USAGE_TYPE_GENERIC\x10\x04\x12)\n%USAGE_TYPE_USER_PERMISSION_VALIDATION\x10\x05\x12\"\n\x1eUSAGE_TYPE_BIND_NEW_IDENTIFIER\x10\x06\x12\x1f\n\x1bUSAGE_TYPE_MFA_VERIFICATION\x10\x07\x12\x17\n\x13USAGE_TYPE_BIND_MFA\x10\x08*\xca\x01\n\x0eTemplateStatus\x12\x1f\n\x1bTEMPLATE_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18TEMPLATE_STATUS_APPROVED\x10\x01\x12\x1b\n\x17TEMPLATE_STATUS_PENDING\x10\x02\x12\x1c\n\x18TEMPLATE_STATUS_REJECTED\x10\x03\x12\x1d\n\x19TEMPLATE_STATUS_NOT_FOUND\x10\x04\x12\x1f\n\x1bTEMPLATE_STATUS_NOT_CHECKED\x10\x05\x32\xc2\x01\n\nSmsService\x12M\n\x08SendCode\x12\x1f.yunpian.sms.v1.SendCodeRequest\x1a .yunpian.sms.v1.SendCodeResponse\x12\x65\n\x10ValidateTemplate\x12\'.yunpian.sms.v1.ValidateTemplateRequest\x1a(.yunpian.sms.v1.ValidateTemplateResponseBt\n\x12\x63om.yunpian.sms.v1B\x0fSmsServiceProtoP\x01Z:github.com/example/yunpian-sms/gen/go/yunpian/sms/v1;smsv1\xaa\x02\x0eYunpian.Sms.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n yunpian/sms/v1/sms_service.proto\x12\x0eyunpian.sms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n\x0fSendCodeRequest\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12-\n\nusage_type\x18\x03 \x01(\x0e\x32\x19.yunpian.sms.v1.UsageType\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x95\x01\n\x10SendCodeResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06mobile\x18\x02 \x01(\t\x12\x15\n\rinternational\x18\x03 \x01(\x08\x12\x15\n\rsegment_count\x18\x04 \x01(\x05\x12\x0b\n\x03\x66\x65\x65\x18\x05 \x01(\t\x12\x10\n\x08\x66\x65\x65_unit\x18\x06 \x01(\t\x12\x10\n\x08replayed\x18\x07 \x01(\x08\"\x95\x01\n\x17ValidateTemplateRequest\x12/\n\nusage_type\x18\x01 \x01(\x0e\x32\x19.yunpian.sms.v1.UsageTypeH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\tH\x00\x12\x15\n\rinternational\x18\x03 \x01(\x08\x12\x13\n\x0bskip_remote\x18\x04 \x01(\x08\x42\n\n\x08template\"2\n\x0fTemplateProblem\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfe\x01\n\x18ValidateTemplateResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x31\n\x08problems\x18\x02 \x03(\x0b\x32\x1f.yunpian.sms.v1.TemplateProblem\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x17\n\x0fyunpian_content\x18\x04 \x01(\t\x12.\n\x06status\x18\x05 \x01(\x0e\x32\x1e.yunpian.sms.v1.TemplateStatus\x12\x13\n\x0btemplate_id\x18\x06 \x01(\t\x12\x15\n\rstatus_reason\x18\x07 \x01(\t\x12\x1a\n\x12\x65stimated_segments\x18\x08 \x01(\x05\"s\n\x18StartVerificationRequest\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12-\n\nusage_type\x18\x02 \x01(\x0e\x32\x19.yunpian.sms.v1.UsageType\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xa5\x02\n\x0cVerification\x12\x17\n\x0fverification_id\x18\x01 \x01(\t\x12\x14\n\x0cphone_number\x18\x02 \x01(\t\x12-\n\nusage_type\x18\x03 \x01(\x0e\x32\x19.yunpian.sms.v1.UsageType\x12\x32\n\x06status\x18\x04 \x01(\x0e\x32\".yunpian.sms.v1.VerificationStatus\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsend_count\x18\x06 \x01(\x05\x12\x18\n\x10\x63hecks_remaining\x18\x07 \x01(\x05\x12\x12\n\nmessage_id\x18\x08 \x01(\t\x12\x10\n\x08replayed\x18\t \x01(\x08\"\x94\x01\n\x18\x43heckVerificationRequest\x12\x19\n\x0fverification_id\x18\x01 \x01(\tH\x00\x12\x16\n\x0cphone_number\x18\x02 \x01(\tH\x00\x12-\n\nusage_type\x18\x03 \x01(\x0e\x32\x19.yunpian.sms.v1.UsageType\x12\x0c\n\x04\x63ode\x18\x04 \x01(\tB\x08\n\x06target\"a\n\x19\x43heckVerificationResponse\x12\x10\n\x08\x61pproved\x18\x01 \x01(\x08\x12\x32\n\x0cverification\x18\x02 \x01(\x0b\x32\x1c.yunpian.sms.v1.Verification\"4\n\x19\x43\x61ncelVerificationRequest\x12\x17\n\x0fverification_id\x18\x01 \x01(\t*\x99\x02\n\tUsageType\x12\x1a\n\x16USAGE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12USAGE_TYPE_SIGN_IN\x10\x01\x12\x17\n\x13USAGE_TYPE_REGISTER\x10\x02\x12\x1e\n\x1aUSAGE_TYPE_FORGOT_PASSWORD\x10\x03\x12\x16\n\x12USAGE_TYPE_GENERIC\x10\x04\x12)\n%USAGE_TYPE_USER_PERMISSION_VALIDATION\x10\x05\x12\"\n\x1eUSAGE_TYPE_BIND_NEW_IDENTIFIER\x10\x06\x12\x1f\n\x1bUSAGE_TYPE_MFA_VERIFICATION\x10\x07\x12\x17\n\x13USAGE_TYPE_BIND_MFA\x10\x08*\xca\x01\n\x0eTemplateStatus\x12\x1f\n\x1bTEMPLATE_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18TEMPLATE_STATUS_APPROVED\x10\x01\x12\x1b\n\x17TEMPLATE_STATUS_PENDING\x10\x02\x12\x1c\n\x18TEMPLATE_STATUS_REJECTED\x10\x03\x12\x1d\n\x19TEMPLATE_STATUS_NOT_FOUND\x10\x04\x12\x1f\n\x1bTEMPLATE_STATUS_NOT_CHECKED\x10\x05*\xed\x01\n\x12VerificationStatus\x12#\n\x1fVERIFICATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bVERIFICATION_STATUS_PENDING\x10\x01\x12 \n\x1cVERIFICATION_STATUS_APPROVED\x10\x02\x12 \n\x1cVERIFICATION_STATUS_CANCELED\x10\x03\x12\x1f\n\x1bVERIFICATION_STATUS_EXPIRED\x10\x04\x12,\n(VERIFICATION_STATUS_MAX_ATTEMPTS_REACHED\x10\x05\x32\xe8\x03\n\nSmsService\x12M\n\x08SendCode\x12\x1f.yunpian.sms.v1.SendCodeRequest\x1a .yunpian.sms.v1.SendCodeResponse\x12\x65\n\x10ValidateTemplate\x12\'.yunpian.sms.v1.ValidateTemplateRequest\x1a(.yunpian.sms.v1.ValidateTemplateResponse\x12[\n\x11StartVerification\x12(.yunpian.sms.v1.StartVerificationRequest\x1a\x1c.yunpian.sms.v1.Verification\x12h\n\x11\x43heckVerification\x12(.yunpian.sms.v1.CheckVerificationRequest\x1a).yunpian.sms.v1.CheckVerificationResponse\x12]\n\x12\x43\x61ncelVerification\x12).yunpian.sms.v1.CancelVerificationRequest\x1a\x1c.yunpian.sms.v1.VerificationBt\n\x12\x63om.yunpian.sms.v1B\x0fSmsServiceProtoP\x01Z:github.com/example/yunpian-sms/gen/go/yunpian/sms/v1;smsv1\xaa\x02\x0eYunpian.Sms.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,20 +33,32 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'yunpian.sms.v1.sms_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022com.yunpian.sms.v1B\017SmsServiceProtoP\001Z:github.com/example/yunpian-sms/gen/go/yunpian/sms/v1;smsv1\252\002\016Yunpian.Sms.V1'
-  _globals['_USAGETYPE']._serialized_start=788
-  _globals['_USAGETYPE']._serialized_end=1069
-  _globals['_TEMPLATESTATUS']._serialized_start=1072
-  _globals['_TEMPLATESTATUS']._serialized_end=1274
-  _globals['_SENDCODEREQUEST']._serialized_start=52
-  _globals['_SENDCODEREQUEST']._serialized_end=172
-  _globals['_SENDCODERESPONSE']._serialized_start=175
-  _globals['_SENDCODERESPONSE']._serialized_end=324
-  _globals['_VALIDATETEMPLATEREQUEST']._serialized_start=327
-  _globals['_VALIDATETEMPLATEREQUEST']._serialized_end=476
-  _globals['_TEMPLATEPROBLEM']._serialized_start=478
-  _globals['_TEMPLATEPROBLEM']._serialized_end=528
-  _globals['_VALIDATETEMPLATERESPONSE']._serialized_start=531
-  _globals['_VALIDATETEMPLATERESPONSE']._serialized_end=785
-  _globals['_SMSSERVICE']._serialized_start=1277
-  _globals['_SMSSERVICE']._serialized_end=1471
+  _globals['_USAGETYPE']._serialized_start=1538
+  _globals['_USAGETYPE']._serialized_end=1819
+  _globals['_TEMPLATESTATUS']._serialized_start=1822
+  _globals['_TEMPLATESTATUS']._serialized_end=2024
+  _globals['_VERIFICATIONSTATUS']._serialized_start=2027
+  _globals['_VERIFICATIONSTATUS']._serialized_end=2264
+  _globals['_SENDCODEREQUEST']._serialized_start=85
+  _globals['_SENDCODEREQUEST']._serialized_end=205
+  _globals['_SENDCODERESPONSE']._serialized_start=208
+  _globals['_SENDCODERESPONSE']._serialized_end=357
+  _globals['_VALIDATETEMPLATEREQUEST']._serialized_start=360
+  _globals['_VALIDATETEMPLATEREQUEST']._serialized_end=509
+  _globals['_TEMPLATEPROBLEM']._serialized_start=511
+  _globals['_TEMPLATEPROBLEM']._serialized_end=561
+  _globals['_VALIDATETEMPLATERESPONSE']._serialized_start=564
+  _globals['_VALIDATETEMPLATERESPONSE']._serialized_end=818
+  _globals['_STARTVERIFICATIONREQUEST']._serialized_start=820
+  _globals['_STARTVERIFICATIONREQUEST']._serialized_end=935
+  _globals['_VERIFICATION']._serialized_start=938
+  _globals['_VERIFICATION']._serialized_end=1231
+  _globals['_CHECKVERIFICATIONREQUEST']._serialized_start=1234
+  _globals['_CHECKVERIFICATIONREQUEST']._serialized_end=1382
+  _globals['_CHECKVERIFICATIONRESPONSE']._serialized_start=1384
+  _globals['_CHECKVERIFICATIONRESPONSE']._serialized_end=1481
+  _globals['_CANCELVERIFICATIONREQUEST']._serialized_start=1483
+  _globals['_CANCELVERIFICATIONREQUEST']._serialized_end=1535
+  _globals['_SMSSERVICE']._serialized_start=2267
+  _globals['_SMSSERVICE']._serialized_end=2755
 # @@protoc_insertion_point(module_scope)

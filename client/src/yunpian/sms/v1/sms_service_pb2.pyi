@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -27,6 +30,15 @@ class TemplateStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TEMPLATE_STATUS_REJECTED: _ClassVar[TemplateStatus]
     TEMPLATE_STATUS_NOT_FOUND: _ClassVar[TemplateStatus]
     TEMPLATE_STATUS_NOT_CHECKED: _ClassVar[TemplateStatus]
+
+class VerificationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERIFICATION_STATUS_UNSPECIFIED: _ClassVar[VerificationStatus]
+    VERIFICATION_STATUS_PENDING: _ClassVar[VerificationStatus]
+    VERIFICATION_STATUS_APPROVED: _ClassVar[VerificationStatus]
+    VERIFICATION_STATUS_CANCELED: _ClassVar[VerificationStatus]
+    VERIFICATION_STATUS_EXPIRED: _ClassVar[VerificationStatus]
+    VERIFICATION_STATUS_MAX_ATTEMPTS_REACHED: _ClassVar[VerificationStatus]
 USAGE_TYPE_UNSPECIFIED: UsageType
 USAGE_TYPE_SIGN_IN: UsageType
 USAGE_TYPE_REGISTER: UsageType
@@ -42,6 +54,12 @@ TEMPLATE_STATUS_PENDING: TemplateStatus
 TEMPLATE_STATUS_REJECTED: TemplateStatus
 TEMPLATE_STATUS_NOT_FOUND: TemplateStatus
 TEMPLATE_STATUS_NOT_CHECKED: TemplateStatus
+VERIFICATION_STATUS_UNSPECIFIED: VerificationStatus
+VERIFICATION_STATUS_PENDING: VerificationStatus
+VERIFICATION_STATUS_APPROVED: VerificationStatus
+VERIFICATION_STATUS_CANCELED: VerificationStatus
+VERIFICATION_STATUS_EXPIRED: VerificationStatus
+VERIFICATION_STATUS_MAX_ATTEMPTS_REACHED: VerificationStatus
 
 class SendCodeRequest(_message.Message):
     __slots__ = ("phone_number", "code", "usage_type", "request_id")
@@ -112,3 +130,61 @@ class ValidateTemplateResponse(_message.Message):
     status_reason: str
     estimated_segments: int
     def __init__(self, valid: _Optional[bool] = ..., problems: _Optional[_Iterable[_Union[TemplateProblem, _Mapping]]] = ..., content: _Optional[str] = ..., yunpian_content: _Optional[str] = ..., status: _Optional[_Union[TemplateStatus, str]] = ..., template_id: _Optional[str] = ..., status_reason: _Optional[str] = ..., estimated_segments: _Optional[int] = ...) -> None: ...
+
+class StartVerificationRequest(_message.Message):
+    __slots__ = ("phone_number", "usage_type", "request_id")
+    PHONE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    phone_number: str
+    usage_type: UsageType
+    request_id: str
+    def __init__(self, phone_number: _Optional[str] = ..., usage_type: _Optional[_Union[UsageType, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Verification(_message.Message):
+    __slots__ = ("verification_id", "phone_number", "usage_type", "status", "expire_time", "send_count", "checks_remaining", "message_id", "replayed")
+    VERIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PHONE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SEND_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    verification_id: str
+    phone_number: str
+    usage_type: UsageType
+    status: VerificationStatus
+    expire_time: _timestamp_pb2.Timestamp
+    send_count: int
+    checks_remaining: int
+    message_id: str
+    replayed: bool
+    def __init__(self, verification_id: _Optional[str] = ..., phone_number: _Optional[str] = ..., usage_type: _Optional[_Union[UsageType, str]] = ..., status: _Optional[_Union[VerificationStatus, str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., send_count: _Optional[int] = ..., checks_remaining: _Optional[int] = ..., message_id: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
+class CheckVerificationRequest(_message.Message):
+    __slots__ = ("verification_id", "phone_number", "usage_type", "code")
+    VERIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PHONE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    verification_id: str
+    phone_number: str
+    usage_type: UsageType
+    code: str
+    def __init__(self, verification_id: _Optional[str] = ..., phone_number: _Optional[str] = ..., usage_type: _Optional[_Union[UsageType, str]] = ..., code: _Optional[str] = ...) -> None: ...
+
+class CheckVerificationResponse(_message.Message):
+    __slots__ = ("approved", "verification")
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
+    approved: bool
+    verification: Verification
+    def __init__(self, approved: _Optional[bool] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ...) -> None: ...
+
+class CancelVerificationRequest(_message.Message):
+    __slots__ = ("verification_id",)
+    VERIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    verification_id: str
+    def __init__(self, verification_id: _Optional[str] = ...) -> None: ...

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class SmsServiceStub:
-    """Sends SMS verification codes and validates SMS templates.
+    """Sends SMS verification codes, verifies phone numbers, and validates SMS
+    templates.
 
     Every error carries a google.rpc.Status with an ErrorInfo whose domain is
     "yunpian.sms.v1" and whose reason names the condition precisely.
@@ -48,10 +49,26 @@ class SmsServiceStub:
                 request_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.ValidateTemplateRequest.SerializeToString,
                 response_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.ValidateTemplateResponse.FromString,
                 _registered_method=True)
+        self.StartVerification = channel.unary_unary(
+                '/yunpian.sms.v1.SmsService/StartVerification',
+                request_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.StartVerificationRequest.SerializeToString,
+                response_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.Verification.FromString,
+                _registered_method=True)
+        self.CheckVerification = channel.unary_unary(
+                '/yunpian.sms.v1.SmsService/CheckVerification',
+                request_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CheckVerificationRequest.SerializeToString,
+                response_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CheckVerificationResponse.FromString,
+                _registered_method=True)
+        self.CancelVerification = channel.unary_unary(
+                '/yunpian.sms.v1.SmsService/CancelVerification',
+                request_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CancelVerificationRequest.SerializeToString,
+                response_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.Verification.FromString,
+                _registered_method=True)
 
 
 class SmsServiceServicer:
-    """Sends SMS verification codes and validates SMS templates.
+    """Sends SMS verification codes, verifies phone numbers, and validates SMS
+    templates.
 
     Every error carries a google.rpc.Status with an ErrorInfo whose domain is
     "yunpian.sms.v1" and whose reason names the condition precisely.
@@ -87,6 +104,52 @@ class SmsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartVerification(self, request, context):
+        """Starts verifying a phone number: generates a code, sends it by SMS, and
+        keeps only a keyed hash of it. While a verification of the same caller,
+        number and usage type is pending, sends a new code for it instead (same
+        verification_id, send_count + 1, expiry unchanged); every code sent stays
+        valid until the verification ends.
+
+        Returns the errors of SendCode for the number, the usage type, the
+        request_id and the send (a start is a send, under the same rate limits and
+        idempotency); RESOURCE_EXHAUSTED VERIFICATION_SEND_LIMIT (with RetryInfo
+        until the verification expires) when it has had max_sends SMS;
+        FAILED_PRECONDITION VERIFICATION_DISABLED when the server has
+        verifications turned off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckVerification(self, request, context):
+        """Checks a code the user typed against a verification. Each check uses one
+        of the verification's checks, counted before the code is compared, so
+        parallel guesses cannot exceed the limit.
+
+        Answers OK with approved = false for a wrong code (status
+        VERIFICATION_STATUS_MAX_ATTEMPTS_REACHED when it used the last check) and
+        approved = true for a right one, which ends the verification. Returns
+        NOT_FOUND VERIFICATION_NOT_FOUND for an unknown id, another caller's
+        verification, or no pending verification of the number; FAILED_PRECONDITION
+        VERIFICATION_EXPIRED, VERIFICATION_CANCELED, VERIFICATION_APPROVED or
+        VERIFICATION_MAX_ATTEMPTS for a verification that has ended;
+        INVALID_ARGUMENT INVALID_CODE for a code that is not code_length digits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelVerification(self, request, context):
+        """Cancels a pending verification: no code of it is accepted any more.
+        Answers with the verification as it stands (an ended one is left as it
+        is). Returns NOT_FOUND VERIFICATION_NOT_FOUND for an unknown id or another
+        caller's verification.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SmsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +163,21 @@ def add_SmsServiceServicer_to_server(servicer, server):
                     request_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.ValidateTemplateRequest.FromString,
                     response_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.ValidateTemplateResponse.SerializeToString,
             ),
+            'StartVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartVerification,
+                    request_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.StartVerificationRequest.FromString,
+                    response_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.Verification.SerializeToString,
+            ),
+            'CheckVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckVerification,
+                    request_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CheckVerificationRequest.FromString,
+                    response_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CheckVerificationResponse.SerializeToString,
+            ),
+            'CancelVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelVerification,
+                    request_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CancelVerificationRequest.FromString,
+                    response_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.Verification.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'yunpian.sms.v1.SmsService', rpc_method_handlers)
@@ -109,7 +187,8 @@ def add_SmsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SmsService:
-    """Sends SMS verification codes and validates SMS templates.
+    """Sends SMS verification codes, verifies phone numbers, and validates SMS
+    templates.
 
     Every error carries a google.rpc.Status with an ErrorInfo whose domain is
     "yunpian.sms.v1" and whose reason names the condition precisely.
@@ -159,6 +238,87 @@ class SmsService:
             '/yunpian.sms.v1.SmsService/ValidateTemplate',
             yunpian_dot_sms_dot_v1_dot_sms__service__pb2.ValidateTemplateRequest.SerializeToString,
             yunpian_dot_sms_dot_v1_dot_sms__service__pb2.ValidateTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunpian.sms.v1.SmsService/StartVerification',
+            yunpian_dot_sms_dot_v1_dot_sms__service__pb2.StartVerificationRequest.SerializeToString,
+            yunpian_dot_sms_dot_v1_dot_sms__service__pb2.Verification.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunpian.sms.v1.SmsService/CheckVerification',
+            yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CheckVerificationRequest.SerializeToString,
+            yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CheckVerificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunpian.sms.v1.SmsService/CancelVerification',
+            yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CancelVerificationRequest.SerializeToString,
+            yunpian_dot_sms_dot_v1_dot_sms__service__pb2.Verification.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,331 @@
+"""The store of a single replica: plain dictionaries, atomic because nothing awaits inside."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import heapq
+import struct
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from yunpian_sms_server.limits import Window
+from yunpian_sms_server.stores.interface import CheckUse, Claim, ClaimState, CodeAdded, Refusal
+from yunpian_sms_server.verification_state import VerificationState, VerificationStatus
+
+# The in-memory store forgets expired idempotency records at most this often (claim() never
+# answers from an expired one).
+RECORD_SWEEP_INTERVAL_S: Final = 1.0
+# A stored idempotency record in memory starts with its expiry and its fingerprint's length.
+_RECORD_HEAD: Final = struct.Struct("<dH")
+
+
+class MemoryStore:
+    """The store of a single replica: plain dictionaries, atomic because nothing awaits inside.
+
+    One log per subject ("phone:+8613800138000") serves all of its windows: each limit counts
+    the entries newer than its period. Logs and leases expire through heaps ordered by expiry,
+    so the cost of forgetting is paid only for what has expired. Stored outcomes, one per
+    request_id for a day, are the bulk of the memory: each is one bytes object, and they are
+    forgotten in the order they were stored (with one TTL, the order they expire).
+    """
+
+    def __init__(self) -> None:
+        # subject -> [(time, token)], oldest first, kept for the subject's longest period.
+        self._logs: dict[str, list[tuple[float, str]]] = {}
+        self._log_expiry: list[tuple[float, float, str]] = []  # (expires, keep_s, subject)
+        # Claims of calls in progress: key -> (expires, fingerprint, holder).
+        self._leases: dict[str, tuple[float, str, str]] = {}
+        self._lease_expiry: list[tuple[float, str]] = []  # (expires, key)
+        # Completed claims: key -> _RECORD_HEAD + fingerprint + record, oldest first.
+        self._records: dict[str, bytes] = {}
+        self._records_swept_at = 0.0
+        self._verifications = _Verifications()
+
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic()
+
+    def _forget_expired(self, now: float) -> None:
+        logs, expiry = self._logs, self._log_expiry
+        while expiry and expiry[0][0] <= now:
+            _, keep_s, subject = heapq.heappop(expiry)
+            entries = logs.get(subject)
+            if entries and entries[-1][0] > now - keep_s:
+                heapq.heappush(expiry, (entries[-1][0] + keep_s, keep_s, subject))
+            else:
+                logs.pop(subject, None)
+        leases, lease_expiry = self._leases, self._lease_expiry
+        while lease_expiry and lease_expiry[0][0] <= now:
+            _, key = heapq.heappop(lease_expiry)
+            held = leases.get(key)
+            if held is not None and held[0] <= now:
+                del leases[key]
+        if now - self._records_swept_at >= RECORD_SWEEP_INTERVAL_S:
+            # In batches: a pass from the front of a dict also walks the slots freed before it.
+            self._records_swept_at = now
+            expired = []
+            for key, packed in self._records.items():
+                if _RECORD_HEAD.unpack_from(packed)[0] > now:
+                    break  # a record with a longer TTL may hold back others: claim() checks
+                expired.append(key)
+            for key in expired:
+                del self._records[key]
+
+    async def acquire(self, windows: Sequence[Window], token: str) -> Refusal | None:
+        now = self._now()
+        self._forget_expired(now)
+        refusal: Refusal | None = None
+        for window in windows:
+            entries = self._logs.get(window.subject_key)
+            if not entries or len(entries) < window.limit.count:
+                continue
+            blocking = entries[len(entries) - window.limit.count][0]
+            wait = blocking + window.limit.period_s - now
+            if wait > 0 and (refusal is None or wait > refusal.retry_after_s):
+                refusal = Refusal(window, wait)
+        if refusal is not None:
+            return refusal
+        keep: dict[str, float] = {}
+        for window in windows:
+            keep[window.subject_key] = max(keep.get(window.subject_key, 0.0), window.limit.period_s)
+        for subject, keep_s in keep.items():
+            entries = self._logs.get(subject)
+            if entries is None:
+                self._logs[subject] = [(now, token)]
+                heapq.heappush(self._log_expiry, (now + keep_s, keep_s, subject))
+                continue
+            if entries and entries[0][0] <= now - keep_s:
+                del entries[: bisect.bisect_right(entries, now - keep_s, key=_entry_time)]
+            entries.append((now, token))
+        return None
+
+    async def release(self, windows: Sequence[Window], token: str) -> None:
+        for subject in {window.subject_key for window in windows}:
+            entries = self._logs.get(subject)
+            if entries is not None:
+                entries[:] = [entry for entry in entries if entry[1] != token]
+
+    async def claim(
+        self, key: str, fingerprints: Sequence[str], holder: str, lease_s: float
+    ) -> Claim:
+        now = self._now()
+        self._forget_expired(now)
+        packed = self._records.get(key)
+        if packed is not None:
+            expires, fingerprint_size = _RECORD_HEAD.unpack_from(packed)
+            if expires > now:
+                start = _RECORD_HEAD.size + fingerprint_size
+                if packed[_RECORD_HEAD.size : start].decode() not in fingerprints:
+                    return Claim(ClaimState.MISMATCH)
+                return Claim(ClaimState.DONE, packed[start:])
+            del self._records[key]
+        held = self._leases.get(key)
+        if held is None or held[0] <= now:
+            self._leases[key] = (now + lease_s, fingerprints[0], holder)
+            heapq.heappush(self._lease_expiry, (now + lease_s, key))
+            return Claim(ClaimState.NEW)
+        if held[1] not in fingerprints:
+            return Claim(ClaimState.MISMATCH)
+        return Claim(ClaimState.PENDING)
+
+    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
+        self._leases.pop(key, None)
+        self._records.pop(key, None)  # stored again: to the end, in expiry order
+        encoded = fingerprint.encode()
+        head = _RECORD_HEAD.pack(self._now() + ttl_s, len(encoded))
+        self._records[key] = head + encoded + record
+
+    async def release_claim(self, key: str, holder: str) -> None:
+        held = self._leases.get(key)
+        if held is not None and held[2] == holder:
+            del self._leases[key]
+
+    async def open_verification(
+        self, pending_key: str, fresh: VerificationState, ttl_s: float, keep_s: float
+    ) -> VerificationState:
+        return self._verifications.open(pending_key, fresh, ttl_s, keep_s)
+
+    async def add_verification_code(
+        self, verification_id: str, code_hash: str, max_sends: int, keep_s: float
+    ) -> tuple[CodeAdded, VerificationState | None]:
+        return self._verifications.add_code(verification_id, code_hash, max_sends, keep_s)
+
+    async def withdraw_verification_code(self, verification_id: str, code_hash: str) -> None:
+        self._verifications.withdraw_code(verification_id, code_hash)
+
+    async def note_verification_message(self, verification_id: str, message_id: str) -> None:
+        found = self._verifications.get(verification_id)
+        if found is not None:
+            found.message_id = message_id
+
+    async def find_pending_verification(self, pending_key: str) -> str | None:
+        return self._verifications.find_pending(pending_key)
+
+    async def use_verification_check(
+        self, verification_id: str, caller: str, keep_s: float
+    ) -> tuple[CheckUse, VerificationState | None]:
+        return self._verifications.use_check(verification_id, caller, keep_s)
+
+    async def end_verification(
+        self, verification_id: str, status: VerificationStatus, keep_s: float
+    ) -> VerificationState | None:
+        return self._verifications.end(verification_id, status, keep_s)
+
+    async def get_verification(
+        self, verification_id: str, keep_s: float
+    ) -> VerificationState | None:
+        return self._verifications.current(verification_id, keep_s)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._verifications = _Verifications()
+        self._logs.clear()
+        self._log_expiry.clear()
+        self._leases.clear()
+        self._lease_expiry.clear()
+        self._records.clear()
+
+
+def _entry_time(entry: tuple[float, str]) -> float:
+    return entry[0]
+
+
+class _Verifications:
+    """Verifications of the memory store: by id, the pending one per key, forgotten in time.
+
+    The states handed out are copies: a caller cannot change the store's without an operation.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, VerificationState] = {}
+        self._pending: dict[str, str] = {}  # pending key -> id
+        self._keys: dict[str, str] = {}  # id -> its pending key
+        self._forget_at: dict[str, float] = {}  # id -> when it is forgotten
+        self._forgetting: list[tuple[float, str]] = []  # (when, id), a heap
+
+    @staticmethod
+    def _now() -> float:
+        return time.time()
+
+    def _forget_gone(self, now: float) -> None:
+        forgetting = self._forgetting
+        while forgetting and forgetting[0][0] <= now:
+            _, verification_id = heapq.heappop(forgetting)
+            if self._forget_at.get(verification_id, now + 1) <= now:
+                self._drop(verification_id)
+
+    def _drop(self, verification_id: str) -> None:
+        del self._states[verification_id], self._forget_at[verification_id]
+        key = self._keys.pop(verification_id)
+        if self._pending.get(key) == verification_id:
+            del self._pending[key]
+
+    def _keep_until(self, verification_id: str, when: float) -> None:
+        self._forget_at[verification_id] = when
+        heapq.heappush(self._forgetting, (when, verification_id))
+
+    def _live(self, verification_id: str, keep_s: float) -> VerificationState | None:
+        """The stored state, ended as expired when its time has passed."""
+        return self._live_and_expired(verification_id, keep_s)[0]
+
+    def _live_and_expired(
+        self, verification_id: str, keep_s: float
+    ) -> tuple[VerificationState | None, bool]:
+        """The stored state, and whether it was ended as expired just now."""
+        now = self._now()
+        self._forget_gone(now)
+        state = self._states.get(verification_id)
+        expired = state is not None and now >= state.expires_at
+        if state is not None and expired and state.status is VerificationStatus.PENDING:
+            self._end(state, VerificationStatus.EXPIRED, state.expires_at + keep_s)
+            return state, True
+        return state, False
+
+    def _end(self, state: VerificationState, status: VerificationStatus, keep_until: float) -> None:
+        state.status = status
+        state.code_hashes = ()
+        key = self._keys[state.verification_id]
+        if self._pending.get(key) == state.verification_id:
+            del self._pending[key]
+        self._keep_until(state.verification_id, keep_until)
+
+    def open(
+        self, pending_key: str, fresh: VerificationState, ttl_s: float, keep_s: float
+    ) -> VerificationState:
+        found = self._pending.get(pending_key)
+        if found is not None:
+            state = self._live(found, keep_s)
+            if state is not None and state.status is VerificationStatus.PENDING:
+                return _copy(state)
+        state = _copy(fresh)
+        state.expires_at = self._now() + ttl_s
+        self._states[state.verification_id] = state
+        self._pending[pending_key] = state.verification_id
+        self._keys[state.verification_id] = pending_key
+        self._keep_until(state.verification_id, state.expires_at + keep_s)
+        return _copy(state)
+
+    def add_code(
+        self, verification_id: str, code_hash: str, max_sends: int, keep_s: float
+    ) -> tuple[CodeAdded, VerificationState | None]:
+        state = self._live(verification_id, keep_s)
+        if state is None or state.status is not VerificationStatus.PENDING:
+            return CodeAdded.ENDED, _copy_or_none(state)
+        if state.send_count >= max_sends:
+            return CodeAdded.SEND_LIMIT, _copy(state)
+        state.send_count += 1
+        state.code_hashes = (*state.code_hashes, code_hash)
+        return CodeAdded.ADDED, _copy(state)
+
+    def withdraw_code(self, verification_id: str, code_hash: str) -> None:
+        state = self._states.get(verification_id)
+        if state is not None and code_hash in state.code_hashes:
+            state.code_hashes = tuple(h for h in state.code_hashes if h != code_hash)
+            state.send_count -= 1
+
+    def get(self, verification_id: str) -> VerificationState | None:
+        return self._states.get(verification_id)
+
+    def find_pending(self, pending_key: str) -> str | None:
+        return self._pending.get(pending_key)
+
+    def use_check(
+        self, verification_id: str, caller: str, keep_s: float
+    ) -> tuple[CheckUse, VerificationState | None]:
+        found = self._states.get(verification_id)
+        if found is None or found.caller != caller:
+            return CheckUse.UNKNOWN, None
+        state, expired_now = self._live_and_expired(verification_id, keep_s)
+        if state is None:
+            return CheckUse.UNKNOWN, None
+        if expired_now:
+            return CheckUse.EXPIRED_NOW, _copy(state)
+        if state.status is not VerificationStatus.PENDING:
+            return CheckUse.ENDED, _copy(state)
+        if state.checks_used >= state.max_checks:
+            return CheckUse.EXHAUSTED, _copy(state)
+        state.checks_used += 1
+        return CheckUse.COUNTED, _copy(state)
+
+    def end(
+        self, verification_id: str, status: VerificationStatus, keep_s: float
+    ) -> VerificationState | None:
+        state = self._live(verification_id, keep_s)
+        if state is not None and state.status is VerificationStatus.PENDING:
+            self._end(state, status, self._now() + keep_s)
+        return _copy_or_none(state)
+
+    def current(self, verification_id: str, keep_s: float) -> VerificationState | None:
+        return _copy_or_none(self._live(verification_id, keep_s))
+
+
+def _copy(state: VerificationState) -> VerificationState:
+    return dataclasses.replace(state)
+
+
+def _copy_or_none(state: VerificationState | None) -> VerificationState | None:
+    return None if state is None else _copy(state)

@@ -1,0 +1,426 @@
+"""The store shared by every replica, in one Redis server: each operation one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from yunpian_sms_server.limits import Window
+from yunpian_sms_server.stores.interface import (
+    DEFAULT_MAX_CONNECTIONS,
+    KEY_PREFIX,
+    CheckUse,
+    Claim,
+    ClaimState,
+    CodeAdded,
+    Refusal,
+    StoreUnavailableError,
+)
+from yunpian_sms_server.verification_state import VerificationState, VerificationStatus
+
+# Redis operations that take longer than this count as a store failure.
+REDIS_TIMEOUT_S: Final = 1.0
+
+
+# KEYS: the windows' keys. ARGV: token, then (count, period_ms) per key.
+# Returns {} when the token was counted, else {index of the fullest window (1-based), wait_ms}.
+_ACQUIRE: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local worst, worst_wait = 0, -1
+for i, key in ipairs(KEYS) do
+  local count = tonumber(ARGV[2 * i])
+  local period = tonumber(ARGV[2 * i + 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+  local n = redis.call('ZCARD', key)
+  if n >= count then
+    local oldest = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
+    local wait = tonumber(oldest[2]) + period - now
+    if wait > worst_wait then worst, worst_wait = i, wait end
+  end
+end
+if worst > 0 then return {worst, math.max(worst_wait, 0)} end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, ARGV[1])
+  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 1]))
+end
+return {}
+"""
+
+# KEYS[1]: the record. ARGV: holder, lease_ms, then the fingerprints the request may be stored
+# under (a new claim stores the first).
+# Returns {'new'} | {'pending'} | {'mismatch'} | {'done', record}.
+_CLAIM: Final = """
+local held = redis.call('HMGET', KEYS[1], 'fingerprint', 'record')
+if not held[1] then
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[3], 'holder', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  return {'new'}
+end
+local same = false
+for i = 3, #ARGV do
+  if held[1] == ARGV[i] then same = true end
+end
+if not same then return {'mismatch'} end
+if not held[2] then return {'pending'} end
+return {'done', held[2]}
+"""
+
+# KEYS[1]: the record. ARGV: holder. Deletes it only while it is a pending claim of that holder.
+_RELEASE_CLAIM: Final = """
+local held = redis.call('HMGET', KEYS[1], 'holder', 'record')
+if held[1] == ARGV[1] and not held[2] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Verifications. A verification is a hash at VERIFICATION_PREFIX + id (caller, phone, usage,
+# status, expire_ms, sends, checks, max_checks, message_id, hashes: the codes' hashes joined by
+# ",", pending_key) and, while pending, its pending key holds its id. Every script reads the
+# store's clock, ends a pending verification past its expiry as EXPIRED, and answers with the
+# hash's fields after the change.
+_VERIFICATION_PRELUDE: Final = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Ends a pending verification: its status, no codes, its pending key freed, kept until then.
+local function end_as(key, id, status, keep_until)
+  redis.call('HSET', key, 'status', status, 'hashes', '')
+  local pending_key = redis.call('HGET', key, 'pending_key')
+  if pending_key and redis.call('GET', pending_key) == id then
+    redis.call('DEL', pending_key)
+  end
+  local fields = redis.call('HGETALL', key)
+  redis.call('PEXPIREAT', key, keep_until)
+  return fields
+end
+-- The verification's fields and status, ended as EXPIRED first when its time has passed (the
+-- third value says so); nil if unknown.
+local function live(key, id, keep_ms, now)
+  local r = redis.call('HMGET', key, 'status', 'expire_ms')
+  if not r[1] then return nil end
+  if r[1] == 'PENDING' and tonumber(r[2]) <= now then
+    return end_as(key, id, 'EXPIRED', tonumber(r[2]) + keep_ms), 'EXPIRED', true
+  end
+  return redis.call('HGETALL', key), r[1], false
+end
+"""
+
+# KEYS: the pending key, the fresh verification's key. ARGV: fresh id, caller, phone, usage,
+# max_checks, ttl_ms, keep_ms, the verification key prefix. Returns {id, fields}.
+_OPEN_VERIFICATION: Final = (
+    _VERIFICATION_PRELUDE
+    + """
+local now = now_ms()
+local id = redis.call('GET', KEYS[1])
+if id then
+  local fields, status = live(ARGV[8] .. id, id, tonumber(ARGV[7]), now)
+  if status == 'PENDING' then return {id, fields} end
+end
+local expire = now + tonumber(ARGV[6])
+redis.call('HSET', KEYS[2], 'caller', ARGV[2], 'phone', ARGV[3], 'usage', ARGV[4],
+  'status', 'PENDING', 'expire_ms', expire, 'sends', 0, 'checks', 0, 'max_checks', ARGV[5],
+  'message_id', '', 'hashes', '', 'pending_key', KEYS[1])
+redis.call('PEXPIREAT', KEYS[2], expire + tonumber(ARGV[7]))
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', expire)
+return {ARGV[1], redis.call('HGETALL', KEYS[2])}
+"""
+)
+
+# KEYS[1]: the verification. ARGV: id, code hash, max_sends, keep_ms.
+# Returns {'added' | 'send_limit' | 'ended', fields}.
+_ADD_VERIFICATION_CODE: Final = (
+    _VERIFICATION_PRELUDE
+    + """
+local fields, status = live(KEYS[1], ARGV[1], tonumber(ARGV[4]), now_ms())
+if status ~= 'PENDING' then return {'ended', fields} end
+local r = redis.call('HMGET', KEYS[1], 'sends', 'hashes')
+if tonumber(r[1]) >= tonumber(ARGV[3]) then return {'send_limit', fields} end
+local hashes = ARGV[2]
+if r[2] ~= '' then hashes = r[2] .. ',' .. ARGV[2] end
+redis.call('HSET', KEYS[1], 'sends', tonumber(r[1]) + 1, 'hashes', hashes)
+return {'added', redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+# KEYS[1]: the verification. ARGV: the hash of a code that was never sent.
+_WITHDRAW_VERIFICATION_CODE: Final = """
+local r = redis.call('HMGET', KEYS[1], 'hashes', 'sends')
+if not r[1] then return 0 end
+local kept, found = {}, false
+for hash in string.gmatch(r[1], '[^,]+') do
+  if hash == ARGV[1] and not found then found = true else table.insert(kept, hash) end
+end
+if found then
+  redis.call('HSET', KEYS[1], 'hashes', table.concat(kept, ','), 'sends', tonumber(r[2]) - 1)
+end
+return 0
+"""
+
+# KEYS[1]: the verification. ARGV: the message id. A forgotten verification is not recreated.
+_NOTE_VERIFICATION_MESSAGE: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'message_id', ARGV[1]) end
+return 0
+"""
+
+# KEYS[1]: the verification. ARGV: id, keep_ms, caller. Returns {'counted' | 'exhausted' |
+# 'ended' | 'expired_now', fields} or {'unknown'} (unknown, or another caller's: nothing used).
+_USE_VERIFICATION_CHECK: Final = (
+    _VERIFICATION_PRELUDE
+    + """
+if redis.call('HGET', KEYS[1], 'caller') ~= ARGV[3] then return {'unknown'} end
+local fields, status, expired_now = live(KEYS[1], ARGV[1], tonumber(ARGV[2]), now_ms())
+if expired_now then return {'expired_now', fields} end
+if status ~= 'PENDING' then return {'ended', fields} end
+local r = redis.call('HMGET', KEYS[1], 'checks', 'max_checks')
+if tonumber(r[1]) >= tonumber(r[2]) then return {'exhausted', fields} end
+redis.call('HINCRBY', KEYS[1], 'checks', 1)
+return {'counted', redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+# KEYS[1]: the verification. ARGV: id, status, keep_ms. Returns {fields} or {} if unknown.
+_END_VERIFICATION: Final = (
+    _VERIFICATION_PRELUDE
+    + """
+local now = now_ms()
+local fields, status = live(KEYS[1], ARGV[1], tonumber(ARGV[3]), now)
+if not fields then return {} end
+if status ~= 'PENDING' then return fields end
+return end_as(KEYS[1], ARGV[1], ARGV[2], now + tonumber(ARGV[3]))
+"""
+)
+
+# KEYS[1]: the verification. ARGV: id, keep_ms. Returns {fields} or {} if unknown.
+_GET_VERIFICATION: Final = (
+    _VERIFICATION_PRELUDE
+    + """
+local fields = live(KEYS[1], ARGV[1], tonumber(ARGV[2]), now_ms())
+if not fields then return {} end
+return fields
+"""
+)
+VERIFICATION_PREFIX: Final = KEY_PREFIX + "verify:"
+PENDING_VERIFICATION_PREFIX: Final = KEY_PREFIX + "verify-pending:"
+
+
+def _verification_state(verification_id: str, flat: list[bytes]) -> VerificationState:
+    """A verification's hash fields (HGETALL's flat list) as its state."""
+    fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+    hashes = fields.get("hashes", "")
+    return VerificationState(
+        verification_id=verification_id,
+        caller=fields["caller"],
+        phone=fields["phone"],
+        usage_type=fields["usage"],
+        status=VerificationStatus(fields["status"]),
+        expires_at=int(fields["expire_ms"]) / 1000,
+        send_count=int(fields["sends"]),
+        checks_used=int(fields["checks"]),
+        max_checks=int(fields["max_checks"]),
+        message_id=fields.get("message_id", ""),
+        code_hashes=tuple(hashes.split(",")) if hashes else (),
+    )
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _window_key(window: Window) -> str:
+    """The Redis key of a window's log: one per subject and limit."""
+    limit = f"{window.limit.count}/{window.limit.period_s:g}"
+    return f"{KEY_PREFIX}rate:{window.scope}:{window.subject}:{limit}"
+
+
+class RedisStore:
+    """The store shared by every replica, in one Redis server; each operation is one round trip.
+
+    redis-py's pool refuses a command when all its connections are busy; a semaphore of the same
+    size in front of it makes such a command wait for a connection instead.
+    """
+
+    def __init__(self, url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            max_connections=max_connections,
+        )
+        self._turns = asyncio.Semaphore(max_connections)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._claim = self._redis.register_script(_CLAIM)
+        self._release_claim = self._redis.register_script(_RELEASE_CLAIM)
+        self._open_verification = self._redis.register_script(_OPEN_VERIFICATION)
+        self._add_verification_code = self._redis.register_script(_ADD_VERIFICATION_CODE)
+        self._withdraw_verification_code = self._redis.register_script(_WITHDRAW_VERIFICATION_CODE)
+        self._note_verification_message = self._redis.register_script(_NOTE_VERIFICATION_MESSAGE)
+        self._use_verification_check = self._redis.register_script(_USE_VERIFICATION_CHECK)
+        self._end_verification = self._redis.register_script(_END_VERIFICATION)
+        self._get_verification = self._redis.register_script(_GET_VERIFICATION)
+
+    async def acquire(self, windows: Sequence[Window], token: str) -> Refusal | None:
+        if not windows:
+            return None
+        args: list[str | int] = [token]
+        for window in windows:
+            args += [window.limit.count, int(window.limit.period_s * 1000)]
+        try:
+            async with self._turns:
+                answer = await self._acquire(
+                    keys=[_window_key(window) for window in windows], args=args
+                )
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+        if not answer:
+            return None
+        index, wait_ms = int(answer[0]), int(answer[1])
+        return Refusal(windows[index - 1], wait_ms / 1000)
+
+    async def release(self, windows: Sequence[Window], token: str) -> None:
+        try:
+            async with self._turns, self._redis.pipeline(transaction=True) as pipe:
+                for window in windows:
+                    pipe.zrem(_window_key(window), token)
+                await pipe.execute()
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+
+    async def claim(
+        self, key: str, fingerprints: Sequence[str], holder: str, lease_s: float
+    ) -> Claim:
+        try:
+            async with self._turns:
+                answer = await self._claim(
+                    keys=[KEY_PREFIX + "idem:" + key],
+                    args=[holder, max(1, int(lease_s * 1000)), *fingerprints],
+                )
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+        state = ClaimState(answer[0].decode())
+        return Claim(state, answer[1] if state is ClaimState.DONE else b"")
+
+    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
+        name = KEY_PREFIX + "idem:" + key
+        try:
+            async with self._turns, self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(name, mapping={"fingerprint": fingerprint, "record": record})
+                pipe.hdel(name, "holder")
+                pipe.pexpire(name, max(1, int(ttl_s * 1000)))
+                await pipe.execute()
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+
+    async def release_claim(self, key: str, holder: str) -> None:
+        try:
+            async with self._turns:
+                await self._release_claim(keys=[KEY_PREFIX + "idem:" + key], args=[holder])
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+
+    async def _run(self, script: Any, keys: list[str], args: list[str | int | float]) -> Any:
+        """Runs a script in its turn; a Redis failure is a StoreUnavailableError."""
+        try:
+            async with self._turns:
+                return await script(keys=keys, args=args)
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+
+    async def open_verification(
+        self, pending_key: str, fresh: VerificationState, ttl_s: float, keep_s: float
+    ) -> VerificationState:
+        keys = [
+            PENDING_VERIFICATION_PREFIX + pending_key,
+            VERIFICATION_PREFIX + fresh.verification_id,
+        ]
+        args: list[str | int | float] = [
+            fresh.verification_id,
+            fresh.caller,
+            fresh.phone,
+            fresh.usage_type,
+            fresh.max_checks,
+            _ms(ttl_s),
+            _ms(keep_s),
+            VERIFICATION_PREFIX,
+        ]
+        verification_id, flat = await self._run(self._open_verification, keys, args)
+        return _verification_state(verification_id.decode(), flat)
+
+    async def add_verification_code(
+        self, verification_id: str, code_hash: str, max_sends: int, keep_s: float
+    ) -> tuple[CodeAdded, VerificationState | None]:
+        keys = [VERIFICATION_PREFIX + verification_id]
+        args: list[str | int | float] = [verification_id, code_hash, max_sends, _ms(keep_s)]
+        answer = await self._run(self._add_verification_code, keys, args)
+        state = _verification_state(verification_id, answer[1]) if answer[1:] else None
+        return CodeAdded(answer[0].decode()), state
+
+    async def withdraw_verification_code(self, verification_id: str, code_hash: str) -> None:
+        keys = [VERIFICATION_PREFIX + verification_id]
+        await self._run(self._withdraw_verification_code, keys, [code_hash])
+
+    async def note_verification_message(self, verification_id: str, message_id: str) -> None:
+        keys = [VERIFICATION_PREFIX + verification_id]
+        await self._run(self._note_verification_message, keys, [message_id])
+
+    async def find_pending_verification(self, pending_key: str) -> str | None:
+        try:
+            async with self._turns:
+                found = await self._redis.get(PENDING_VERIFICATION_PREFIX + pending_key)
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+        return None if found is None else found.decode() if isinstance(found, bytes) else found
+
+    async def use_verification_check(
+        self, verification_id: str, caller: str, keep_s: float
+    ) -> tuple[CheckUse, VerificationState | None]:
+        keys = [VERIFICATION_PREFIX + verification_id]
+        args: list[str | int | float] = [verification_id, _ms(keep_s), caller]
+        answer = await self._run(self._use_verification_check, keys, args)
+        if answer[0] == b"unknown":
+            return CheckUse.UNKNOWN, None
+        return CheckUse(answer[0].decode()), _verification_state(verification_id, answer[1])
+
+    async def end_verification(
+        self, verification_id: str, status: VerificationStatus, keep_s: float
+    ) -> VerificationState | None:
+        keys = [VERIFICATION_PREFIX + verification_id]
+        args: list[str | int | float] = [verification_id, status.value, _ms(keep_s)]
+        flat = await self._run(self._end_verification, keys, args)
+        return _verification_state(verification_id, flat) if flat else None
+
+    async def get_verification(
+        self, verification_id: str, keep_s: float
+    ) -> VerificationState | None:
+        keys = [VERIFICATION_PREFIX + verification_id]
+        flat = await self._run(self._get_verification, keys, [verification_id, _ms(keep_s)])
+        return _verification_state(verification_id, flat) if flat else None
+
+    async def ping(self) -> None:
+        try:
+            async with self._turns:
+                await self._redis.ping()
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def url_problem(url: str) -> str | None:
+    """What redis-py would refuse in a redis:// URL (its ?options), short of connecting; None
+    when nothing (and for memory://). The config checks the rest of the URL."""
+    if url.startswith("memory:"):
+        return None
+    try:
+        # (redis-py leaves make_connection untyped.)
+        aioredis.ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+    except TypeError as error:
+        return f"has an option redis-py does not know ({error})"
+    except ValueError as error:
+        return f"redis-py refuses it: {error}"
+    return None

@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 from support import FakeClock
 
-from yunpian_sms_server import sandbox as sandbox_module
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
     FIRST_SID,
@@ -26,9 +25,11 @@ from yunpian_sms_server.sandbox import (
     Sandbox,
     SandboxInputError,
     SandboxTemplate,
+    account,
+    per_number_limits,
     start_sandbox,
 )
-from yunpian_sms_server.sandbox_matching import MAX_VARIABLES
+from yunpian_sms_server.sandbox.template_matching import MAX_VARIABLES
 
 DOMESTIC_BODY = "您的验证码是#code#。如非本人操作，请忽略本短信"
 DOMESTIC_ID = 1001
@@ -465,7 +466,7 @@ async def test_concurrent_sends_to_one_number_accept_exactly_one(sandbox, url, h
 async def test_limit_history_forgets_least_recent_numbers_beyond_the_cap(
     monkeypatch, url, http, clock
 ):
-    monkeypatch.setattr(sandbox_module, "MAX_TRACKED_KEYS", 2)
+    monkeypatch.setattr(per_number_limits, "MAX_TRACKED_KEYS", 2)
     for mobile in (MOBILE, OTHER_MOBILE, "13700137000"):
         assert (await send(http, url, mobile))[1]["code"] == 0
 
@@ -475,7 +476,7 @@ async def test_limit_history_forgets_least_recent_numbers_beyond_the_cap(
 
 
 async def test_recorded_messages_are_capped(monkeypatch, clock, http):
-    monkeypatch.setattr(sandbox_module, "MAX_RECORDED_MESSAGES", 3)
+    monkeypatch.setattr(account, "MAX_RECORDED_MESSAGES", 3)
     unlimited = Sandbox(templates=make_templates(), enforce_limits=False, clock=clock)
     async with await start_sandbox(unlimited) as served:
         for index in range(5):

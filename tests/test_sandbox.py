@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import errno
+import importlib.util
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from support import FakeClock
 
+from yunpian_sms_server import sandbox as sandbox_package
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
     FIRST_SID,
@@ -981,3 +987,50 @@ async def test_close_does_not_wait_for_a_long_delay_fault(clock, http):
 
     assert loop.time() - started < 5
     assert delayed.messages == []
+
+
+async def test_a_busy_port_is_the_oserror_of_the_bind():
+    # The sandbox knows nothing of the server's ListenError: the server words the OSError.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(OSError, match="address already in use") as raised:
+            await start_sandbox(Sandbox(), "127.0.0.1", port)
+    assert raised.value.errno == errno.EADDRINUSE
+
+
+# -- architecture ---------------------------------------------------------------------------
+
+SERVER_PACKAGE = "yunpian_sms_server"
+SANDBOX_PACKAGE = sandbox_package.__name__
+
+
+def imported_modules(tree: ast.Module, package: str) -> Iterator[str]:
+    """Every module an import in the tree names, relative imports resolved against `package`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            if module == SERVER_PACKAGE:  # `from yunpian_sms_server import x`: x is a module
+                yield from (f"{module}.{alias.name}" for alias in node.names)
+            else:
+                yield module
+
+
+def test_the_sandbox_imports_nothing_of_the_server_outside_itself():
+    entry = Path(sandbox_package.__file__ or "")
+    # The sandbox is a package: every file of it; were it a module, that one file.
+    sources = sorted(entry.parent.glob("*.py")) if entry.name == "__init__.py" else [entry]
+    outside = {
+        f"{source.name}: {module}"
+        for source in sources
+        for module in imported_modules(ast.parse(source.read_text("utf-8")), SANDBOX_PACKAGE)
+        if module.partition(".")[0] == SERVER_PACKAGE
+        and module != SANDBOX_PACKAGE
+        and not module.startswith(SANDBOX_PACKAGE + ".")
+    }
+    assert outside == set()
+    assert len(sources) > 1

@@ -3,8 +3,8 @@
 It serves `POST /v2/sms/single_send.json`, `/v2/tpl/get.json` and `/v2/user/get.json` with the
 shapes and error bodies of YunPian's API: it checks the API key and the mobile number, matches the
 text against its approved templates (code 5 when none matches), enforces YunPian's default
-per-number limits, records every accepted message and lets a test inject faults. One concept a
-module, each using only those listed before it:
+per-number limits, records every accepted message and lets a test inject faults. It depends on
+nothing of the server. One concept a module, each using only those listed before it:
 
 * template_matching: how a text matches a template body's `#name#` variables, in linear time;
 * json_input: SandboxInputError and the checks of the JSON a template, fault or request is given;

@@ -10,7 +10,6 @@ from typing import Final, Self
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from yunpian_sms_server.listeners import SANDBOX_LISTENER, start_tcp_site
 from yunpian_sms_server.sandbox.account import Account
 from yunpian_sms_server.sandbox.control_api import ControlApi
 from yunpian_sms_server.sandbox.fake_api import FakeYunpianApi
@@ -81,13 +80,18 @@ class RunningSandbox:
 async def start_sandbox(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0) -> RunningSandbox:
     """Serves the sandbox on host:port (0 picks a free port) and returns where it listens.
 
-    Raises ListenError when the address cannot be had.
+    Raises OSError when the address cannot be had (a port in use, a host not this machine's):
+    the caller words it as it words its other listeners' failures.
     """
     runner = web.AppRunner(
         sandbox.app, access_log_class=_AccessLogger, shutdown_timeout=SHUTDOWN_TIMEOUT_S
     )
     await runner.setup()
-    await start_tcp_site(runner, host, port, SANDBOX_LISTENER)
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     bound_host, bound_port = runner.addresses[0][:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     url = f"http://{url_host}:{bound_port}"

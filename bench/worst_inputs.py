@@ -25,7 +25,7 @@ from typing import Final
 
 from yunpian_sms_server.errors import ServiceError
 from yunpian_sms_server.phone import mask_numbers_in_text, parse_phone
-from yunpian_sms_server.sandbox_matching import (
+from yunpian_sms_server.sandbox.template_matching import (
     MAX_VARIABLES,
     VALUE_MAX_LENGTH,
     MatchBudget,
@@ -136,7 +136,7 @@ PARSERS: Final = (
         _shuffled_search,
     ),
     Parser(
-        "sandbox_matching.TemplatePattern.fullmatch",
+        "sandbox.template_matching.TemplatePattern.fullmatch",
         f"a literal, {MAX_VARIABLES} touching variables, letters and a spoiler (budget-bound)",
         _sandbox_match,
     ),

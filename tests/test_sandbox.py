@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import errno
+import importlib.util
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from support import FakeClock
 
-from yunpian_sms_server import sandbox as sandbox_module
+from yunpian_sms_server import sandbox as sandbox_package
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
     FIRST_SID,
@@ -26,9 +31,11 @@ from yunpian_sms_server.sandbox import (
     Sandbox,
     SandboxInputError,
     SandboxTemplate,
+    account,
+    per_number_limits,
     start_sandbox,
 )
-from yunpian_sms_server.sandbox_matching import MAX_VARIABLES
+from yunpian_sms_server.sandbox.template_matching import MAX_VARIABLES
 
 DOMESTIC_BODY = "您的验证码是#code#。如非本人操作，请忽略本短信"
 DOMESTIC_ID = 1001
@@ -465,7 +472,7 @@ async def test_concurrent_sends_to_one_number_accept_exactly_one(sandbox, url, h
 async def test_limit_history_forgets_least_recent_numbers_beyond_the_cap(
     monkeypatch, url, http, clock
 ):
-    monkeypatch.setattr(sandbox_module, "MAX_TRACKED_KEYS", 2)
+    monkeypatch.setattr(per_number_limits, "MAX_TRACKED_KEYS", 2)
     for mobile in (MOBILE, OTHER_MOBILE, "13700137000"):
         assert (await send(http, url, mobile))[1]["code"] == 0
 
@@ -475,7 +482,7 @@ async def test_limit_history_forgets_least_recent_numbers_beyond_the_cap(
 
 
 async def test_recorded_messages_are_capped(monkeypatch, clock, http):
-    monkeypatch.setattr(sandbox_module, "MAX_RECORDED_MESSAGES", 3)
+    monkeypatch.setattr(account, "MAX_RECORDED_MESSAGES", 3)
     unlimited = Sandbox(templates=make_templates(), enforce_limits=False, clock=clock)
     async with await start_sandbox(unlimited) as served:
         for index in range(5):
@@ -980,3 +987,50 @@ async def test_close_does_not_wait_for_a_long_delay_fault(clock, http):
 
     assert loop.time() - started < 5
     assert delayed.messages == []
+
+
+async def test_a_busy_port_is_the_oserror_of_the_bind():
+    # The sandbox knows nothing of the server's ListenError: the server words the OSError.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(OSError, match="address already in use") as raised:
+            await start_sandbox(Sandbox(), "127.0.0.1", port)
+    assert raised.value.errno == errno.EADDRINUSE
+
+
+# -- architecture ---------------------------------------------------------------------------
+
+SERVER_PACKAGE = "yunpian_sms_server"
+SANDBOX_PACKAGE = sandbox_package.__name__
+
+
+def imported_modules(tree: ast.Module, package: str) -> Iterator[str]:
+    """Every module an import in the tree names, relative imports resolved against `package`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            if module == SERVER_PACKAGE:  # `from yunpian_sms_server import x`: x is a module
+                yield from (f"{module}.{alias.name}" for alias in node.names)
+            else:
+                yield module
+
+
+def test_the_sandbox_imports_nothing_of_the_server_outside_itself():
+    entry = Path(sandbox_package.__file__ or "")
+    # The sandbox is a package: every file of it; were it a module, that one file.
+    sources = sorted(entry.parent.glob("*.py")) if entry.name == "__init__.py" else [entry]
+    outside = {
+        f"{source.name}: {module}"
+        for source in sources
+        for module in imported_modules(ast.parse(source.read_text("utf-8")), SANDBOX_PACKAGE)
+        if module.partition(".")[0] == SERVER_PACKAGE
+        and module != SANDBOX_PACKAGE
+        and not module.startswith(SANDBOX_PACKAGE + ".")
+    }
+    assert outside == set()
+    assert len(sources) > 1

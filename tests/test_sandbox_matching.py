@@ -21,7 +21,7 @@ from yunpian_sms_server.sandbox import (
     RunningSandbox,
     SandboxTemplate,
 )
-from yunpian_sms_server.sandbox_matching import (
+from yunpian_sms_server.sandbox.template_matching import (
     MAX_MATCH_STEPS,
     MAX_VARIABLES,
     VALUE_MAX_LENGTH,

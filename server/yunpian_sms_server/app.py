@@ -39,8 +39,14 @@ from yunpian_sms_server.config import (
     exposure_problem,
 )
 from yunpian_sms_server.errors import ServiceError
-from yunpian_sms_server.listen_addresses import parse_listen
-from yunpian_sms_server.listeners import GRPC_LISTENER, ListenError, probe_listen
+from yunpian_sms_server.listen_addresses import join_listen, parse_listen
+from yunpian_sms_server.listeners import (
+    GRPC_LISTENER,
+    SANDBOX_LISTENER,
+    ListenError,
+    listen_error,
+    probe_listen,
+)
 from yunpian_sms_server.loop_lag import LoopLagMonitor
 from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint
 from yunpian_sms_server.rate_limits import RateLimiter
@@ -101,6 +107,19 @@ def sandbox_for(config: Config) -> Sandbox:
                 )
             )
     return Sandbox(config.yunpian.api_key or SANDBOX_API_KEY, templates)
+
+
+async def serve_sandbox(config: Config, listen: str) -> RunningSandbox:
+    """Serves the config's sandbox (sandbox_for) on HOST:PORT.
+
+    Raises ListenError when the address cannot be had: the sandbox knows nothing of the
+    server's listeners and lets the OSError through.
+    """
+    host, port = parse_listen(listen)
+    try:
+        return await start_sandbox(sandbox_for(config), host, port)
+    except OSError as error:
+        raise listen_error(join_listen(host, port), SANDBOX_LISTENER, error) from None
 
 
 def open_yunpian_session(config: YunpianConfig) -> aiohttp.ClientSession:
@@ -231,8 +250,7 @@ class SmsServer:
     async def _start(self, *, listen: str | None, sandbox: bool, sandbox_listen: str) -> None:
         config = self.config
         if sandbox:
-            host, port = parse_listen(sandbox_listen)
-            self.sandbox = await start_sandbox(sandbox_for(config), host, port)
+            self.sandbox = await serve_sandbox(config, sandbox_listen)
             config = dataclasses.replace(
                 config,
                 yunpian=YunpianConfig(

@@ -21,7 +21,7 @@ from yunpian_sms_server.app import (
     IN_PROCESS_SANDBOX_LISTEN,
     SmsServer,
     open_yunpian_session,
-    sandbox_for,
+    serve_sandbox,
     yunpian_client,
 )
 from yunpian_sms_server.auth import hash_token
@@ -38,7 +38,6 @@ from yunpian_sms_server.errors import ServiceError
 from yunpian_sms_server.listen_addresses import parse_listen
 from yunpian_sms_server.listeners import ListenError
 from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
-from yunpian_sms_server.sandbox import start_sandbox
 from yunpian_sms_server.stores import url_problem
 from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker
 from yunpian_sms_server.templates import configured_templates
@@ -177,8 +176,7 @@ def _run_listener(main: Coroutine[Any, Any, None]) -> int:
 
 
 async def _sandbox(config: Config, listen: str) -> None:
-    host, port = parse_listen(listen)
-    running = await start_sandbox(sandbox_for(config), host, port)
+    running = await serve_sandbox(config, listen)
     structlog.get_logger("yunpian_sms.sandbox").info("sandbox_serving", url=running.url)
     try:
         await _run_until_signalled()

@@ -1,13 +1,4 @@
-"""How the sandbox matches a sent text against a template with `#name#` variables.
-
-Each variable stands for 1-16 ASCII letters and digits, and a variable used twice must hold the
-same value both times. A regular expression says that in one line, but it backtracks
-exponentially where variables can meet: "#a#x#b#x#c#…" (eight variables) against a text of "x"s
-took 38 s. The search here tries the same ways round a regular expression would (the longest
-value first) and remembers every (place in the template, place in the text) it has seen fail, so
-it visits each at most once: time linear in the text for a given template. Repeated variables
-add their values to that memory, so one request's matches share a step budget as a backstop.
-"""
+"""How a sent text matches a template body with `#name#` variables, in time linear in the text."""
 
 from __future__ import annotations
 
@@ -67,7 +58,17 @@ class _Part:
 
 @dataclass(frozen=True, slots=True)
 class TemplatePattern:
-    """A template body (`#name#` variables, no signature) prepared for matching."""
+    """A template body (`#name#` variables, no signature) prepared for matching.
+
+    Each variable stands for 1-16 ASCII letters and digits, and a variable used twice must hold
+    the same value both times. A regular expression says that in one line, but it backtracks
+    exponentially where variables can meet: "#a#x#b#x#c#…" (eight variables) against a text of
+    "x"s took 38 s. `fullmatch` tries the same ways round a regular expression would (the longest
+    value first) and remembers every (place in the template, place in the text) it has seen fail,
+    so it visits each at most once: time linear in the text for a given template. Repeated
+    variables add their values to that memory, so one request's matches share a step budget
+    (MatchBudget) as a backstop.
+    """
 
     names: tuple[str, ...]
     parts: tuple[_Part, ...]

@@ -417,3 +417,31 @@ async def test_the_rpc_event_is_written_before_the_answer_leaves(start_serve: St
                     )
             logged = {e["request_id"] for e in serving.read_events() if e["event"] == "rpc"}
             assert request_id in logged, f"no event for {request_id} when its answer arrived"
+
+
+async def test_a_send_with_a_request_id_is_two_redis_round_trips_and_a_replay_one(
+    start_server: StartServer, quiet_sandbox: RunningSandbox, redis_server: RedisServer
+) -> None:
+    url = await fresh_database(redis_server, REDIS_DB)
+    store = {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
+    server = await start_server(make_config(limits={"per_phone": ["1/60s", "5/1h"]}, store=store))
+    admin = aioredis.Redis.from_url(url)
+
+    async def commands_during(call: Awaitable[Any]) -> dict[str, int]:
+        # Every operation of the store is one script: Redis's own count of the commands a
+        # client can send on their own (besides the scripts' inner ones) is the round trips.
+        await admin.config_resetstat()
+        await call
+        stats = await admin.info("commandstats")
+        sent_by_clients = {"cmdstat_evalsha", "cmdstat_eval", "cmdstat_script|load"}
+        sent_by_clients |= {"cmdstat_multi", "cmdstat_exec", "cmdstat_get", "cmdstat_set"}
+        return {name: stats[name]["calls"] for name in sent_by_clients & set(stats)}
+
+    async with client_of(server) as client:
+        # Redis learns each script on its first use (NOSCRIPT, then load): not per call.
+        await client.send_code("13900139000", CODE, request_id="warm-up")
+        sent = await commands_during(client.send_code(PHONE, CODE, request_id="order-42"))
+        replayed = await commands_during(client.send_code(PHONE, CODE, request_id="order-42"))
+    await admin.aclose()
+    assert sent == {"cmdstat_evalsha": 2}  # claim and count; record
+    assert replayed == {"cmdstat_evalsha": 1}  # claim: the recorded outcome

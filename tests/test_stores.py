@@ -206,3 +206,32 @@ async def test_a_burst_beyond_the_redis_connections_waits_its_turn(
     failures = [result for result in results if isinstance(result, BaseException)]
     assert failures == []
     assert results[:150] == [None] * 150
+
+
+async def test_claim_and_acquire_claims_and_counts_together_or_neither(store: Store) -> None:
+    key, per_minute = uuid.uuid4().hex, window("1/60s")
+    counted = await store.claim_and_acquire(key, ["fp"], "first", 5.0, [per_minute])
+    assert (counted.claim.state, counted.refusal) == (ClaimState.NEW, None)
+    # The window is full now: a new claim is refused and given up, nothing counted.
+    other = uuid.uuid4().hex
+    refused = await store.claim_and_acquire(other, ["fp"], "second", 5.0, [per_minute])
+    assert refused.claim.state is ClaimState.NEW
+    assert refused.refusal is not None
+    assert refused.refusal.window == per_minute
+    assert (await store.claim(other, ["fp"], "third", 5.0)).state is ClaimState.NEW
+    # A claim that is not new counts nothing.
+    again = await store.claim_and_acquire(key, ["fp"], "fourth", 5.0, [window("1/60s")])
+    assert (again.claim.state, again.refusal) == (ClaimState.PENDING, None)
+    await store.complete(key, "fp", b"sent", 60.0)
+    done = await store.claim_and_acquire(key, ["fp"], "fifth", 5.0, [per_minute])
+    assert (done.claim.state, done.claim.record, done.refusal) == (ClaimState.DONE, b"sent", None)
+    mismatch = await store.claim_and_acquire(key, ["other"], "sixth", 5.0, [per_minute])
+    assert mismatch.claim.state is ClaimState.MISMATCH
+
+
+async def test_release_gives_a_token_back_from_every_window(store: Store) -> None:
+    subject = uuid.uuid4().hex
+    windows = [window("1/60s", subject), window("2/1h", subject)]
+    assert await store.acquire(windows, "sent-nothing") is None
+    await store.release(windows, "sent-nothing")
+    assert await store.acquire(windows, "next") is None

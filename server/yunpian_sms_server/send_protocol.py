@@ -3,7 +3,8 @@
 1. Coalesce: a call whose request_id another call of this server is sending waits for that call
    and answers with its outcome, so the store is asked once per request_id and server.
 2. Claim the request_id in the store, or find its recorded outcome and replay it.
-3. Count the send against the rate limits.
+3. Count the send against the rate limits (with a request_id, in the same store operation as
+   the claim: one round trip claims and counts, or does neither).
 4. Prepare the text: the order's own, or what its `SendStep` makes (a verification's new code).
 5. Call YunPian, once.
 6. Settle: record the outcome if an SMS was or may have been sent (the request_id replays it, the
@@ -291,13 +292,13 @@ class SendProtocol:
         interrupted."""
         taken = _Taken(holder=new_id())
         try:
-            # 2. Claim the request_id, or replay its recorded outcome.
+            # 2 and 3. Claim the request_id and count the send, or replay its recorded outcome.
             if key is not None:
-                replay = await self._claim(key, fingerprints, taken, time_remaining)
+                replay = await self._claim(order, key, fingerprints, taken, time_remaining)
                 if replay is not None:
                     return replay
-            # 3. Count the send against the rate limits.
-            await self._count(order, taken)
+            else:
+                await self._count(order, taken)
             # 4. Prepare the text.
             text = order.text
             if order.step is not None:
@@ -335,32 +336,40 @@ class SendProtocol:
 
     async def _claim(
         self,
+        order: SendOrder,
         key: str,
         fingerprints: tuple[str, ...],
         taken: _Taken,
         time_remaining: float | None,
     ) -> tuple[Outcome, str] | None:
-        """Claims the request_id (None), or returns the recorded outcome (and tag) to replay.
+        """Claims the request_id and counts the send (None: go ahead), or returns the recorded
+        outcome (and tag) to replay.
 
         While another server holds it, waits within the call's budget. Raises REQUEST_ID_REUSED
-        for a different request, REQUEST_ID_IN_PROGRESS when the wait runs out.
+        for a different request, REQUEST_ID_IN_PROGRESS when the wait runs out, RATE_LIMITED
+        when a window is full (the claim is then given up by the store).
         """
         loop = asyncio.get_running_loop()
         budget_s = self._yunpian.budget_s(time_remaining)
         deadline = loop.time() + budget_s
+        windows = self._limiter.windows(order.phone, order.caller)
         while True:
-            taken.claim = key  # from here until the store answers, the claim may be ours
+            # From here until the store answers, the claim may be ours and the send counted.
+            taken.claim, taken.windows = key, windows
             try:
-                claim = await self._store.claim(
-                    key, fingerprints, taken.holder, budget_s + LEASE_MARGIN_S
+                counted = await self._store.claim_and_acquire(
+                    key, fingerprints, taken.holder, budget_s + LEASE_MARGIN_S, windows
                 )
             except StoreUnavailableError as error:
-                # The claim may still have been made: settling releases it if nothing is sent.
+                # Settling gives back what the store may still have done, if nothing is sent.
                 self._excuse(taken, error, "claim")
                 return None
-            if claim.state is ClaimState.NEW:
+            claim = counted.claim
+            if claim.state is ClaimState.NEW and counted.refusal is None:
                 return None
-            taken.claim = None
+            taken.claim, taken.windows = None, ()
+            if counted.refusal is not None:
+                raise self._limiter.refusal_error(counted.refusal, order.phone.masked)
             if claim.state is ClaimState.DONE:
                 return decode_outcome(claim.record)
             if claim.state is ClaimState.MISMATCH:

@@ -53,6 +53,15 @@ class Claim:
     record: bytes = b""
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimCounted:
+    """A claim and, when it is new, whether its send was counted: a `refusal` says which window
+    was full; the claim was then given up at once (nothing will be sent)."""
+
+    claim: Claim
+    refusal: Refusal | None = None
+
+
 class CodeAdded(Enum):
     """What adding a code to a verification came to."""
 
@@ -90,6 +99,18 @@ class Store(Protocol):
         The request is the same as the stored one when the stored fingerprint is any of
         `fingerprints`; a new claim stores the first.
         """
+        ...
+
+    async def claim_and_acquire(
+        self,
+        key: str,
+        fingerprints: Sequence[str],
+        holder: str,
+        lease_s: float,
+        windows: Sequence[Window],
+    ) -> ClaimCounted:
+        """`claim`, and when the claim is new, `acquire` with `holder` as the token, atomically
+        (one round trip): a send with a request_id is claimed and counted, or neither."""
         ...
 
     async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:

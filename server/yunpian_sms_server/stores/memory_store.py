@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from typing import Final
 
 from yunpian_sms_server.limits import Window
-from yunpian_sms_server.stores.interface import CheckUse, Claim, ClaimState, CodeAdded, Refusal
+from yunpian_sms_server.stores.interface import (
+    CheckUse,
+    Claim,
+    ClaimCounted,
+    ClaimState,
+    CodeAdded,
+    Refusal,
+)
 from yunpian_sms_server.verification_state import VerificationState, VerificationStatus
 
 # The in-memory store forgets expired idempotency records at most this often (claim() never
@@ -129,6 +136,23 @@ class MemoryStore:
         if held[1] not in fingerprints:
             return Claim(ClaimState.MISMATCH)
         return Claim(ClaimState.PENDING)
+
+    async def claim_and_acquire(
+        self,
+        key: str,
+        fingerprints: Sequence[str],
+        holder: str,
+        lease_s: float,
+        windows: Sequence[Window],
+    ) -> ClaimCounted:
+        # Nothing awaits in claim, acquire or release_claim here: together they are atomic.
+        claim = await self.claim(key, fingerprints, holder, lease_s)
+        if claim.state is not ClaimState.NEW:
+            return ClaimCounted(claim)
+        refusal = await self.acquire(windows, holder)
+        if refusal is not None:
+            await self.release_claim(key, holder)
+        return ClaimCounted(claim, refusal)
 
     async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
         self._leases.pop(key, None)

@@ -1,4 +1,5 @@
-"""The store shared by every replica, in one Redis server: each operation one round trip."""
+"""The store shared by every replica, in one Redis server: each operation is one Lua script, so
+one round trip, atomic across replicas."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from yunpian_sms_server.stores.interface import (
     KEY_PREFIX,
     CheckUse,
     Claim,
+    ClaimCounted,
     ClaimState,
     CodeAdded,
     Refusal,
@@ -26,48 +28,90 @@ from yunpian_sms_server.verification_state import VerificationState, Verificatio
 REDIS_TIMEOUT_S: Final = 1.0
 
 
-# KEYS: the windows' keys. ARGV: token, then (count, period_ms) per key.
-# Returns {} when the token was counted, else {index of the fullest window (1-based), wait_ms}.
-_ACQUIRE: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local worst, worst_wait = 0, -1
-for i, key in ipairs(KEYS) do
-  local count = tonumber(ARGV[2 * i])
-  local period = tonumber(ARGV[2 * i + 1])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
-  local n = redis.call('ZCARD', key)
-  if n >= count then
-    local oldest = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
-    local wait = tonumber(oldest[2]) + period - now
-    if wait > worst_wait then worst, worst_wait = i, wait end
+# Counting a send in its rate-limit windows, and claiming a request_id, as Lua functions: the
+# scripts below run them alone or (a SendCode with a request_id) together, in one round trip.
+_COUNT_AND_CLAIM_PRELUDE: Final = """
+-- Counts `token` in the windows KEYS[first..], whose (count, period_ms) pairs are ARGV[arg..],
+-- if every one has room; else counts nothing and returns {window index (1-based), wait_ms}.
+local function acquire(first, token, arg)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local windows = #KEYS - first + 1
+  local worst, worst_wait = 0, -1
+  for i = 0, windows - 1 do
+    local key = KEYS[first + i]
+    local count = tonumber(ARGV[arg + 2 * i])
+    local period = tonumber(ARGV[arg + 2 * i + 1])
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+    local n = redis.call('ZCARD', key)
+    if n >= count then
+      local oldest = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
+      local wait = tonumber(oldest[2]) + period - now
+      if wait > worst_wait then worst, worst_wait = i + 1, wait end
+    end
   end
+  if worst > 0 then return {worst, math.max(worst_wait, 0)} end
+  for i = 0, windows - 1 do
+    redis.call('ZADD', KEYS[first + i], now, token)
+    redis.call('PEXPIRE', KEYS[first + i], tonumber(ARGV[arg + 2 * i + 1]))
+  end
+  return {}
 end
-if worst > 0 then return {worst, math.max(worst_wait, 0)} end
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now, ARGV[1])
-  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 1]))
+-- Claims the request_id record `key` for `holder` for lease_ms; the request is the stored one
+-- when the stored fingerprint is any of ARGV[fp_first..fp_last] (a new claim stores the first).
+-- Returns {'new'} | {'pending'} | {'mismatch'} | {'done', record}.
+local function claim(key, holder, lease_ms, fp_first, fp_last)
+  local held = redis.call('HMGET', key, 'fingerprint', 'record')
+  if not held[1] then
+    redis.call('HSET', key, 'fingerprint', ARGV[fp_first], 'holder', holder)
+    redis.call('PEXPIRE', key, tonumber(lease_ms))
+    return {'new'}
+  end
+  local same = false
+  for i = fp_first, fp_last do
+    if held[1] == ARGV[i] then same = true end
+  end
+  if not same then return {'mismatch'} end
+  if not held[2] then return {'pending'} end
+  return {'done', held[2]}
 end
-return {}
 """
 
-# KEYS[1]: the record. ARGV: holder, lease_ms, then the fingerprints the request may be stored
-# under (a new claim stores the first).
-# Returns {'new'} | {'pending'} | {'mismatch'} | {'done', record}.
-_CLAIM: Final = """
-local held = redis.call('HMGET', KEYS[1], 'fingerprint', 'record')
-if not held[1] then
-  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[3], 'holder', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-  return {'new'}
-end
-local same = false
-for i = 3, #ARGV do
-  if held[1] == ARGV[i] then same = true end
-end
-if not same then return {'mismatch'} end
-if not held[2] then return {'pending'} end
-return {'done', held[2]}
+# KEYS: the windows. ARGV: token, then (count, period_ms) per window.
+_ACQUIRE: Final = _COUNT_AND_CLAIM_PRELUDE + "return acquire(1, ARGV[1], 2)"
+
+# KEYS[1]: the record. ARGV: holder, lease_ms, then the fingerprints.
+_CLAIM: Final = _COUNT_AND_CLAIM_PRELUDE + "return claim(KEYS[1], ARGV[1], ARGV[2], 3, #ARGV)"
+
+# KEYS: the record, then the windows. ARGV: holder (also the windows' token), lease_ms, the
+# number of fingerprints, the fingerprints, then (count, period_ms) per window. A new claim whose
+# send a window refuses is given up at once: {'refused', window index, wait_ms}.
+_CLAIM_AND_ACQUIRE: Final = (
+    _COUNT_AND_CLAIM_PRELUDE
+    + """
+local fingerprints = tonumber(ARGV[3])
+local state = claim(KEYS[1], ARGV[1], ARGV[2], 4, 3 + fingerprints)
+if state[1] ~= 'new' or #KEYS == 1 then return state end
+local refused = acquire(2, ARGV[1], 4 + fingerprints)
+if #refused == 0 then return state end
+redis.call('DEL', KEYS[1])
+return {'refused', refused[1], refused[2]}
+"""
+)
+
+# KEYS: the windows. ARGV: the token of a send that sent nothing.
+_RELEASE: Final = """
+for _, key in ipairs(KEYS) do redis.call('ZREM', key, ARGV[1]) end
+return 0
+"""
+
+# KEYS[1]: the record. ARGV: fingerprint, record, ttl_ms. Whoever holds the claim: an outcome
+# that may have sent an SMS is kept, always.
+_COMPLETE: Final = """
+redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'record', ARGV[2])
+redis.call('HDEL', KEYS[1], 'holder')
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 0
 """
 
 # KEYS[1]: the record. ARGV: holder. Deletes it only while it is a pending claim of that holder.
@@ -254,6 +298,9 @@ class RedisStore:
         self._turns = asyncio.Semaphore(max_connections)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._claim = self._redis.register_script(_CLAIM)
+        self._claim_and_acquire = self._redis.register_script(_CLAIM_AND_ACQUIRE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._complete = self._redis.register_script(_COMPLETE)
         self._release_claim = self._redis.register_script(_RELEASE_CLAIM)
         self._open_verification = self._redis.register_script(_OPEN_VERIFICATION)
         self._add_verification_code = self._redis.register_script(_ADD_VERIFICATION_CODE)
@@ -282,13 +329,9 @@ class RedisStore:
         return Refusal(windows[index - 1], wait_ms / 1000)
 
     async def release(self, windows: Sequence[Window], token: str) -> None:
-        try:
-            async with self._turns, self._redis.pipeline(transaction=True) as pipe:
-                for window in windows:
-                    pipe.zrem(_window_key(window), token)
-                await pipe.execute()
-        except (TimeoutError, RedisError, OSError) as error:
-            raise StoreUnavailableError(type(error).__name__) from None
+        if windows:
+            keys = [_window_key(window) for window in windows]
+            await self._run(self._release, keys, [token])
 
     async def claim(
         self, key: str, fingerprints: Sequence[str], holder: str, lease_s: float
@@ -304,16 +347,32 @@ class RedisStore:
         state = ClaimState(answer[0].decode())
         return Claim(state, answer[1] if state is ClaimState.DONE else b"")
 
-    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
-        name = KEY_PREFIX + "idem:" + key
+    async def claim_and_acquire(
+        self,
+        key: str,
+        fingerprints: Sequence[str],
+        holder: str,
+        lease_s: float,
+        windows: Sequence[Window],
+    ) -> ClaimCounted:
+        args: list[str | int] = [holder, _ms(lease_s), len(fingerprints), *fingerprints]
+        for window in windows:
+            args += [window.limit.count, int(window.limit.period_s * 1000)]
+        keys = [KEY_PREFIX + "idem:" + key, *(_window_key(window) for window in windows)]
         try:
-            async with self._turns, self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(name, mapping={"fingerprint": fingerprint, "record": record})
-                pipe.hdel(name, "holder")
-                pipe.pexpire(name, max(1, int(ttl_s * 1000)))
-                await pipe.execute()
+            async with self._turns:
+                answer = await self._claim_and_acquire(keys=keys, args=args)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
+        if answer[0] == b"refused":
+            index, wait_ms = int(answer[1]), int(answer[2])
+            return ClaimCounted(Claim(ClaimState.NEW), Refusal(windows[index - 1], wait_ms / 1000))
+        state = ClaimState(answer[0].decode())
+        return ClaimCounted(Claim(state, answer[1] if state is ClaimState.DONE else b""))
+
+    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
+        keys = [KEY_PREFIX + "idem:" + key]
+        await self._run(self._complete, keys, [fingerprint, record, _ms(ttl_s)])
 
     async def release_claim(self, key: str, holder: str) -> None:
         try:
@@ -322,7 +381,9 @@ class RedisStore:
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
 
-    async def _run(self, script: Any, keys: list[str], args: list[str | int | float]) -> Any:
+    async def _run(
+        self, script: Any, keys: Sequence[str], args: Sequence[str | int | float | bytes]
+    ) -> Any:
         """Runs a script in its turn; a Redis failure is a StoreUnavailableError."""
         try:
             async with self._turns:

@@ -12,12 +12,14 @@ import pytest
 import redis.asyncio as aioredis
 import structlog
 from support import (
+    FINGERPRINT_SECRET,
     REDIS_ADMIN_PASSWORD,
     REDIS_ADMIN_USER,
     RedisServer,
     ServeProcess,
     StartServe,
     StartServer,
+    fresh_database,
     make_config,
     set_store,
     toml_text,
@@ -78,6 +80,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store_table(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """The [store] table of a test's server, once on each store: memory, then database 9 of
+    the session's real redis-server, emptied for the test."""
+    if request.param == "memory":
+        yield {"url": "memory://"}
+        return
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    url = await fresh_database(redis_server, 9)
+    yield {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
 
 
 @pytest.fixture(scope="module")

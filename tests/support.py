@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,7 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.config import Config, parse_config
-from yunpian_sms_server.sandbox import SANDBOX_API_KEY
+from yunpian_sms_server.sandbox import SANDBOX_API_KEY, RunningSandbox
+from yunpian_sms_server.yunpian import SINGLE_SEND_PATH, TEMPLATES_PATH
 
 SIGN_IN_TEMPLATE = "您的登录验证码是{{code}}，5分钟内有效。"
 GENERIC_TEMPLATE = "您的验证码是{{code}}。如非本人操作，请忽略本短信"
@@ -119,6 +120,42 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def unreachable_yunpian() -> Iterator[str]:
+    """A loopback URL whose connections never complete: a listener with a full accept queue.
+
+    The kernel drops the SYNs of further connections, so a client waits in connect() the way it
+    does behind a firewall that drops packets: nothing of a request can have left.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        queued.append(filler)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for filler in queued:
+            filler.close()
+        listener.close()
+
+
+def single_sends(sandbox: RunningSandbox) -> int:
+    """How many single_send.json requests the sandbox has received (faults included)."""
+    return sandbox.sandbox.request_counts[SINGLE_SEND_PATH]
+
+
+def tpl_gets(sandbox: RunningSandbox) -> int:
+    """How many tpl/get.json requests (template lists) the sandbox has received."""
+    return sandbox.sandbox.request_counts[TEMPLATES_PATH]
 
 
 # The console script of the installed server, beside the interpreter running the tests.

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from google.rpc import error_details_pb2
-from support import StartServer, make_config
+from support import StartServer, make_config, single_sends
 
 from yunpian_sms_client import (
     AsyncSmsClient,
@@ -79,7 +79,7 @@ async def test_an_unknown_delivery_is_stored_and_replayed_as_the_same_error(
     assert first.value.reason == again.value.reason == "PROVIDER_CONNECTION_LOST"
     assert again.value.delivery_unknown
     assert again.value.metadata["replayed"] == "true"
-    assert sandbox.sandbox.request_counts["/v2/sms/single_send.json"] == 1
+    assert single_sends(sandbox) == 1
 
 
 async def test_records_expire_after_the_ttl(

@@ -15,6 +15,7 @@ from support import (
     StartServer,
     free_port,
     make_config,
+    single_sends,
 )
 
 from yunpian_sms_client import (
@@ -54,7 +55,7 @@ async def test_send_code_sends_one_sms_and_returns_yunpians_answer(
     assert message.mobile == PHONE
     assert message.code == "123456"
     assert message.text.endswith(render(SIGN_IN_TEMPLATE, "123456"))
-    assert sandbox.sandbox.request_counts["/v2/sms/single_send.json"] == 1
+    assert single_sends(sandbox) == 1
 
 
 async def test_send_code_passes_a_multi_segment_fee_as_yunpian_wrote_it(
@@ -122,7 +123,7 @@ async def test_send_code_refuses_international_numbers_when_disabled_with_the_co
         d for d in caught.value.details if isinstance(d, error_details_pb2.PreconditionFailure)
     ]
     assert failure.violations[0].subject == "US"
-    assert sandbox.sandbox.request_counts["/v2/sms/single_send.json"] == 0
+    assert single_sends(sandbox) == 0
 
 
 async def test_send_code_refuses_regions_outside_the_allow_list(
@@ -165,7 +166,7 @@ async def test_send_code_refuses_when_no_template_is_configured(
         with pytest.raises(FailedPreconditionError) as caught:
             await client.send_code(PHONE, "123456", usage_type="SignIn")
     assert caught.value.reason == "TEMPLATE_NOT_CONFIGURED"
-    assert sandbox.sandbox.request_counts["/v2/sms/single_send.json"] == 0
+    assert single_sends(sandbox) == 0
 
 
 @pytest.mark.parametrize(
@@ -198,7 +199,7 @@ async def test_send_code_rejects_invalid_requests_with_a_field_violation(
         await client.send_code(phone, code, **request)  # type: ignore[arg-type]
     assert caught.value.reason == reason
     assert caught.value.field_violations[0][0] == field
-    assert sandbox.sandbox.request_counts["/v2/sms/single_send.json"] == 0
+    assert single_sends(sandbox) == 0
 
 
 async def test_send_code_rejects_landline_numbers(client: AsyncSmsClient) -> None:
@@ -356,7 +357,7 @@ async def test_a_dropped_connection_after_sending_is_unknown_with_delivery_unkno
         await client.send_code(PHONE, "123456")
     assert caught.value.reason == "PROVIDER_CONNECTION_LOST"
     assert caught.value.delivery_unknown
-    assert sandbox.sandbox.request_counts["/v2/sms/single_send.json"] == 1  # never retried
+    assert single_sends(sandbox) == 1  # never retried
 
 
 async def test_no_answer_within_the_configured_timeout_is_deadline_exceeded(
@@ -371,7 +372,7 @@ async def test_no_answer_within_the_configured_timeout_is_deadline_exceeded(
             await client.send_code(PHONE, "123456", timeout=5.0)
     assert caught.value.reason == "PROVIDER_TIMEOUT"
     assert caught.value.delivery_unknown
-    assert sandbox.sandbox.request_counts["/v2/sms/single_send.json"] == 1
+    assert single_sends(sandbox) == 1
 
 
 async def test_the_server_answers_before_the_callers_deadline(

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import socket
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any, Final
 
 import grpc
@@ -32,6 +31,8 @@ from support import (
     make_config,
     scrape,
     set_store,
+    single_sends,
+    unreachable_yunpian,
     value,
 )
 
@@ -53,50 +54,11 @@ CODE: Final = "123456"
 REDIS_DB: Final = 9
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store_table(
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[dict[str, Any]]:
-    """The [store] table of a test's server: memory, or an emptied Redis database."""
-    if request.param == "memory":
-        yield {"url": "memory://"}
-        return
-    redis_server: RedisServer = request.getfixturevalue("redis_server")
-    url = await fresh_database(redis_server, REDIS_DB)
-    yield {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
-
-
 @pytest.fixture
 def quiet_sandbox(sandbox: RunningSandbox) -> RunningSandbox:
     """The sandbox without YunPian's own per-number limits: ours are under test."""
     sandbox.sandbox.enforce_limits = False
     return sandbox
-
-
-@contextlib.contextmanager
-def unreachable_yunpian() -> Iterator[str]:
-    """A loopback URL whose connections never complete: a listener with a full accept queue.
-
-    The kernel drops the SYNs of further connections, so a client waits in connect() the way it
-    does behind a firewall that drops packets: nothing of a request can have left.
-    """
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    queued = []
-    for _ in range(4):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        queued.append(filler)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        for filler in queued:
-            filler.close()
-        listener.close()
 
 
 async def cancel_after(call: Awaitable[Any], seconds: float) -> None:
@@ -167,7 +129,7 @@ async def test_a_call_cancelled_after_yunpian_answered_replays_that_answer(
     admin = None
     async with client_of(server) as client:
         call = asyncio.ensure_future(client.send_code(PHONE, CODE, request_id="order-42"))
-        await eventually(lambda: sandbox.request_counts["/v2/sms/single_send.json"] == 1)
+        await eventually(lambda: single_sends(quiet_sandbox) == 1)
         if store_table["url"].startswith("redis"):
             # Redis holds every write for 0.6 s, past YunPian's answer: the server is waiting
             # to record the outcome when its call is cancelled.

@@ -16,6 +16,7 @@ from support import (
     FakeClock,
     free_port,
     make_config,
+    tpl_gets,
 )
 
 from yunpian_sms_server.account_templates import ApprovalStatus, parse_account_templates
@@ -75,10 +76,6 @@ async def checker(
     checker = make_checker(session, sandbox.url, clock)
     yield checker
     await checker.close()
-
-
-def tpl_gets(sandbox: RunningSandbox) -> int:
-    return sandbox.sandbox.request_counts[TPL_GET_PATH]
 
 
 def reasons(result: TemplateCheck) -> list[ProblemReason]:

@@ -24,6 +24,7 @@ from support import (
     free_port,
     log_events,
     make_config,
+    tpl_gets,
 )
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
@@ -58,10 +59,6 @@ FAST_RECHECK_S = 0.05
 
 def target_of(server: SmsServer) -> str:
     return f"127.0.0.1:{server.port}"
-
-
-def tpl_gets(sandbox: RunningSandbox) -> int:
-    return sandbox.sandbox.request_counts[TPL_GET_PATH]
 
 
 def templates_with(**options: object) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.config import Config, parse_config
+from yunpian_sms_server.errors import Reason
 from yunpian_sms_server.sandbox import SANDBOX_API_KEY, RunningSandbox
 from yunpian_sms_server.yunpian import SINGLE_SEND_PATH, TEMPLATES_PATH
 
@@ -34,6 +35,45 @@ GENERIC_TEMPLATE = "您的验证码是{{code}}。如非本人操作，请忽略�
 INTERNATIONAL_TEMPLATE = "Your verification code is {{code}}."
 # The fingerprint secret of the tests' shared (Redis) stores: every replica of a test uses it.
 FINGERPRINT_SECRET = "test-fingerprint-secret-0123456789abcdef"
+
+# YunPian's answer codes as the service must answer them, written out apart from yunpian.py's
+# own table: code -> (reason, RetryInfo delay in seconds or None).
+YUNPIAN_CODE_TABLE: Final[dict[int, tuple[Reason, float | None]]] = {
+    **dict.fromkeys((5, 7, 60), (Reason.PROVIDER_TEMPLATE_REJECTED, None)),
+    **dict.fromkeys((15, 16, 18, -57), (Reason.PROVIDER_SIGNATURE_REJECTED, None)),
+    **dict.fromkeys((20, 23), (Reason.PROVIDER_REGION_NOT_SUPPORTED, None)),
+    3: (Reason.PROVIDER_INSUFFICIENT_BALANCE, None),
+    **dict.fromkeys((-1, -2, -3), (Reason.PROVIDER_AUTH_FAILED, None)),
+    **dict.fromkeys((13, 27, 40, 55, -11, -62), (Reason.PROVIDER_ACCOUNT_ERROR, None)),
+    **dict.fromkeys((4, 52), (Reason.PROVIDER_CONTENT_BLOCKED, None)),
+    10: (Reason.PROVIDER_RECIPIENT_BLOCKED, None),
+    56: (Reason.PROVIDER_PHONE_REJECTED, None),
+    **dict.fromkeys((8, 33), (Reason.PROVIDER_RATE_LIMITED, 30.0)),
+    9: (Reason.PROVIDER_RATE_LIMITED, 300.0),
+    **dict.fromkeys((22, 53), (Reason.PROVIDER_RATE_LIMITED, 3600.0)),
+    **dict.fromkeys((17, 43), (Reason.PROVIDER_RATE_LIMITED, 86400.0)),
+    **dict.fromkeys((-4, -5), (Reason.PROVIDER_QUOTA_EXCEEDED, 60.0)),
+    **dict.fromkeys((-50, -51, -53), (Reason.PROVIDER_UNAVAILABLE, None)),
+    **dict.fromkeys(
+        (1, 11, 12, 14, 19, 21, 48, 58, 28, -7), (Reason.PROVIDER_REJECTED_REQUEST, None)
+    ),
+}
+# The gRPC status of each reason of YUNPIAN_CODE_TABLE.
+PROVIDER_STATUS_CODES: Final[dict[Reason, grpc.StatusCode]] = {
+    Reason.PROVIDER_TEMPLATE_REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_SIGNATURE_REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_REGION_NOT_SUPPORTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_INSUFFICIENT_BALANCE: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_AUTH_FAILED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_ACCOUNT_ERROR: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_CONTENT_BLOCKED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_RECIPIENT_BLOCKED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_PHONE_REJECTED: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.PROVIDER_RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.PROVIDER_QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.PROVIDER_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.PROVIDER_REJECTED_REQUEST: grpc.StatusCode.INTERNAL,
+}
 
 # The config the end-to-end tests start from; make_config replaces whole tables.
 BASE_CONFIG: dict[str, Any] = {

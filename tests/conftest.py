@@ -30,6 +30,7 @@ from yunpian_sms_server.app import SmsServer, sandbox_for
 from yunpian_sms_server.config import Config
 from yunpian_sms_server.logs import configure_logging
 from yunpian_sms_server.sandbox import RunningSandbox, start_sandbox
+from yunpian_sms_server.stores import MemoryStore, RedisStore, Store
 
 
 @pytest.fixture
@@ -92,6 +93,19 @@ async def store_table(request: pytest.FixtureRequest) -> AsyncIterator[dict[str,
     redis_server: RedisServer = request.getfixturevalue("redis_server")
     url = await fresh_database(redis_server, 9)
     yield {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """Each store in turn: in memory, then on database 9 of the session's real redis-server,
+    emptied for the test."""
+    if request.param == "memory":
+        opened: Store = MemoryStore()
+    else:
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        opened = RedisStore(await fresh_database(redis_server, 9))
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import structlog
+from pki import Pki, make_pki
 from support import (
     FINGERPRINT_SECRET,
     REDIS_ADMIN_PASSWORD,
@@ -158,6 +159,20 @@ async def start_serve(tmp_path: Path) -> AsyncIterator[StartServe]:
     yield start
     for process in started:
         await process.kill()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA and a server certificate for 127.0.0.1/localhost; client certificates on demand."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def garbage(tmp_path: Path) -> Path:
+    """A file that looks like a PEM certificate and is none."""
+    path = tmp_path / "garbage.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    return path
 
 
 @pytest.fixture

@@ -33,6 +33,8 @@ from yunpian_sms_server.yunpian import SINGLE_SEND_PATH, TEMPLATES_PATH
 SIGN_IN_TEMPLATE = "您的登录验证码是{{code}}，5分钟内有效。"
 GENERIC_TEMPLATE = "您的验证码是{{code}}。如非本人操作，请忽略本短信"
 INTERNATIONAL_TEMPLATE = "Your verification code is {{code}}."
+# The sandbox of conftest.py approves the templates of BASE_CONFIG with these tpl_ids.
+SIGN_IN_ID, GENERIC_ID, INTERNATIONAL_ID = 1, 2, 3
 # The fingerprint secret of the tests' shared (Redis) stores: every replica of a test uses it.
 FINGERPRINT_SECRET = "test-fingerprint-secret-0123456789abcdef"
 

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -66,9 +67,34 @@ async def run_console_script(
     return await asyncio.to_thread(run_cli, *args, env=env)
 
 
-async def run_main(*args: str) -> int:
-    # main() blocks (the sync SDK, asyncio.run): a thread keeps this loop serving.
-    return await asyncio.to_thread(main, list(args))
+@dataclass(frozen=True)
+class Ran:
+    """How a command ended: its exit status and what it printed."""
+
+    status: int
+    out: str
+    err: str
+
+
+class InProcess:
+    """Runs `yunpian-sms ARGS` through `main` in this process, its output captured."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self._capsys = capsys
+
+    async def __call__(self, *args: str) -> Ran:
+        # main() blocks (the sync SDK, asyncio.run): a thread keeps this loop serving.
+        status = await asyncio.to_thread(main, list(args))
+        out, err = self._capsys.readouterr()
+        return Ran(status, out, err)
+
+
+@pytest.fixture
+def yunpian_sms(
+    log_output: io.StringIO, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> InProcess:
+    """The command in process; the server's logs kept off its stdout."""
+    return InProcess(capsys)
 
 
 def write_config(
@@ -136,69 +162,63 @@ async def test_serve_logs_the_same_warning_at_start(start_serve: StartServe) -> 
 
 
 async def test_send_prints_yunpians_answer_and_exits_0(
-    log_output: io.StringIO,
     server: SmsServer,
     sandbox: RunningSandbox,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
+    yunpian_sms: InProcess,
 ) -> None:
-    status = await run_main(
+    ran = await yunpian_sms(
         "send", PHONE, "123456", "--usage-type", "SignIn", "--target", target_of(server)
     )
-    assert status == 0
+    assert ran.status == 0
     [message] = sandbox.sandbox.messages
-    assert capsys.readouterr().out == (
-        f"sent: message_id={message.sid} mobile={PHONE} segments=1 fee=0.05 RMB\n"
-    )
+    assert ran.out == (f"sent: message_id={message.sid} mobile={PHONE} segments=1 fee=0.05 RMB\n")
     assert message.text.endswith(SIGN_IN_TEMPLATE.replace("{{code}}", "123456"))
 
 
 async def test_send_again_with_the_same_request_id_says_it_was_replayed(
-    log_output: io.StringIO,
     server: SmsServer,
     sandbox: RunningSandbox,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
+    yunpian_sms: InProcess,
 ) -> None:
     args = ("send", PHONE, "123456", "--request-id", "order-1", "--target", target_of(server))
-    assert await run_main(*args) == 0
-    first = capsys.readouterr().out
-    assert await run_main(*args) == 0
-    assert capsys.readouterr().out == first.removesuffix("\n") + " (replayed)\n"
+    ran = await yunpian_sms(*args)
+    assert ran.status == 0
+    first = ran.out
+    ran = await yunpian_sms(*args)
+    assert ran.status == 0
+    assert ran.out == first.removesuffix("\n") + " (replayed)\n"
     assert len(sandbox.sandbox.messages) == 1
 
 
 async def test_send_exits_1_with_the_refusal_on_stderr_and_nothing_on_stdout(
-    log_output: io.StringIO,
     server: SmsServer,
     sandbox: RunningSandbox,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
+    yunpian_sms: InProcess,
 ) -> None:
-    assert await run_main("send", "not-a-phone", "123456", "--target", target_of(server)) == 1
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith("error: ")
-    assert "INVALID_PHONE_NUMBER" in captured.err
+    ran = await yunpian_sms("send", "not-a-phone", "123456", "--target", target_of(server))
+    assert ran.status == 1
+    assert ran.out == ""
+    assert ran.err.startswith("error: ")
+    assert "INVALID_PHONE_NUMBER" in ran.err
     assert sandbox.sandbox.messages == []
 
 
 async def test_send_finds_its_server_and_bearer_token_in_the_environment(
-    log_output: io.StringIO,
     start_server: StartServer,
     sandbox: RunningSandbox,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
+    yunpian_sms: InProcess,
 ) -> None:
     auth = {"callers": {"checkout": {"token_sha256": hash_token(TOKEN)}}}
     server = await start_server(make_config(auth=auth))
     monkeypatch.setenv(TARGET_ENV, target_of(server))
-    assert await run_main("send", PHONE, "123456") == 1
-    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    ran = await yunpian_sms("send", PHONE, "123456")
+    assert ran.status == 1
+    assert "UNAUTHENTICATED" in ran.err
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    assert await run_main("send", PHONE, "123456") == 0
-    assert capsys.readouterr().out.startswith("sent: ")
+    ran = await yunpian_sms("send", PHONE, "123456")
+    assert ran.status == 0
+    assert ran.out.startswith("sent: ")
     assert len(sandbox.sandbox.messages) == 1
 
 
@@ -206,49 +226,43 @@ async def test_send_finds_its_server_and_bearer_token_in_the_environment(
 
 
 async def test_validate_template_command_prints_a_report_and_exits_0_when_valid(
-    log_output: io.StringIO,
     server: SmsServer,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
+    yunpian_sms: InProcess,
 ) -> None:
-    status = await run_main(
+    ran = await yunpian_sms(
         "validate-template", "--usage-type", "SignIn", "--target", target_of(server)
     )
-    assert status == 0
-    out = capsys.readouterr().out.splitlines()
+    assert ran.status == 0
+    out = ran.out.splitlines()
     assert out[:3] == ["valid: yes", "status: APPROVED", f"template_id: {SIGN_IN_ID}"]
     assert f"register at YunPian as: {yunpian_form(SIGN_IN_TEMPLATE)}" in out
     assert "estimated segments: 1" in out
 
 
 async def test_validate_template_command_exits_1_and_lists_problems_when_invalid(
-    log_output: io.StringIO,
     server: SmsServer,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
+    yunpian_sms: InProcess,
 ) -> None:
-    status = await run_main(
+    ran = await yunpian_sms(
         "validate-template", "--content", TYPO_TEMPLATE, "--target", target_of(server)
     )
-    assert status == 1
-    out = capsys.readouterr().out
+    assert ran.status == 1
+    out = ran.out
     assert "valid: no\nstatus: NOT_FOUND\n" in out
     assert "problem NO_MATCHING_TEMPLATE: " in out
 
 
 async def test_validate_template_command_shows_yunpians_reason(
-    log_output: io.StringIO,
     server: SmsServer,
     sandbox: RunningSandbox,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
+    yunpian_sms: InProcess,
 ) -> None:
     sandbox.sandbox.set_template_status(SIGN_IN_ID, "FAIL", "签名不规范")
-    status = await run_main(
+    ran = await yunpian_sms(
         "validate-template", "--usage-type", "SignIn", "--target", target_of(server)
     )
-    assert status == 1
-    out = capsys.readouterr().out
+    assert ran.status == 1
+    out = ran.out
     assert "status: REJECTED\n" in out
     assert "YunPian's reason: 签名不规范\n" in out
 
@@ -405,16 +419,17 @@ async def test_check_config_refuses_whatever_serve_would_refuse(
         assert all(line.startswith("config error: ") for line in stderr.splitlines())
 
 
-async def test_check_config_lists_every_configured_template(
-    log_output: io.StringIO,
+async def test_check_config_without_remote_lists_the_templates_and_does_not_ask_yunpian(
     sandbox: RunningSandbox,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
+    yunpian_sms: InProcess,
 ) -> None:
     config = write_config(tmp_path / "config.toml", sandbox.url)
-    assert await run_main("check-config", "--config", str(config)) == 0
-    out = capsys.readouterr().out.splitlines()
+    ran = await yunpian_sms("check-config", "--config", str(config))
+    assert ran.status == 0
+    assert "APPROVED" not in ran.out
+    assert tpl_gets(sandbox) == 0
+    out = ran.out.splitlines()
     assert out[0] == f"config OK: {config}"
     templates = {
         name: content
@@ -427,29 +442,15 @@ async def test_check_config_lists_every_configured_template(
     ]
 
 
-async def test_check_config_without_remote_does_not_ask_yunpian(
-    log_output: io.StringIO,
-    sandbox: RunningSandbox,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
-) -> None:
-    config = write_config(tmp_path / "config.toml", sandbox.url)
-    assert await run_main("check-config", "--config", str(config)) == 0
-    assert "APPROVED" not in capsys.readouterr().out
-    assert tpl_gets(sandbox) == 0
-
-
 async def test_check_config_remote_exits_0_when_every_template_is_approved(
-    log_output: io.StringIO,
     sandbox: RunningSandbox,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
+    yunpian_sms: InProcess,
 ) -> None:
     config = write_config(tmp_path / "config.toml", sandbox.url)
-    assert await run_main("check-config", "--remote", "--config", str(config)) == 0
-    out = capsys.readouterr().out
+    ran = await yunpian_sms("check-config", "--remote", "--config", str(config))
+    assert ran.status == 0
+    out = ran.out
     assert out.startswith("config OK")
     lines = status_lines(out)
     assert list(lines) == [
@@ -466,17 +467,16 @@ async def test_check_config_remote_exits_0_when_every_template_is_approved(
 
 
 async def test_check_config_remote_exits_1_naming_each_template_not_approved(
-    log_output: io.StringIO,
     sandbox: RunningSandbox,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
+    yunpian_sms: InProcess,
 ) -> None:
     sandbox.sandbox.set_template_status(SIGN_IN_ID, "CHECKING")
     sandbox.sandbox.remove_template(INTERNATIONAL_ID)
     config = write_config(tmp_path / "config.toml", sandbox.url)
-    assert await run_main("check-config", "--remote", "--config", str(config)) == 1
-    lines = status_lines(capsys.readouterr().out)
+    ran = await yunpian_sms("check-config", "--remote", "--config", str(config))
+    assert ran.status == 1
+    lines = status_lines(ran.out)
     assert lines["SignIn"].split()[1:3] == ["PENDING", f"tpl_id={SIGN_IN_ID}"]
     assert "TEMPLATE_PENDING: " in lines["SignIn"]
     assert lines["Generic"].split()[1] == "APPROVED"
@@ -485,14 +485,13 @@ async def test_check_config_remote_exits_1_naming_each_template_not_approved(
 
 
 async def test_check_config_remote_exits_1_when_yunpian_is_unreachable(
-    log_output: io.StringIO,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
+    yunpian_sms: InProcess,
 ) -> None:
     config = write_config(tmp_path / "config.toml", f"http://127.0.0.1:{free_port()}")
-    assert await run_main("check-config", "--remote", "--config", str(config)) == 1
-    lines = status_lines(capsys.readouterr().out)
+    ran = await yunpian_sms("check-config", "--remote", "--config", str(config))
+    assert ran.status == 1
+    lines = status_lines(ran.out)
     assert len(lines) == 5
     assert all(" NOT_CHECKED " in line for line in lines.values())
     assert "could not be reached" in lines["SignIn"]

@@ -304,19 +304,6 @@ async def test_an_answer_nested_past_the_recursion_limit_is_a_bad_response(
     assert error.delivery_unknown
 
 
-async def test_the_client_serves_every_call_after_a_fault(
-    yunpian: YunpianClient, sandbox: RunningSandbox
-) -> None:
-    for fault in (
-        Fault(kind="drop"),
-        Fault(kind="malformed", body="not_json"),
-        Fault(kind="http_status", status=502),
-    ):
-        sandbox.sandbox.inject(fault)
-        await refused(yunpian)
-    assert (await send(yunpian)).sid
-
-
 # --- the deadline budget ------------------------------------------------------------------------
 
 

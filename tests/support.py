@@ -24,6 +24,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
+from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.config import Config, parse_config
 from yunpian_sms_server.errors import Reason
@@ -101,6 +102,17 @@ def make_config(**sections: dict[str, Any]) -> Config:
 
 # start_server(config=None, *, base_url=None) -> a started SmsServer on 127.0.0.1:<port>.
 StartServer = Callable[..., Awaitable[SmsServer]]
+
+
+def target_of(server: SmsServer) -> str:
+    """The gRPC address of a server started by `start_server`."""
+    return f"127.0.0.1:{server.port}"
+
+
+async def client_for(start_server: StartServer, **sections: dict[str, Any]) -> AsyncSmsClient:
+    """An SDK client, without retries, of a new server on make_config(**sections)."""
+    server = await start_server(make_config(**sections))
+    return AsyncSmsClient(target_of(server), retry=None)
 
 
 class RedisServer:

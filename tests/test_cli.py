@@ -30,6 +30,7 @@ from support import (
     free_port,
     make_config,
     run_cli,
+    target_of,
     toml_text,
     tpl_gets,
 )
@@ -47,10 +48,6 @@ PHONE: Final = "13800138000"
 TOKEN: Final = "checkout-token"
 # 登陆 where the approved SignIn template has 登录.
 TYPO_TEMPLATE: Final = "您的登陆验证码是{{code}}，5分钟内有效。"
-
-
-def target_of(server: SmsServer) -> str:
-    return f"127.0.0.1:{server.port}"
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from support import StartServer, make_config, single_sends
+from support import StartServer, client_for, single_sends
 
 from yunpian_sms_client import (
     AsyncSmsClient,
@@ -17,11 +17,6 @@ from yunpian_sms_client import (
 from yunpian_sms_server.sandbox import Fault, RunningSandbox
 
 PHONE = "13800138000"
-
-
-async def client_for(start_server: StartServer, **sections: dict[str, object]) -> AsyncSmsClient:
-    server = await start_server(make_config(**sections))
-    return AsyncSmsClient(f"127.0.0.1:{server.port}", retry=None)
 
 
 async def test_a_retried_request_id_replays_the_outcome_and_sends_nothing(

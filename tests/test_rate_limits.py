@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from google.rpc import error_details_pb2
-from support import StartServer, free_port, make_config
+from support import StartServer, client_for, free_port
 
-from yunpian_sms_client import AsyncSmsClient, ResourceExhaustedError
+from yunpian_sms_client import ResourceExhaustedError
 from yunpian_sms_server.config import LimitsConfig
 from yunpian_sms_server.errors import Reason
 from yunpian_sms_server.limits import Window, parse_limit
@@ -153,18 +153,11 @@ async def test_a_refusal_is_rate_limited_naming_the_full_window_and_the_wait(
 # --- end to end, on both stores -----------------------------------------------------------------
 
 
-async def client_for(
-    start_server: StartServer, store_table: dict[str, Any], **sections: dict[str, object]
-) -> AsyncSmsClient:
-    server = await start_server(make_config(store=store_table, **sections))
-    return AsyncSmsClient(f"127.0.0.1:{server.port}", retry=None)
-
-
 async def test_the_per_phone_limit_counts_normalised_numbers_and_says_when_to_retry(
     start_server: StartServer, sandbox: RunningSandbox, store_table: dict[str, Any]
 ) -> None:
     sandbox.sandbox.enforce_limits = False  # YunPian's own 1-per-30-s rule is not under test
-    client = await client_for(start_server, store_table, limits={"per_phone": ["2/60s"]})
+    client = await client_for(start_server, store=store_table, limits={"per_phone": ["2/60s"]})
     async with client:
         await client.send_code("13800138000", "123456")
         await client.send_code("+86 138-0013-8000", "123456")
@@ -184,7 +177,7 @@ async def test_the_global_limit_covers_every_number(
     start_server: StartServer, sandbox: RunningSandbox, store_table: dict[str, Any]
 ) -> None:
     client = await client_for(
-        start_server, store_table, limits={"per_phone": [], "global": ["2/1h"]}
+        start_server, store=store_table, limits={"per_phone": [], "global": ["2/1h"]}
     )
     async with client:
         await client.send_code("13800138000", "123456")
@@ -199,7 +192,7 @@ async def test_the_per_caller_limit_applies_to_unauthenticated_callers_together(
     start_server: StartServer, store_table: dict[str, Any]
 ) -> None:
     client = await client_for(
-        start_server, store_table, limits={"per_phone": [], "per_caller": ["1/1h"]}
+        start_server, store=store_table, limits={"per_phone": [], "per_caller": ["1/1h"]}
     )
     async with client:
         await client.send_code("13800138000", "123456")

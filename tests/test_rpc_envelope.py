@@ -25,6 +25,7 @@ from support import (
     make_config,
     scrape,
     single_sends,
+    target_of,
     value,
 )
 
@@ -58,10 +59,6 @@ TOKEN = "checkout-token"
 METRICS = {"metrics_listen": "127.0.0.1:0"}
 AUTH = {"callers": {"checkout": {"token_sha256": hash_token(TOKEN)}}}
 NEW_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def target_of(server: SmsServer) -> str:
-    return f"127.0.0.1:{server.port}"
 
 
 # --- request ids ------------------------------------------------------------------------------

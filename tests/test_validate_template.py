@@ -24,6 +24,7 @@ from support import (
     free_port,
     log_events,
     make_config,
+    target_of,
     tpl_gets,
 )
 
@@ -53,10 +54,6 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Quick re-checks, so verify_on_start notices an approval within a test's patience.
 FAST_RECHECK_S = 0.05
-
-
-def target_of(server: SmsServer) -> str:
-    return f"127.0.0.1:{server.port}"
 
 
 def templates_with(**options: object) -> dict[str, Any]:

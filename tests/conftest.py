@@ -11,13 +11,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import structlog
+from pki import Pki, make_pki
 from support import (
+    FINGERPRINT_SECRET,
     REDIS_ADMIN_PASSWORD,
     REDIS_ADMIN_USER,
     RedisServer,
     ServeProcess,
     StartServe,
     StartServer,
+    fresh_database,
     make_config,
     set_store,
     toml_text,
@@ -28,6 +31,7 @@ from yunpian_sms_server.app import SmsServer, sandbox_for
 from yunpian_sms_server.config import Config
 from yunpian_sms_server.logs import configure_logging
 from yunpian_sms_server.sandbox import RunningSandbox, start_sandbox
+from yunpian_sms_server.stores import MemoryStore, RedisStore, Store
 
 
 @pytest.fixture
@@ -80,6 +84,31 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(params=["memory", "redis"])
+async def store_table(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """The [store] table of a test's server, once on each store: memory, then database 9 of
+    the session's real redis-server, emptied for the test."""
+    if request.param == "memory":
+        yield {"url": "memory://"}
+        return
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    url = await fresh_database(redis_server, 9)
+    yield {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """Each store in turn: in memory, then on database 9 of the session's real redis-server,
+    emptied for the test."""
+    if request.param == "memory":
+        opened: Store = MemoryStore()
+    else:
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        opened = RedisStore(await fresh_database(redis_server, 9))
+    yield opened
+    await opened.close()
+
+
 @pytest.fixture(scope="module")
 def faulty_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server of the module's own, whose server user loses rights (`redis_admin`)."""
@@ -130,6 +159,20 @@ async def start_serve(tmp_path: Path) -> AsyncIterator[StartServe]:
     yield start
     for process in started:
         await process.kill()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA and a server certificate for 127.0.0.1/localhost; client certificates on demand."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def garbage(tmp_path: Path) -> Path:
+    """A file that looks like a PEM certificate and is none."""
+    path = tmp_path / "garbage.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    return path
 
 
 @pytest.fixture

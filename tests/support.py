@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,15 +24,59 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
+from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.config import Config, parse_config
-from yunpian_sms_server.sandbox import SANDBOX_API_KEY
+from yunpian_sms_server.errors import Reason
+from yunpian_sms_server.sandbox import SANDBOX_API_KEY, RunningSandbox
+from yunpian_sms_server.yunpian import SINGLE_SEND_PATH, TEMPLATES_PATH
 
 SIGN_IN_TEMPLATE = "您的登录验证码是{{code}}，5分钟内有效。"
 GENERIC_TEMPLATE = "您的验证码是{{code}}。如非本人操作，请忽略本短信"
 INTERNATIONAL_TEMPLATE = "Your verification code is {{code}}."
+# The sandbox of conftest.py approves the templates of BASE_CONFIG with these tpl_ids.
+SIGN_IN_ID, GENERIC_ID, INTERNATIONAL_ID = 1, 2, 3
 # The fingerprint secret of the tests' shared (Redis) stores: every replica of a test uses it.
 FINGERPRINT_SECRET = "test-fingerprint-secret-0123456789abcdef"
+
+# YunPian's answer codes as the service must answer them, written out apart from yunpian.py's
+# own table: code -> (reason, RetryInfo delay in seconds or None).
+YUNPIAN_CODE_TABLE: Final[dict[int, tuple[Reason, float | None]]] = {
+    **dict.fromkeys((5, 7, 60), (Reason.PROVIDER_TEMPLATE_REJECTED, None)),
+    **dict.fromkeys((15, 16, 18, -57), (Reason.PROVIDER_SIGNATURE_REJECTED, None)),
+    **dict.fromkeys((20, 23), (Reason.PROVIDER_REGION_NOT_SUPPORTED, None)),
+    3: (Reason.PROVIDER_INSUFFICIENT_BALANCE, None),
+    **dict.fromkeys((-1, -2, -3), (Reason.PROVIDER_AUTH_FAILED, None)),
+    **dict.fromkeys((13, 27, 40, 55, -11, -62), (Reason.PROVIDER_ACCOUNT_ERROR, None)),
+    **dict.fromkeys((4, 52), (Reason.PROVIDER_CONTENT_BLOCKED, None)),
+    10: (Reason.PROVIDER_RECIPIENT_BLOCKED, None),
+    56: (Reason.PROVIDER_PHONE_REJECTED, None),
+    **dict.fromkeys((8, 33), (Reason.PROVIDER_RATE_LIMITED, 30.0)),
+    9: (Reason.PROVIDER_RATE_LIMITED, 300.0),
+    **dict.fromkeys((22, 53), (Reason.PROVIDER_RATE_LIMITED, 3600.0)),
+    **dict.fromkeys((17, 43), (Reason.PROVIDER_RATE_LIMITED, 86400.0)),
+    **dict.fromkeys((-4, -5), (Reason.PROVIDER_QUOTA_EXCEEDED, 60.0)),
+    **dict.fromkeys((-50, -51, -53), (Reason.PROVIDER_UNAVAILABLE, None)),
+    **dict.fromkeys(
+        (1, 11, 12, 14, 19, 21, 48, 58, 28, -7), (Reason.PROVIDER_REJECTED_REQUEST, None)
+    ),
+}
+# The gRPC status of each reason of YUNPIAN_CODE_TABLE.
+PROVIDER_STATUS_CODES: Final[dict[Reason, grpc.StatusCode]] = {
+    Reason.PROVIDER_TEMPLATE_REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_SIGNATURE_REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_REGION_NOT_SUPPORTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_INSUFFICIENT_BALANCE: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_AUTH_FAILED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_ACCOUNT_ERROR: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_CONTENT_BLOCKED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_RECIPIENT_BLOCKED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_PHONE_REJECTED: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.PROVIDER_RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.PROVIDER_QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.PROVIDER_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.PROVIDER_REJECTED_REQUEST: grpc.StatusCode.INTERNAL,
+}
 
 # The config the end-to-end tests start from; make_config replaces whole tables.
 BASE_CONFIG: dict[str, Any] = {
@@ -58,6 +102,17 @@ def make_config(**sections: dict[str, Any]) -> Config:
 
 # start_server(config=None, *, base_url=None) -> a started SmsServer on 127.0.0.1:<port>.
 StartServer = Callable[..., Awaitable[SmsServer]]
+
+
+def target_of(server: SmsServer) -> str:
+    """The gRPC address of a server started by `start_server`."""
+    return f"127.0.0.1:{server.port}"
+
+
+async def client_for(start_server: StartServer, **sections: dict[str, Any]) -> AsyncSmsClient:
+    """An SDK client, without retries, of a new server on make_config(**sections)."""
+    server = await start_server(make_config(**sections))
+    return AsyncSmsClient(target_of(server), retry=None)
 
 
 class RedisServer:
@@ -119,6 +174,42 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def unreachable_yunpian() -> Iterator[str]:
+    """A loopback URL whose connections never complete: a listener with a full accept queue.
+
+    The kernel drops the SYNs of further connections, so a client waits in connect() the way it
+    does behind a firewall that drops packets: nothing of a request can have left.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        queued.append(filler)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for filler in queued:
+            filler.close()
+        listener.close()
+
+
+def single_sends(sandbox: RunningSandbox) -> int:
+    """How many single_send.json requests the sandbox has received (faults included)."""
+    return sandbox.sandbox.request_counts[SINGLE_SEND_PATH]
+
+
+def tpl_gets(sandbox: RunningSandbox) -> int:
+    """How many tpl/get.json requests (template lists) the sandbox has received."""
+    return sandbox.sandbox.request_counts[TEMPLATES_PATH]
 
 
 # The console script of the installed server, beside the interpreter running the tests.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-import socket
 import time
 import types
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -19,6 +18,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from support import free_port
 
 import yunpian_sms_client
 from yunpian.sms.v1 import sms_service_pb2 as pb
@@ -193,14 +193,6 @@ async def target(service: FakeSmsService) -> AsyncIterator[str]:
     await server.start()
     yield f"127.0.0.1:{port}"
     await server.stop(None)
-
-
-@pytest.fixture
-def unused_port() -> int:
-    """A loopback port nothing listens on (it was free a moment ago)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -539,8 +531,8 @@ async def test_a_template_check_that_times_out_sent_nothing(
     assert not caught.value.delivery_unknown
 
 
-async def test_an_unreachable_server_raises_unavailable(unused_port: int) -> None:
-    async with AsyncSmsClient(f"127.0.0.1:{unused_port}", retry=None) as client:
+async def test_an_unreachable_server_raises_unavailable() -> None:
+    async with AsyncSmsClient(f"127.0.0.1:{free_port()}", retry=None) as client:
         with pytest.raises(UnavailableError) as caught:
             await client.send_code(PHONE, "123456", timeout=2.0)
 

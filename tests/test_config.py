@@ -1,22 +1,15 @@
-"""Config validation : every problem listed, exit status 2, no traceback."""
+"""Config validation (config.py): every problem listed under its key, warnings, loading a file;
+what the check-config and serve commands make of them is in test_cli.py."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
-from typing import Any, Final
 
 import pytest
-from pki import Pki, make_pki
+from pki import Pki
 from support import (
-    BASE_CONFIG,
     FINGERPRINT_SECRET,
-    ServeProcess,
-    StartServe,
-    free_port,
-    run_cli,
-    toml_text,
 )
 
 from yunpian_sms_server.config import (
@@ -27,8 +20,6 @@ from yunpian_sms_server.config import (
     load_config,
     parse_config,
 )
-from yunpian_sms_server.limits import MAX_LIMIT_COUNT, MAX_LIMIT_PERIOD_S, Limit, parse_limit
-from yunpian_sms_server.listen_addresses import parse_listen
 
 API_KEY = "0123456789abcdef0123456789abcdef"
 ENV_KEY = "fedcba9876543210fedcba9876543210"
@@ -108,87 +99,11 @@ def test_api_key_is_not_in_the_config_repr() -> None:
     assert API_KEY not in repr(config)
 
 
-@pytest.mark.parametrize(
-    ("text", "limit"),
-    [
-        ("1/60s", Limit(1, 60.0, "1/60s")),
-        ("5/1h", Limit(5, 3600.0, "5/1h")),
-        ("10/d", Limit(10, 86400.0, "10/d")),
-        ("10/1d", Limit(10, 86400.0, "10/1d")),
-        ("2/m", Limit(2, 60.0, "2/m")),
-        ("3/5m", Limit(3, 300.0, "3/5m")),
-        ("1000000000/366d", Limit(MAX_LIMIT_COUNT, float(MAX_LIMIT_PERIOD_S), "1000000000/366d")),
-    ],
-)
-def test_parse_limit_reads_count_and_period(text: str, limit: Limit) -> None:
-    assert parse_limit(text) == limit
-
-
-@pytest.mark.parametrize("text", ["", "5", "5/1w", "-1/1s", "a/1s", "1/1.5s"])
-def test_parse_limit_rejects_malformed_limits(text: str) -> None:
-    with pytest.raises(ValueError, match="COUNT/PERIOD"):
-        parse_limit(text)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("0/1s", "'0/1s': COUNT must be 1 to 1000000000"),
-        ("99999999999/1s", "'99999999999/1s': COUNT must be 1 to 1000000000"),
-        ("1/0s", "'1/0s': PERIOD must be more than 0 and at most 366 days"),
-        ("1/00s", "'1/00s': PERIOD must be more than 0 and at most 366 days"),
-        ("1/367d", "'1/367d': PERIOD must be more than 0 and at most 366 days"),
-        (
-            "1/9999999999999999d",
-            "'1/9999999999999999d': PERIOD must be more than 0 and at most 366 days",
-        ),
-    ],
-)
-def test_parse_limit_rejects_counts_and_periods_out_of_bounds(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        parse_limit(text)
-
-
-def test_a_limit_with_thousands_of_digits_is_out_of_bounds_not_a_crash() -> None:
-    with pytest.raises(ValueError, match="PERIOD must be more than 0"):
-        parse_limit("1/" + "9" * 5000 + "s")
-
-
 def test_limits_out_of_bounds_are_reported_under_their_key() -> None:
     assert problems_of({"limits": {"per_caller": ["1/00s"], "global": ["0/1s"]}}) == [
         "limits.per_caller: '1/00s': PERIOD must be more than 0 and at most 366 days",
         "limits.global: '0/1s': COUNT must be 1 to 1000000000",
     ]
-
-
-@pytest.mark.parametrize(
-    ("text", "address"),
-    [
-        ("127.0.0.1:50051", ("127.0.0.1", 50051)),
-        ("[::1]:0", ("::1", 0)),
-        ("localhost:9", ("localhost", 9)),
-    ],
-)
-def test_parse_listen_splits_host_and_port(text: str, address: tuple[str, int]) -> None:
-    assert parse_listen(text) == address
-
-
-@pytest.mark.parametrize("text", ["", "50051", "host:", ":50051", "host:70000", "host:x"])
-def test_parse_listen_rejects_malformed_addresses(text: str) -> None:
-    with pytest.raises(ValueError, match=r"HOST:PORT|port"):
-        parse_listen(text)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("::1:50051", "an IPv6 host goes in brackets, e.g. [::1]:50051"),
-        ("[localhost]:50051", "brackets hold an IPv6 address, e.g. [::1]:50051"),
-    ],
-)
-def test_parse_listen_rejects_what_grpc_would_misread(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        parse_listen(text)
 
 
 @pytest.mark.parametrize("metrics", ["127.0.0.1:50051", "0.0.0.0:50051"])
@@ -290,18 +205,6 @@ def test_the_drain_may_be_off() -> None:
     assert parse_config({"server": {"drain_seconds": 0}}, {}).server.drain_seconds == 0.0
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def garbage(tmp_path: Path) -> Path:
-    path = tmp_path / "garbage.pem"
-    path.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
-    return path
-
-
 def tls_problems(**files: Path) -> list[str]:
     return problems_of({"server": {"tls": {name: str(path) for name, path in files.items()}}})
 
@@ -376,145 +279,6 @@ def test_load_config_reads_the_path_from_the_environment(tmp_path: Path) -> None
     assert load_config(None, env={"YUNPIAN_SMS_CONFIG": str(path)}).server.listen == (
         "127.0.0.1:6000"
     )
-
-
-def test_check_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text('[server]\nlisten = "nowhere"\n[yunpian]\ntimeout_seconds = -1\n')
-    result = run_cli("check-config", "--config", str(path))
-    assert result.returncode == 2
-    lines = result.stderr.splitlines()
-    assert lines == [
-        "config error: server.listen: must be HOST:PORT, e.g. 127.0.0.1:50051",
-        "config error: yunpian.timeout_seconds: must be more than 0 and at most 60",
-    ]
-    assert "Traceback" not in result.stderr
-
-
-def test_serve_with_a_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text("[templates]\nSignIn = 'no code here'\n")
-    result = run_cli("serve", "--config", str(path), "--sandbox")
-    assert result.returncode == 2
-    assert "config error: templates.SignIn:" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_serve_without_an_api_key_exits_2_unless_on_the_sandbox() -> None:
-    result = run_cli("serve")
-    assert result.returncode == 2
-    assert "yunpian.api_key: is required" in result.stderr
-
-
-def test_check_config_accepts_a_valid_file(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(f'[yunpian]\napi_key = "{API_KEY}"\n')
-    result = run_cli("check-config", "--config", str(path))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("config OK")
-    assert API_KEY not in result.stdout
-
-
-def test_check_config_reports_an_unreadable_file(tmp_path: Path) -> None:
-    result = run_cli("check-config", "--config", str(tmp_path / "missing.toml"))
-    assert result.returncode == 2
-    assert "cannot be read" in result.stderr
-
-
-def test_check_config_warns_when_a_shutdown_could_cut_a_send_short(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'[server]\ngrace_period_seconds = 2.0\n[yunpian]\napi_key = "{API_KEY}"\n'
-        "timeout_seconds = 5.0\n"
-    )
-    result = run_cli("check-config", "--config", str(path))
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == [
-        "warning: server.grace_period_seconds: 2 is less than yunpian.timeout_seconds + 1 (6): "
-        "a shutdown could cut short a send already on its way to YunPian"
-    ]
-    assert result.stdout.startswith("config OK")
-
-
-async def test_serve_logs_the_same_warning_at_start(start_serve: StartServe) -> None:
-    server = await start_serve({**BASE_CONFIG, "server": {"grace_period_seconds": 1.0}})
-    [warning] = server.events_named("config_warning")
-    assert warning["key"] == "server.grace_period_seconds"
-    assert warning["message"].startswith("1 is less than yunpian.timeout_seconds + 1 (3)")
-
-
-# Configs that passed check-config and then failed (or misbehaved) once served, each with the
-# key its problem names; the ports are filled in by bad_config.
-BAD_CONFIGS: Final = {
-    "tls cert not a certificate": ("server.tls.cert", {"tls": ("garbage", "server_key", None)}),
-    "tls key of another cert": ("server.tls.key", {"tls": ("server_cert", "other_key", None)}),
-    "tls client_ca not a certificate": (
-        "server.tls.client_ca",
-        {"tls": ("server_cert", "server_key", "garbage")},
-    ),
-    "limit period too long": ("limits.per_phone", {"per_phone": ["1/9999999999999999d"]}),
-    "limit period of zero": ("limits.per_phone", {"per_phone": ["1/00s"]}),
-    "limit count too large": ("limits.per_caller", {"per_caller": ["99999999999/1s"]}),
-    "redis url without host": ("store.url", {"store": "redis://"}),
-    "redis without a fingerprint secret": (
-        "store.fingerprint_secret",
-        {"store": "redis://127.0.0.1:{port}/0", "secret": ""},
-    ),
-    "redis url with unknown option": ("store.url", {"store": "redis://127.0.0.1:{port}/0?x=1"}),
-    "metrics on the grpc port": ("server.metrics_listen", {"metrics_listen": "127.0.0.1:{port}"}),
-    "ipv6 listen without brackets": ("server.listen", {"listen": "::1:{port}"}),
-    "listen beyond loopback without auth": ("server.listen", {"listen": "0.0.0.0:{port}"}),
-}
-
-
-def bad_config(case: str, pki: Pki, garbage: Path) -> dict[str, Any]:
-    """The BAD_CONFIGS case as a config: otherwise valid, on a free loopback port."""
-    port = free_port()
-    _, spec = BAD_CONFIGS[case]
-    files = {"garbage": garbage, "other_key": pki.client("other")[1]}
-    files |= {"server_cert": pki.server_cert, "server_key": pki.server_key}
-    server: dict[str, Any] = {"listen": f"127.0.0.1:{port}"}
-    limits: dict[str, Any] = {"per_phone": []}
-    store = {"url": "memory://", "fingerprint_secret": FINGERPRINT_SECRET}
-    for name, value in spec.items():
-        if name == "tls":
-            tls = dict(zip(("cert", "key", "client_ca"), value, strict=True))
-            server["tls"] = {key: str(files[file]) for key, file in tls.items() if file}
-        elif name in ("per_phone", "per_caller"):
-            limits[name] = value
-        elif name == "store":
-            store["url"] = value.format(port=free_port())
-        elif name == "secret":
-            store["fingerprint_secret"] = value
-        else:
-            server[name] = value.format(port=port)
-    return {
-        "server": server,
-        "yunpian": {"api_key": API_KEY, "base_url": f"http://127.0.0.1:{free_port()}"},
-        "limits": limits,
-        "store": store,
-    }
-
-
-@pytest.mark.parametrize("case", BAD_CONFIGS)
-async def test_check_config_refuses_whatever_serve_would_refuse(
-    case: str, pki: Pki, garbage: Path, tmp_path: Path
-) -> None:
-    key, _ = BAD_CONFIGS[case]
-    path = tmp_path / "config.toml"
-    path.write_text(toml_text(bad_config(case, pki, garbage)))
-    serve = ServeProcess.start("--config", str(path), directory=tmp_path / "serve")
-    checked, served = await asyncio.gather(
-        asyncio.to_thread(run_cli, "check-config", "--config", str(path)), serve.exit_status()
-    )
-    for command, status, stderr in (
-        ("check-config", checked.returncode, checked.stderr),
-        ("serve", served, serve.stderr),
-    ):
-        assert status == 2, f"{command} did not refuse the config: {stderr}"
-        assert "Traceback" not in stderr
-        assert f"config error: {key}: " in stderr, f"{command}: {stderr}"
-        assert all(line.startswith("config error: ") for line in stderr.splitlines())
 
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"

@@ -1,84 +1,21 @@
-"""One structured event per RPC , and no secret in any log line."""
+"""Structured logging (logs.py): the running RPC's fields on every event, and no secret in any
+log line."""
 
 from __future__ import annotations
 
 import io
 import json
 
-import grpc
 import pytest
 import structlog
 from support import log_events
 
-from yunpian.sms.v1 import sms_service_pb2 as pb
-from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_client import AsyncSmsClient, SmsError
-from yunpian_sms_server.app import SmsServer
+from yunpian_sms_server.logs import log_rpc_record
+from yunpian_sms_server.rpc_record import RpcRecord
 from yunpian_sms_server.sandbox import SANDBOX_API_KEY, Fault, RunningSandbox
 
-EVENT_KEYS = {
-    "event",
-    "rpc",
-    "grpc_code",
-    "reason",
-    "duration_ms",
-    "request_id",
-    "caller",
-    "usage_type",
-    "international",
-    "phone",
-    "yunpian_code",
-    "message_id",
-    "idempotency_key",
-    "replayed",
-}
 CODE = "SeCr3t99"
-
-
-async def test_each_rpc_logs_one_json_event_with_the_stable_keys(
-    log_output: io.StringIO, client: AsyncSmsClient
-) -> None:
-    sent = await client.send_code(
-        "+86 138-0013-8000",
-        CODE,
-        usage_type="SignIn",
-        request_id="r-1",
-        metadata=[("x-request-id", "req-42")],
-    )
-    [event] = log_events(log_output, "rpc")
-    assert set(event) >= EVENT_KEYS
-    assert event["rpc"] == "SendCode"
-    assert event["grpc_code"] == "OK"
-    assert event["reason"] is None
-    assert event["phone"] == "138****8000"
-    assert event["usage_type"] == "SignIn"
-    assert event["international"] is False
-    assert event["request_id"] == "req-42"
-    assert event["idempotency_key"] == "r-1"
-    assert event["caller"] == "anonymous"
-    assert event["replayed"] is False
-    assert event["message_id"] == sent.message_id
-    assert event["yunpian_code"] == 0
-    assert isinstance(event["duration_ms"], float)
-
-
-async def test_failed_rpcs_log_their_code_and_reason(
-    log_output: io.StringIO, client: AsyncSmsClient, sandbox: RunningSandbox
-) -> None:
-    with pytest.raises(SmsError):
-        await client.send_code("not a number", CODE)
-    sandbox.sandbox.inject(Fault(kind="error", code=22))
-    with pytest.raises(SmsError):
-        await client.send_code("+14155552671", CODE)
-    first, second = log_events(log_output, "rpc")
-    assert (first["grpc_code"], first["reason"]) == ("INVALID_ARGUMENT", "INVALID_PHONE_NUMBER")
-    assert first["phone"] is None
-    assert (second["grpc_code"], second["reason"]) == (
-        "RESOURCE_EXHAUSTED",
-        "PROVIDER_RATE_LIMITED",
-    )
-    assert (second["phone"], second["international"]) == ("+1415****671", True)
-    assert second["yunpian_code"] == 22
 
 
 async def test_no_log_line_holds_the_api_key_the_code_the_text_or_a_whole_number(
@@ -105,20 +42,19 @@ def test_the_secret_filter_drops_secret_keys_bound_by_mistake(log_output: io.Str
     assert not {"code", "api_key", "text"} & set(event)
 
 
-async def test_every_rpc_gets_a_request_id_returned_in_the_trailers(
-    log_output: io.StringIO, server: SmsServer
+def test_events_logged_during_an_rpc_carry_its_record_and_keep_their_own_keys(
+    log_output: io.StringIO,
 ) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = pb_grpc.SmsServiceStub(channel)
-        call = stub.SendCode(pb.SendCodeRequest(phone_number="13800138000", code=CODE))
-        await call
-        made = dict(await call.trailing_metadata())["x-request-id"]
-        call = stub.SendCode(
-            pb.SendCodeRequest(phone_number="bad", code=CODE), metadata=[("x-request-id", "mine-1")]
-        )
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        kept = dict(caught.value.trailing_metadata() or ())["x-request-id"]
-    assert len(made) == 32
-    assert kept == "mine-1"
-    assert [event["request_id"] for event in log_events(log_output, "rpc")] == [made, "mine-1"]
+    log = structlog.get_logger()
+    log_rpc_record(RpcRecord("req-7", caller="checkout", phone="138****8000"))
+    try:
+        log.info("during", caller="overridden")
+    finally:
+        log_rpc_record(None)
+    log.info("after")
+    during, after = [json.loads(line) for line in log_output.getvalue().splitlines()]
+    assert during["request_id"] == "req-7"
+    assert during["phone"] == "138****8000"
+    assert during["caller"] == "overridden"
+    assert set(RpcRecord("x").fields()) <= set(during)
+    assert "request_id" not in after

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from support import RedisServer
@@ -19,17 +18,6 @@ from yunpian_sms_server.stores import (
     open_store,
     url_problem,
 )
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        opened: Store = MemoryStore()
-    else:
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        opened = RedisStore(redis_server.url)
-    yield opened
-    await opened.close()
 
 
 def window(limit: str, subject: str | None = None, scope: str = "phone") -> Window:

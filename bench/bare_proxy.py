@@ -59,7 +59,8 @@ class BareSmsServicer(pb_grpc.SmsServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Not part of the benchmark.")
 
     # The proto's other RPCs: the reference serves SendCode only.
-    ValidateTemplate = StartVerification = CheckVerification = CancelVerification = _not_benchmarked
+    ValidateTemplate = StartVerification = CheckVerification = _not_benchmarked
+    CancelVerification = GetDeliveryStatus = _not_benchmarked
 
 
 async def serve(listen: str, upstream: str) -> None:

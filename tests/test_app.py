@@ -51,6 +51,7 @@ async def test_reflection_lists_and_describes_the_service(server: SmsServer) -> 
         "StartVerification",
         "CheckVerification",
         "CancelVerification",
+        "GetDeliveryStatus",
     ]
 
 

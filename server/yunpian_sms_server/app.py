@@ -33,11 +33,13 @@ from yunpian_sms_server.auth import Authenticator
 from yunpian_sms_server.config import (
     Config,
     ConfigError,
+    DeliveryConfig,
     TlsConfig,
     YunpianConfig,
     config_warnings,
     exposure_problem,
 )
+from yunpian_sms_server.delivery_reports import DeliveryReports, ReportPuller
 from yunpian_sms_server.errors import ServiceError
 from yunpian_sms_server.listen_addresses import join_listen, parse_listen
 from yunpian_sms_server.listeners import (
@@ -50,6 +52,7 @@ from yunpian_sms_server.listeners import (
 from yunpian_sms_server.loop_lag import LoopLagMonitor
 from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint
 from yunpian_sms_server.rate_limits import RateLimiter
+from yunpian_sms_server.report_endpoint import callback_url, start_report_endpoint
 from yunpian_sms_server.rpc_envelope import RpcEnvelope
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
@@ -59,7 +62,7 @@ from yunpian_sms_server.sandbox import (
     SandboxTemplate,
     start_sandbox,
 )
-from yunpian_sms_server.send_protocol import Fingerprints, SendProtocol
+from yunpian_sms_server.send_protocol import Fingerprints, ReportCollection, SendProtocol
 from yunpian_sms_server.service import SmsServicer
 from yunpian_sms_server.shutdown import Shutdown
 from yunpian_sms_server.stores import Store, StoreUnavailableError, open_store
@@ -125,6 +128,16 @@ async def serve_sandbox(config: Config, listen: str) -> RunningSandbox:
 def open_yunpian_session(config: YunpianConfig) -> aiohttp.ClientSession:
     """The one HTTP session to YunPian, with the configured timeout."""
     return open_session(config.timeout_seconds)
+
+
+def report_collection(delivery: DeliveryConfig) -> ReportCollection | None:
+    """What the send protocol keeps for delivery reports (None: they are not collected)."""
+    if not delivery.enabled:
+        return None
+    url = ""
+    if delivery.mode == "push" and delivery.public_url:
+        url = callback_url(delivery.public_url, delivery.path_token)
+    return ReportCollection(keep_s=delivery.report_wait_seconds, callback_url=url)
 
 
 def fingerprints_for(config: Config) -> Fingerprints:
@@ -227,6 +240,10 @@ class SmsServer:
         self.metrics_port = 0
         self._loop_lag = LoopLagMonitor(self.metrics.loop_lag.observe)
         self._metrics_runner: web.AppRunner | None = None
+        # Delivery reports: pulled by a task, or pushed to an endpoint (whichever is configured).
+        self._puller: ReportPuller | None = None
+        self._report_runner: web.AppRunner | None = None
+        self.report_port = 0
 
     async def start(
         self,
@@ -278,6 +295,7 @@ class SmsServer:
             await self._store.ping()
         except StoreUnavailableError as error:
             _log.warning("store_unavailable", operation="start", error=str(error))
+        delivery = config.delivery
         self._sending = SendProtocol(
             self._store,
             RateLimiter(self._store, config.limits),
@@ -287,7 +305,11 @@ class SmsServer:
             allow_on_store_error=config.store.on_error == "allow",
             shutdown=self._shutdown,
             on_store_failure_allowed=self.metrics.store_failures_allowed.inc,
+            reports=report_collection(delivery),
         )
+        reports = None
+        if delivery.enabled:
+            reports = DeliveryReports(self._store, delivery, self.metrics.count_saved_reports)
         verifications = None
         if config.verify.enabled:
             verify = config.verify
@@ -295,7 +317,7 @@ class SmsServer:
                 verify.secret.encode(), [old.encode() for old in verify.previous_secrets]
             )
             verifications = Verifications(self._store, self._sending, verify, hasher)
-        servicer = SmsServicer(config, self._sending, self._checker, verifications)
+        servicer = SmsServicer(config, self._sending, self._checker, verifications, reports)
         authenticator = Authenticator(config.auth, required=config.authenticates)
         server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
         RpcEnvelope(authenticator, self.metrics, self._shutdown).add_service(servicer, server)
@@ -319,6 +341,13 @@ class SmsServer:
             self._metrics_runner, self.metrics_port = await start_metrics_endpoint(
                 self.metrics, config.server.metrics_listen
             )
+        if reports is not None and delivery.mode == "push":
+            self._report_runner, self.report_port = await start_report_endpoint(
+                reports, delivery.path_token, delivery.listen, self._count_push
+            )
+        if reports is not None and delivery.mode == "pull":
+            self._puller = ReportPuller(self._store, yunpian, reports, delivery, self._count_pull)
+            self._puller.start()
         await self._set_health(serving=False)
         await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         # Bound last and started at once: grpc keeps the port of a server never started.
@@ -342,6 +371,12 @@ class SmsServer:
             yunpian=config.yunpian.base_url,
             health="SERVING" if serving else "NOT_SERVING",
         )
+
+    def _count_pull(self, result: str) -> None:
+        self.metrics.child(self.metrics.delivery_pulls, result).inc()
+
+    def _count_push(self, result: str) -> None:
+        self.metrics.child(self.metrics.delivery_pushes, result).inc()
 
     def _observe_upstream_latency(self, path: str, seconds: float) -> None:
         self.metrics.child(self.metrics.upstream_latency, path).observe(seconds)
@@ -371,6 +406,8 @@ class SmsServer:
         """Drains, lets in-flight RPCs finish within the grace period, closes everything."""
         settings = self.config.server
         self._shutdown.draining = True
+        if self._puller is not None:
+            await self._puller.stop()  # at once: another replica takes the pull over
         if self._verifier is not None:
             self._verifier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -387,9 +424,13 @@ class SmsServer:
     async def _close(self) -> None:
         """Closes the parts other than the gRPC server, those start got to (after the records
         of calls that outlived their RPC are written)."""
+        if self._puller is not None:
+            await self._puller.stop()
         if self._sending is not None:
             await self._sending.drain()
         await self._loop_lag.stop()
+        if self._report_runner is not None:
+            await self._report_runner.cleanup()
         if self._checker is not None:
             await self._checker.close()
         if self._session is not None:

@@ -29,6 +29,19 @@ CONFIG_ENV: Final = "YUNPIAN_SMS_CONFIG"
 API_KEY_ENV: Final = "YUNPIAN_API_KEY"
 FINGERPRINT_SECRET_ENV: Final = "YUNPIAN_SMS_FINGERPRINT_SECRET"  # noqa: S105 - a variable's name
 VERIFY_SECRET_ENV: Final = "YUNPIAN_SMS_VERIFY_SECRET"  # noqa: S105 - a variable's name
+DELIVERY_TOKEN_ENV: Final = "YUNPIAN_SMS_DELIVERY_TOKEN"  # noqa: S105 - a variable's name
+DELIVERY_MODES: Final = ("off", "pull", "push")
+# YunPian keeps unread delivery reports 72 hours: a message with none by then never gets one.
+DEFAULT_REPORT_WAIT_S: Final = 259200.0
+MAX_REPORT_WAIT_S: Final = 30 * 86400.0
+DEFAULT_PULL_INTERVAL_S: Final = 5.0
+MAX_PULL_INTERVAL_S: Final = 3600.0
+# How long the replica that pulls keeps the pull to itself without renewing it: if it dies,
+# another takes over within this.
+DEFAULT_PULL_LEASE_S: Final = 15.0
+MAX_PULL_LEASE_S: Final = 600.0
+# Reports per pull request: YunPian's maximum.
+MAX_PULL_PAGE_SIZE: Final = 100
 DEFAULT_VERIFY_CODE_LENGTH: Final = 6
 DEFAULT_VERIFY_CODE_TTL_S: Final = 600.0
 MAX_VERIFY_CODE_TTL_S: Final = 86400.0
@@ -74,7 +87,17 @@ _TEMPLATE_OPTIONS: Final = frozenset({"international", "verify_on_start", "remot
 # "auth.callers.*" stands for each caller's table. config.example.toml documents them all.
 KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "": frozenset(
-        {"server", "yunpian", "international", "templates", "limits", "store", "auth", "verify"}
+        {
+            "server",
+            "yunpian",
+            "international",
+            "templates",
+            "limits",
+            "store",
+            "auth",
+            "verify",
+            "delivery",
+        }
     ),
     "server": frozenset(
         {
@@ -102,6 +125,18 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     "auth": frozenset({"callers"}),
+    "delivery": frozenset(
+        {
+            "mode",
+            "report_wait_seconds",
+            "pull_interval_seconds",
+            "pull_lease_seconds",
+            "page_size",
+            "listen",
+            "path_token",
+            "public_url",
+        }
+    ),
     "verify": frozenset(
         {
             "enabled",
@@ -228,6 +263,26 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """The `[delivery]` section: collecting YunPian's delivery reports, by pull or push."""
+
+    mode: str = "off"
+    report_wait_seconds: float = DEFAULT_REPORT_WAIT_S
+    pull_interval_seconds: float = DEFAULT_PULL_INTERVAL_S
+    pull_lease_seconds: float = DEFAULT_PULL_LEASE_S
+    page_size: int = MAX_PULL_PAGE_SIZE
+    # Push: where the report endpoint listens, the secret in its path, and the public base URL
+    # YunPian reaches it at (then passed as each send's callback_url).
+    listen: str = ""
+    path_token: str = field(default="", repr=False)
+    public_url: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+
+@dataclass(frozen=True, slots=True)
 class TemplateCheckConfig:
     """How templates are checked at YunPian: `[templates]` options beside the templates."""
 
@@ -252,6 +307,7 @@ class Config:
     template_checks: TemplateCheckConfig = TemplateCheckConfig()
     auth: AuthConfig | None = None
     verify: VerifyConfig = VerifyConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
 
     @property
     def authenticates(self) -> bool:
@@ -615,8 +671,20 @@ def parse_config(
     verify_table = root.table("verify")
     verify_table.only(KNOWN_KEYS["verify"])
     verify = _read_verify(verify_table, env)
+    delivery_table = root.table("delivery")
+    delivery_table.only(KNOWN_KEYS["delivery"])
+    delivery = _read_delivery(delivery_table, env)
     config = Config(
-        server, yunpian, international, templates, limits, store, template_checks, auth, verify
+        server,
+        yunpian,
+        international,
+        templates,
+        limits,
+        store,
+        template_checks,
+        auth,
+        verify,
+        delivery,
     )
     if not problems and (exposed := exposure_problem(server.listen, config)) is not None:
         problems.append(exposed)
@@ -665,6 +733,55 @@ def _read_verify(verify_table: _Reader, env: Mapping[str, str]) -> VerifyConfig:
             f"at least {MIN_SECRET_LENGTH} characters",
         )
     return verify
+
+
+def _read_delivery(table: _Reader, env: Mapping[str, str]) -> DeliveryConfig:
+    token = table.string("path_token", "")
+    token_key = table.key("path_token")
+    if env.get(DELIVERY_TOKEN_ENV):
+        token, token_key = env[DELIVERY_TOKEN_ENV], DELIVERY_TOKEN_ENV
+    delivery = DeliveryConfig(
+        mode=table.string("mode", "off", _check_delivery_mode),
+        report_wait_seconds=table.number(
+            "report_wait_seconds", DEFAULT_REPORT_WAIT_S, 0.0, MAX_REPORT_WAIT_S
+        ),
+        pull_interval_seconds=table.number(
+            "pull_interval_seconds", DEFAULT_PULL_INTERVAL_S, 0.0, MAX_PULL_INTERVAL_S
+        ),
+        pull_lease_seconds=table.number(
+            "pull_lease_seconds", DEFAULT_PULL_LEASE_S, 0.0, MAX_PULL_LEASE_S
+        ),
+        page_size=table.integer("page_size", MAX_PULL_PAGE_SIZE, 1, MAX_PULL_PAGE_SIZE),
+        listen=table.string("listen", "", _check_optional_listen),
+        path_token=token,
+        public_url=table.string("public_url", "", _check_public_url),
+    )
+    _secret_problems(table, token, token_key, "path_token", ())
+    if delivery.mode == "push":
+        if not delivery.listen:
+            table.problem("listen", 'is required with mode = "push": where YunPian posts reports')
+        if not token:
+            table.problem(
+                "path_token",
+                f'is required with mode = "push" (or {DELIVERY_TOKEN_ENV}): the secret in the '
+                "report URL, since YunPian signs nothing",
+            )
+    if delivery.mode == "pull" and delivery.pull_lease_seconds <= delivery.pull_interval_seconds:
+        table.problem(
+            "pull_lease_seconds",
+            "must be longer than pull_interval_seconds: the puller renews it between pulls",
+        )
+    return delivery
+
+
+def _check_delivery_mode(value: str) -> None:
+    if value not in DELIVERY_MODES:
+        raise ValueError(f"must be one of {', '.join(DELIVERY_MODES)}")
+
+
+def _check_public_url(value: str) -> None:
+    if value:
+        _check_base_url(value)
 
 
 def _read_store(store_table: _Reader, env: Mapping[str, str]) -> StoreConfig:

@@ -15,13 +15,17 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from yunpian_sms_server.delivery_state import report_latencies
 from yunpian_sms_server.listen_addresses import parse_listen
 from yunpian_sms_server.listeners import METRICS_LISTENER, start_tcp_site
+from yunpian_sms_server.stores import SavedReports
 
 NAMESPACE: Final = "yunpian_sms"
 METRICS_PATH: Final = "/metrics"
 # YunPian answers in tens to hundreds of milliseconds; the buckets resolve that range.
 UPSTREAM_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0, 10.0)
+# An SMS reaches a phone in seconds, or minutes when it is off; reports can come hours later.
+DELIVERY_BUCKETS_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0)
 # A healthy loop wakes within a millisecond or two; tens of milliseconds already delay every RPC,
 # and seconds are a stalled server.
 LOOP_LAG_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -113,12 +117,53 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.delivery_reports = Counter(
+            "delivery_reports",
+            "Delivery reports saved, by state (DELIVERED, FAILED), and reports that were "
+            "dropped (duplicate: the message had one already; unknown: not a message of "
+            "this service).",
+            ["state"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "delivery_latency_seconds",
+            "Time from sending an SMS to the phone receiving it, as its report says.",
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=DELIVERY_BUCKETS_S,
+        )
+        self.delivery_pulls = Counter(
+            "delivery_pulls",
+            "Report pulls by result: reports, empty, error, bad_response, store_error.",
+            ["result"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.delivery_pushes = Counter(
+            "delivery_pushes",
+            "Report pushes received, by result: saved, rejected, store_error, wrong_path.",
+            ["result"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self.store_failures_allowed = Counter(
             "store_failures_allowed",
             "Store failures that store.on_error = allow let through.",
             namespace=NAMESPACE,
             registry=r,
         )
+
+    def count_saved_reports(self, saved: SavedReports) -> None:
+        """Counts a batch of saved reports by state, and the time each SMS took to arrive."""
+        for message in saved.saved:
+            self.child(self.delivery_reports, message.state.value).inc()
+        for latency in report_latencies(saved.saved):
+            self.delivery_latency.observe(max(latency, 0.0))
+        if saved.duplicates:
+            self.child(self.delivery_reports, "duplicate").inc(saved.duplicates)
+        if saved.unknown:
+            self.child(self.delivery_reports, "unknown").inc(saved.unknown)
 
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """The metric's child for these label values, remembered: `labels()` costs per call."""

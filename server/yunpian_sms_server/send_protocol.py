@@ -22,7 +22,8 @@ A store failure refuses the send (STORE_UNAVAILABLE) under `store.on_error = "de
 "allow" the send goes ahead without that step. Outcomes the store could not record, and under
 "allow" every outcome that may have sent an SMS, are also remembered by this server for the
 record's lifetime (up to LOCAL_RECORDS), so that a store outage cannot make one request_id send
-twice from one server.
+twice from one server; every such outcome is remembered a few seconds in any case, so a burst
+of retries replays it without asking the store.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import asyncio
 import hmac
 import json
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from typing import Any, Final, Protocol
 import structlog
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
+from yunpian_sms_server.delivery_state import SentMessage
 from yunpian_sms_server.errors import DELIVERY_UNKNOWN, Reason, ServiceError
 from yunpian_sms_server.ids import new_id
 from yunpian_sms_server.limits import Window
@@ -54,6 +57,9 @@ WAIT_POLL_S: Final = 0.02
 LEASE_MARGIN_S: Final = 1.0
 # Outcomes this server remembers beside the store (see the module's docstring), at most.
 LOCAL_RECORDS: Final = 10_000
+# A send's outcome stays in this server this long after it settles, so duplicates that reach
+# it just after the first call ended (a burst of retries) replay it without asking the store.
+RECENT_OUTCOME_S: Final = 5.0
 # The outcome of a call interrupted once its request may have left.
 INTERRUPTED_MESSAGE: Final = (
     "The call ended before YunPian answered; the SMS may have been sent. "
@@ -96,6 +102,15 @@ class SendOrder:
     text: str = field(repr=False)
     request_id: str = ""  # "" when the caller gave none: no idempotency
     step: SendStep | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportCollection:
+    """Delivery reports are collected: every message sent is kept this long for its report,
+    and, when YunPian pushes them, each send names where (its callback_url)."""
+
+    keep_s: float
+    callback_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +211,15 @@ class _LocalRecords:
             return None
         return fingerprint, record
 
-    def put(self, key: str, fingerprint: str, record: bytes, now: float) -> None:
-        self._records.pop(key, None)
-        self._records[key] = (now + self._ttl_s, fingerprint, record)
+    def put(
+        self, key: str, fingerprint: str, record: bytes, now: float, ttl_s: float | None = None
+    ) -> None:
+        """Keeps a record `ttl_s` (default: the records' lifetime), never less than it had."""
+        expires = now + (self._ttl_s if ttl_s is None else ttl_s)
+        kept = self._records.pop(key, None)
+        if kept is not None:
+            expires = max(expires, kept[0])
+        self._records[key] = (expires, fingerprint, record)
         while self._records and (
             len(self._records) > self._limit or next(iter(self._records.values()))[0] <= now
         ):
@@ -210,6 +231,7 @@ class _Taken:
     """What one send holds in the store, which settling gives back or keeps."""
 
     holder: str  # names this send's claim and its rate-limit entries
+    caller: str
     claim: str | None = None  # the request_id key while this send may hold its claim
     windows: Sequence[Window] = ()  # the windows this send may be counted in
     attempt: SendAttempt = field(default_factory=SendAttempt)
@@ -231,6 +253,7 @@ class SendProtocol:
         allow_on_store_error: bool,
         shutdown: Shutdown,
         on_store_failure_allowed: Callable[[], None] | None = None,
+        reports: ReportCollection | None = None,
     ) -> None:
         self._store = store
         self._limiter = limiter
@@ -241,6 +264,7 @@ class SendProtocol:
         self._shutdown = shutdown
         # Called once per send let through despite a store failure (a metric counts them).
         self._on_store_failure_allowed = on_store_failure_allowed
+        self._reports = reports
         self._flights: dict[str, _Flight] = {}
         self._local = _LocalRecords(LOCAL_RECORDS, record_ttl_s)
         self._settling: set[asyncio.Task[None]] = set()
@@ -280,6 +304,9 @@ class SendProtocol:
         finally:
             del self._flights[key]
             flight.done.set_result(record)
+            if record is not None:
+                recent_s = min(RECENT_OUTCOME_S, self._record_ttl_s)
+                self._local.put(key, fingerprints[0], record, loop.time(), recent_s)
 
     async def _send(
         self,
@@ -290,7 +317,7 @@ class SendProtocol:
     ) -> tuple[Outcome, str]:
         """Steps 2 to 6 for one send; returns its outcome (or a replay) and its tag, raises if
         interrupted."""
-        taken = _Taken(holder=new_id())
+        taken = _Taken(holder=new_id(), caller=order.caller)
         try:
             # 2 and 3. Claim the request_id and count the send, or replay its recorded outcome.
             if key is not None:
@@ -405,6 +432,7 @@ class SendProtocol:
                 subject=order.phone.masked,
                 time_remaining=time_remaining,
                 attempt=taken.attempt,
+                callback_url=self._reports.callback_url if self._reports else "",
             )
         except ServiceError as error:
             return error
@@ -426,8 +454,12 @@ class SendProtocol:
         failure here never changes the outcome: it is logged (and the record kept locally).
         """
         if may_have_sent(outcome):
+            message = self._message(taken.caller, outcome)
             if key is not None:
-                await self._record(key, fingerprints[0], encode_outcome(outcome, _tag(taken)))
+                record = encode_outcome(outcome, _tag(taken))
+                await self._record(key, fingerprints[0], record, message)
+            elif message is not None:
+                await self._record_message(message)
             return
         if taken.step is not None:
             try:
@@ -445,15 +477,33 @@ class SendProtocol:
             except StoreUnavailableError as error:
                 self._store_failed("release_claim", error)
 
-    async def _record(self, key: str, fingerprint: str, record: bytes) -> None:
+    async def _record(
+        self, key: str, fingerprint: str, record: bytes, message: SentMessage | None
+    ) -> None:
         now = asyncio.get_running_loop().time()
         if self._allow_on_store_error:
             self._local.put(key, fingerprint, record, now)
+        keep_s = self._reports.keep_s if self._reports else 0.0
         try:
-            await self._store.complete(key, fingerprint, record, self._record_ttl_s)
+            await self._store.complete(
+                key, fingerprint, record, self._record_ttl_s, message, keep_s
+            )
         except StoreUnavailableError as error:
             self._local.put(key, fingerprint, record, now)
             self._store_failed("record", error)
+
+    def _message(self, caller: str, outcome: Outcome) -> SentMessage | None:
+        """The message an accepted send keeps for its delivery report (if reports are kept)."""
+        if self._reports is None or isinstance(outcome, ServiceError) or outcome.replayed:
+            return None
+        return SentMessage(outcome.message_id, caller, time.time())
+
+    async def _record_message(self, message: SentMessage) -> None:
+        assert self._reports is not None
+        try:
+            await self._store.record_message(message, self._reports.keep_s)
+        except StoreUnavailableError as error:
+            self._store_failed("record_message", error)
 
     def _excuse(self, taken: _Taken, error: StoreUnavailableError, operation: str) -> None:
         """Lets a store failure pass under "allow"; raises STORE_UNAVAILABLE under "deny"."""

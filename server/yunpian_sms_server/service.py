@@ -17,6 +17,8 @@ from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian_sms_server.account_templates import ApprovalStatus
 from yunpian_sms_server.auth import Caller, require_usage_type
 from yunpian_sms_server.config import Config
+from yunpian_sms_server.delivery_reports import DeliveryReports, check_message_id
+from yunpian_sms_server.delivery_state import DeliveryState
 from yunpian_sms_server.errors import (
     PreconditionViolation,
     Reason,
@@ -38,6 +40,12 @@ from yunpian_sms_server.verifications import (
 )
 
 MAX_REQUEST_ID_LENGTH: Final = 128
+_DELIVERY_STATES: Final[Mapping[DeliveryState, pb.DeliveryState]] = {
+    DeliveryState.PENDING: pb.DELIVERY_STATE_PENDING,
+    DeliveryState.DELIVERED: pb.DELIVERY_STATE_DELIVERED,
+    DeliveryState.FAILED: pb.DELIVERY_STATE_FAILED,
+    DeliveryState.UNKNOWN: pb.DELIVERY_STATE_UNKNOWN,
+}
 _VERIFICATION_STATUSES: Final[Mapping[VerificationStatus, pb.VerificationStatus]] = {
     VerificationStatus.PENDING: pb.VERIFICATION_STATUS_PENDING,
     VerificationStatus.APPROVED: pb.VERIFICATION_STATUS_APPROVED,
@@ -99,12 +107,14 @@ class SmsServicer:
         sending: SendProtocol,
         checker: TemplateChecker,
         verifications: Verifications | None = None,
+        reports: DeliveryReports | None = None,
     ) -> None:
         self._config = config
         self._sending = sending
         self._checker = checker
-        # None: verifications are turned off.
+        # None: verifications are turned off; delivery reports are not collected.
         self._verifications = verifications
+        self._reports = reports
 
     def _check_international(self, phone: PhoneNumber) -> None:
         policy = self._config.international
@@ -202,7 +212,8 @@ class SmsServicer:
             _record_sent(record, started.sent)
         if not started.replayed:
             record.verification_change = "started" if state.send_count == 1 else "resent"
-        return verification_message(state, replayed=started.replayed)
+        delivery = await self._delivery(call, state)
+        return verification_message(state, delivery, replayed=started.replayed)
 
     async def CheckVerification(
         self, request: pb.CheckVerificationRequest, call: RpcCall
@@ -250,8 +261,9 @@ class SmsServicer:
             record.verification_change = record.check_result = "max_attempts"
         else:
             record.check_result = "wrong"
+        delivery = await self._delivery(call, state)
         return pb.CheckVerificationResponse(
-            approved=checked.approved, verification=verification_message(state)
+            approved=checked.approved, verification=verification_message(state, delivery)
         )
 
     async def CancelVerification(
@@ -264,7 +276,35 @@ class SmsServicer:
         call.record.usage_type = state.usage_type
         if canceled:
             call.record.verification_change = "canceled"
-        return verification_message(state)
+        return verification_message(state, await self._delivery(call, state))
+
+    async def _delivery(self, call: RpcCall, state: VerificationState) -> DeliveryState | None:
+        """Whether the verification's latest SMS arrived (None: reports are not collected)."""
+        if self._reports is None:
+            return None
+        return await self._reports.delivery_of(call.caller.name, state.message_id)
+
+    async def GetDeliveryStatus(
+        self, request: pb.GetDeliveryStatusRequest, call: RpcCall
+    ) -> pb.DeliveryStatus:
+        check_message_id(request.message_id)
+        call.record.message_id = request.message_id
+        if self._reports is None:
+            raise ServiceError(
+                Reason.DELIVERY_REPORTS_DISABLED,
+                "This server collects no delivery reports ([delivery] mode is off).",
+            )
+        message = await self._reports.status(call.caller.name, request.message_id)
+        status = pb.DeliveryStatus(
+            message_id=message.message_id,
+            state=_DELIVERY_STATES[message.state],
+            carrier_code=message.carrier_code,
+            carrier_detail=message.carrier_detail,
+            send_time=_timestamp(message.sent_at),
+        )
+        if message.received_at is not None:
+            status.receive_time.CopyFrom(_timestamp(message.received_at))
+        return status
 
     async def ValidateTemplate(
         self, request: pb.ValidateTemplateRequest, call: RpcCall
@@ -308,20 +348,27 @@ def _record_sent(record: RpcRecord, sent: pb.SendCodeResponse) -> None:
         record.segments, record.fee, record.fee_unit = sent.segment_count, sent.fee, sent.fee_unit
 
 
-def verification_message(state: VerificationState, *, replayed: bool = False) -> pb.Verification:
-    """The Verification message of a verification's state."""
-    expire_time = timestamp_pb2.Timestamp()
-    expire_time.FromNanoseconds(int(state.expires_at * 1_000_000_000))
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1_000_000_000))
+    return stamp
+
+
+def verification_message(
+    state: VerificationState, delivery: DeliveryState | None = None, *, replayed: bool = False
+) -> pb.Verification:
+    """The Verification message of a verification's state (and of its latest SMS's delivery)."""
     return pb.Verification(
         verification_id=state.verification_id,
         phone_number=state.phone,
         usage_type=pb.UsageType.Name(USAGE_TYPE_VALUES[state.usage_type]),
         status=_VERIFICATION_STATUSES[state.status],
-        expire_time=expire_time,
+        expire_time=_timestamp(state.expires_at),
         send_count=state.send_count,
         checks_remaining=state.checks_remaining,
         message_id=state.message_id,
         replayed=replayed,
+        delivery=_DELIVERY_STATES[delivery] if delivery else pb.DELIVERY_STATE_UNSPECIFIED,
     )
 
 

@@ -31,6 +31,7 @@ from yunpian_sms_server.phone import mask_numbers_in_text
 
 SINGLE_SEND_PATH: Final = "/v2/sms/single_send.json"
 TEMPLATES_PATH: Final = "/v2/tpl/get.json"
+PULL_STATUS_PATH: Final = "/v2/sms/pull_status.json"
 # Time kept back from the caller's deadline so our answer reaches it before it gives up.
 DEADLINE_MARGIN_S: Final = 0.1
 # Below this there is no point calling YunPian: we answer at once, having sent nothing.
@@ -252,14 +253,19 @@ class YunpianClient:
         subject: str,
         time_remaining: float | None,
         attempt: SendAttempt | None = None,
+        callback_url: str = "",
     ) -> SendResult:
         """Sends one SMS; `subject` is the masked number, `time_remaining` the RPC's.
 
-        `attempt` is marked connected once the request may have left.
+        `attempt` is marked connected once the request may have left. With `callback_url`,
+        YunPian pushes the message's delivery report there.
         """
+        form = {"mobile": mobile, "text": text}
+        if callback_url:
+            form["callback_url"] = callback_url
         answer = await self._post(
             SINGLE_SEND_PATH,
-            {"mobile": mobile, "text": text},
+            form,
             subject=subject,
             time_remaining=time_remaining,
             attempt=attempt,
@@ -280,6 +286,20 @@ class YunpianClient:
                 Reason.PROVIDER_BAD_RESPONSE,
                 "YunPian accepted the SMS but its answer lacks the documented fields.",
             ) from None
+
+    async def pull_status(self, page_size: int) -> list[Any]:
+        """Takes up to `page_size` delivery reports: each is returned once, then gone at YunPian.
+
+        The items are as YunPian wrote them (delivery_state.parse_reports reads them).
+        """
+        answer = await self._post(
+            PULL_STATUS_PATH, {"page_size": str(page_size)}, subject="", time_remaining=None
+        )
+        if not isinstance(answer, list):
+            raise ServiceError(
+                Reason.PROVIDER_BAD_RESPONSE, "YunPian's report list is not the documented JSON."
+            )
+        return answer
 
     async def templates(self, *, time_remaining: float | None) -> list[Mapping[str, Any]]:
         """Lists the account's templates (tpl/get.json without tpl_id)."""

@@ -14,6 +14,7 @@ from yunpian_sms_server.stores.interface import (
     ClaimState,
     CodeAdded,
     Refusal,
+    SavedReports,
     Store,
     StoreUnavailableError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "MemoryStore",
     "RedisStore",
     "Refusal",
+    "SavedReports",
     "Store",
     "StoreUnavailableError",
     "open_store",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Protocol
 
+from yunpian_sms_server.delivery_state import DeliveryReport, SentMessage
 from yunpian_sms_server.limits import Window
 from yunpian_sms_server.verification_state import VerificationState, VerificationStatus
 
@@ -60,6 +61,15 @@ class ClaimCounted:
 
     claim: Claim
     refusal: Refusal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedReports:
+    """What saving a batch of delivery reports came to."""
+
+    saved: tuple[SentMessage, ...] = ()  # the messages as they are now
+    duplicates: int = 0  # reports of messages that had one already
+    unknown: int = 0  # reports of messages this service does not know (not kept)
 
 
 class CodeAdded(Enum):
@@ -113,8 +123,38 @@ class Store(Protocol):
         (one round trip): a send with a request_id is claimed and counted, or neither."""
         ...
 
-    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
-        """Stores the outcome of a request_id for `ttl_s` seconds, whoever holds its claim."""
+    async def complete(
+        self,
+        key: str,
+        fingerprint: str,
+        record: bytes,
+        ttl_s: float,
+        message: SentMessage | None = None,
+        message_keep_s: float = 0.0,
+    ) -> None:
+        """Stores the outcome of a request_id for `ttl_s` seconds, whoever holds its claim (and,
+        in the same operation, the message sent, as `record_message` does)."""
+        ...
+
+    async def record_message(self, message: SentMessage, keep_s: float) -> None:
+        """Keeps a message sent, for its delivery report, `keep_s` seconds."""
+        ...
+
+    async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:
+        """Saves delivery reports of pending messages; a message's first report wins."""
+        ...
+
+    async def get_message(self, message_id: str) -> SentMessage | None:
+        """The message as kept (None: unknown or forgotten)."""
+        ...
+
+    async def take_lease(self, name: str, holder: str, lease_s: float) -> bool:
+        """Takes (or renews) the lease `name` for `holder` for `lease_s` seconds; False when
+        another holder has it."""
+        ...
+
+    async def give_up_lease(self, name: str, holder: str) -> None:
+        """Lets go of `holder`'s lease at once (another can take it)."""
         ...
 
     async def release_claim(self, key: str, holder: str) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
+from yunpian_sms_server.delivery_state import DeliveryReport, DeliveryState, SentMessage
 from yunpian_sms_server.limits import Window
 from yunpian_sms_server.stores.interface import (
     CheckUse,
@@ -18,6 +19,7 @@ from yunpian_sms_server.stores.interface import (
     ClaimState,
     CodeAdded,
     Refusal,
+    SavedReports,
 )
 from yunpian_sms_server.verification_state import VerificationState, VerificationStatus
 
@@ -49,6 +51,9 @@ class MemoryStore:
         self._records: dict[str, bytes] = {}
         self._records_swept_at = 0.0
         self._verifications = _Verifications()
+        self._messages = _Messages()
+        # Named leases (the delivery report puller's): name -> (holder, expires).
+        self._named_leases: dict[str, tuple[str, float]] = {}
 
     @staticmethod
     def _now() -> float:
@@ -154,7 +159,17 @@ class MemoryStore:
             await self.release_claim(key, holder)
         return ClaimCounted(claim, refusal)
 
-    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
+    async def complete(
+        self,
+        key: str,
+        fingerprint: str,
+        record: bytes,
+        ttl_s: float,
+        message: SentMessage | None = None,
+        message_keep_s: float = 0.0,
+    ) -> None:
+        if message is not None:
+            self._messages.record(message, message_keep_s)
         self._leases.pop(key, None)
         self._records.pop(key, None)  # stored again: to the end, in expiry order
         encoded = fingerprint.encode()
@@ -165,6 +180,28 @@ class MemoryStore:
         held = self._leases.get(key)
         if held is not None and held[2] == holder:
             del self._leases[key]
+
+    async def record_message(self, message: SentMessage, keep_s: float) -> None:
+        self._messages.record(message, keep_s)
+
+    async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:
+        return self._messages.save(reports)
+
+    async def get_message(self, message_id: str) -> SentMessage | None:
+        return self._messages.get(message_id)
+
+    async def take_lease(self, name: str, holder: str, lease_s: float) -> bool:
+        now = self._now()
+        held = self._named_leases.get(name)
+        if held is not None and held[0] != holder and held[1] > now:
+            return False
+        self._named_leases[name] = (holder, now + lease_s)
+        return True
+
+    async def give_up_lease(self, name: str, holder: str) -> None:
+        held = self._named_leases.get(name)
+        if held is not None and held[0] == holder:
+            del self._named_leases[name]
 
     async def open_verification(
         self, pending_key: str, fresh: VerificationState, ttl_s: float, keep_s: float
@@ -207,6 +244,8 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._verifications = _Verifications()
+        self._messages = _Messages()
+        self._named_leases.clear()
         self._logs.clear()
         self._log_expiry.clear()
         self._leases.clear()
@@ -353,3 +392,47 @@ def _copy(state: VerificationState) -> VerificationState:
 
 def _copy_or_none(state: VerificationState | None) -> VerificationState | None:
     return None if state is None else _copy(state)
+
+
+class _Messages:
+    """Messages sent, for their delivery reports: by id, forgotten in the order they expire."""
+
+    def __init__(self) -> None:
+        self._messages: dict[str, SentMessage] = {}
+        self._forgetting: list[tuple[float, str]] = []  # (when, message id), a heap
+
+    def _forget_gone(self, now: float) -> None:
+        while self._forgetting and self._forgetting[0][0] <= now:
+            _, message_id = heapq.heappop(self._forgetting)
+            self._messages.pop(message_id, None)
+
+    def record(self, message: SentMessage, keep_s: float) -> None:
+        now = time.time()
+        self._forget_gone(now)
+        self._messages[message.message_id] = dataclasses.replace(message)
+        heapq.heappush(self._forgetting, (now + keep_s, message.message_id))
+
+    def save(self, reports: Sequence[DeliveryReport]) -> SavedReports:
+        self._forget_gone(time.time())
+        saved: list[SentMessage] = []
+        duplicates = unknown = 0
+        for report in reports:
+            message = self._messages.get(report.message_id)
+            if message is None:
+                unknown += 1
+            elif message.state is not DeliveryState.PENDING:
+                duplicates += 1
+            else:
+                message.state = report.state
+                message.carrier_code, message.carrier_detail = (
+                    report.carrier_code,
+                    report.carrier_detail,
+                )
+                message.received_at = report.received_at
+                saved.append(dataclasses.replace(message))
+        return SavedReports(tuple(saved), duplicates, unknown)
+
+    def get(self, message_id: str) -> SentMessage | None:
+        self._forget_gone(time.time())
+        found = self._messages.get(message_id)
+        return None if found is None else dataclasses.replace(found)

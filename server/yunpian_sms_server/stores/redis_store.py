@@ -10,6 +10,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from yunpian_sms_server.delivery_state import DeliveryReport, DeliveryState, SentMessage
 from yunpian_sms_server.limits import Window
 from yunpian_sms_server.stores.interface import (
     DEFAULT_MAX_CONNECTIONS,
@@ -20,6 +21,7 @@ from yunpian_sms_server.stores.interface import (
     ClaimState,
     CodeAdded,
     Refusal,
+    SavedReports,
     StoreUnavailableError,
 )
 from yunpian_sms_server.verification_state import VerificationState, VerificationStatus
@@ -105,12 +107,63 @@ for _, key in ipairs(KEYS) do redis.call('ZREM', key, ARGV[1]) end
 return 0
 """
 
-# KEYS[1]: the record. ARGV: fingerprint, record, ttl_ms. Whoever holds the claim: an outcome
-# that may have sent an SMS is kept, always.
+# Messages sent, for their delivery reports: a hash at MESSAGE_PREFIX + sid (caller, sent_ms,
+# state, code, detail, received_ms), expiring with the time YunPian keeps reports.
+MESSAGE_PREFIX: Final = KEY_PREFIX + "msg:"
+LEASE_PREFIX: Final = KEY_PREFIX + "lease:"
+
+# KEYS[1]: the request_id's record, then (optionally) the message's key. ARGV: fingerprint,
+# record, ttl_ms, then (optionally) caller, sent_ms, keep_ms. Whoever holds the claim: an outcome
+# that may have sent an SMS is kept, always; and the message sent, for its report.
 _COMPLETE: Final = """
 redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'record', ARGV[2])
 redis.call('HDEL', KEYS[1], 'holder')
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+if KEYS[2] then
+  redis.call('HSET', KEYS[2], 'caller', ARGV[4], 'sent_ms', ARGV[5], 'state', 'PENDING')
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]))
+end
+return 0
+"""
+
+# KEYS[1]: the message. ARGV: caller, sent_ms, keep_ms.
+_RECORD_MESSAGE: Final = """
+redis.call('HSET', KEYS[1], 'caller', ARGV[1], 'sent_ms', ARGV[2], 'state', 'PENDING')
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 0
+"""
+
+# KEYS: the reports' messages. ARGV: per report (state, code, detail, received_ms or '').
+# Returns per report: 'unknown', 'duplicate', or {caller, sent_ms} of a message saved now.
+_SAVE_REPORTS: Final = """
+local answers = {}
+for i, key in ipairs(KEYS) do
+  local r = redis.call('HMGET', key, 'state', 'caller', 'sent_ms')
+  local base = 4 * (i - 1)
+  if not r[1] then
+    answers[i] = 'unknown'
+  elseif r[1] ~= 'PENDING' then
+    answers[i] = 'duplicate'
+  else
+    redis.call('HSET', key, 'state', ARGV[base + 1], 'code', ARGV[base + 2],
+      'detail', ARGV[base + 3], 'received_ms', ARGV[base + 4])
+    answers[i] = {r[2], r[3]}
+  end
+end
+return answers
+"""
+
+# KEYS[1]: the lease. ARGV: holder, lease_ms. Takes it, or renews it for its holder.
+_TAKE_LEASE: Final = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS[1]: the lease. ARGV: holder.
+_GIVE_UP_LEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -271,6 +324,10 @@ def _verification_state(verification_id: str, flat: list[bytes]) -> Verification
     )
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -301,6 +358,10 @@ class RedisStore:
         self._claim_and_acquire = self._redis.register_script(_CLAIM_AND_ACQUIRE)
         self._release = self._redis.register_script(_RELEASE)
         self._complete = self._redis.register_script(_COMPLETE)
+        self._record_message = self._redis.register_script(_RECORD_MESSAGE)
+        self._save_reports = self._redis.register_script(_SAVE_REPORTS)
+        self._take_lease = self._redis.register_script(_TAKE_LEASE)
+        self._give_up_lease = self._redis.register_script(_GIVE_UP_LEASE)
         self._release_claim = self._redis.register_script(_RELEASE_CLAIM)
         self._open_verification = self._redis.register_script(_OPEN_VERIFICATION)
         self._add_verification_code = self._redis.register_script(_ADD_VERIFICATION_CODE)
@@ -370,9 +431,84 @@ class RedisStore:
         state = ClaimState(answer[0].decode())
         return ClaimCounted(Claim(state, answer[1] if state is ClaimState.DONE else b""))
 
-    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
+    async def complete(
+        self,
+        key: str,
+        fingerprint: str,
+        record: bytes,
+        ttl_s: float,
+        message: SentMessage | None = None,
+        message_keep_s: float = 0.0,
+    ) -> None:
         keys = [KEY_PREFIX + "idem:" + key]
-        await self._run(self._complete, keys, [fingerprint, record, _ms(ttl_s)])
+        args: list[str | int | float | bytes] = [fingerprint, record, _ms(ttl_s)]
+        if message is not None:
+            keys.append(MESSAGE_PREFIX + message.message_id)
+            args += [message.caller, _ms(message.sent_at), _ms(message_keep_s)]
+        await self._run(self._complete, keys, args)
+
+    async def record_message(self, message: SentMessage, keep_s: float) -> None:
+        keys = [MESSAGE_PREFIX + message.message_id]
+        await self._run(
+            self._record_message, keys, [message.caller, _ms(message.sent_at), _ms(keep_s)]
+        )
+
+    async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:
+        if not reports:
+            return SavedReports()
+        args: list[str | int | float | bytes] = []
+        for report in reports:
+            received = "" if report.received_at is None else str(_ms(report.received_at))
+            args += [report.state.value, report.carrier_code, report.carrier_detail, received]
+        keys = [MESSAGE_PREFIX + report.message_id for report in reports]
+        answers = await self._run(self._save_reports, keys, args)
+        saved, duplicates, unknown = [], 0, 0
+        for report, answer in zip(reports, answers, strict=True):
+            if answer == b"unknown":
+                unknown += 1
+            elif answer == b"duplicate":
+                duplicates += 1
+            else:
+                caller, sent_ms = answer[0].decode(), int(answer[1])
+                saved.append(
+                    SentMessage(
+                        report.message_id,
+                        caller,
+                        sent_ms / 1000,
+                        report.state,
+                        report.carrier_code,
+                        report.carrier_detail,
+                        report.received_at,
+                    )
+                )
+        return SavedReports(tuple(saved), duplicates, unknown)
+
+    async def get_message(self, message_id: str) -> SentMessage | None:
+        try:
+            async with self._turns:
+                fields = await self._redis.hgetall(MESSAGE_PREFIX + message_id)
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailableError(type(error).__name__) from None
+        if not fields:
+            return None
+        text = {_text(key): _text(value) for key, value in fields.items()}
+        received = text.get("received_ms", "")
+        return SentMessage(
+            message_id=message_id,
+            caller=text["caller"],
+            sent_at=int(text["sent_ms"]) / 1000,
+            state=DeliveryState(text["state"]),
+            carrier_code=text.get("code", ""),
+            carrier_detail=text.get("detail", ""),
+            received_at=int(received) / 1000 if received else None,
+        )
+
+    async def take_lease(self, name: str, holder: str, lease_s: float) -> bool:
+        taken = await self._run(self._take_lease, [LEASE_PREFIX + name], [holder, _ms(lease_s)])
+        return bool(taken)
+
+    async def give_up_lease(self, name: str, holder: str) -> None:
+        await self._run(self._give_up_lease, [LEASE_PREFIX + name], [holder])
 
     async def release_claim(self, key: str, holder: str) -> None:
         try:

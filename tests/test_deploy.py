@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,15 +17,53 @@ from support import StartServer, make_config
 
 from yunpian_sms_server.app import LIVENESS_SERVICE, SHUTDOWN_ANSWER_MARGIN_S
 from yunpian_sms_server.auth import hash_token
-from yunpian_sms_server.config import Config, parse_config
+from yunpian_sms_server.config import Config, ConfigError, parse_config
 from yunpian_sms_server.listen_addresses import parse_listen
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES = REPO / "deploy" / "kubernetes"
-API_KEY = "0123456789abcdef0123456789abcdef"
-FINGERPRINT_SECRET = "f" * 64
-# The environment the Deployment gives the server from the Secret (secret.example.yaml).
-SECRET_ENV = {"YUNPIAN_API_KEY": API_KEY, "YUNPIAN_SMS_FINGERPRINT_SECRET": FINGERPRINT_SECRET}
+# What the real Secret would hold (the keys of secret.example.yaml), made up for the tests.
+SECRET = {
+    "api-key": "0123456789abcdef0123456789abcdef",
+    "fingerprint-secret": "f" * 64,
+    "verify-secret": "e" * 64,
+    "redis-password": "0123abcd" * 8,
+    "signin-service-token-sha256": hash_token("signin-token-for-the-tests"),
+    "ops-token-sha256": hash_token("ops-token-for-the-tests"),
+}
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in env values and args: defined variables are replaced,
+    others left as written, $$ is a $."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _REFERENCE.sub(replace, text)
+
+
+def container_env(container: dict[str, Any], secret: dict[str, str]) -> dict[str, str]:
+    """The environment Kubernetes gives the container, its secretKeyRefs read from `secret`."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = expand(item["value"], env)
+            continue
+        reference = item["valueFrom"]["secretKeyRef"]
+        assert reference["name"] == "yunpian-sms", item
+        if reference["key"] in secret:
+            env[item["name"]] = secret[reference["key"]]
+        else:
+            assert reference.get("optional"), f"the pod cannot start without {reference['key']}"
+    return env
+
+
+def example_secret() -> dict[str, str]:
+    return dict(yaml.safe_load((KUBERNETES / "secret.example.yaml").read_text())["stringData"])
 
 
 def manifests() -> dict[tuple[str, str], dict[str, Any]]:
@@ -44,10 +83,8 @@ def objects() -> dict[tuple[str, str], dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def config(objects: dict[tuple[str, str], dict[str, Any]]) -> Config:
-    import tomllib
-
     toml = objects[("ConfigMap", "yunpian-sms")]["data"]["config.toml"]
-    return parse_config(tomllib.loads(toml), SECRET_ENV)
+    return parse_config(tomllib.loads(toml), container_env(server_container(objects), SECRET))
 
 
 def server_container(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
@@ -67,13 +104,42 @@ def test_the_config_in_the_configmap_is_valid_and_authenticates_callers(config: 
     assert names == {"signin-service", "ops"}
 
 
-def test_the_example_token_hashes_are_what_the_comment_says(config: Config) -> None:
+def test_each_secret_comes_from_the_secret(
+    objects: dict[tuple[str, str], dict[str, Any]], config: Config
+) -> None:
+    toml = objects[("ConfigMap", "yunpian-sms")]["data"]["config.toml"]
+    assert not re.search(r"api_key|secret|token_sha256|[0-9a-f]{32}", toml)
+    assert urlsplit(tomllib.loads(toml)["store"]["url"]).password is None
+    assert config.yunpian.api_key == SECRET["api-key"]
+    assert config.store.fingerprint_secret == SECRET["fingerprint-secret"]
+    assert config.verify.secret == SECRET["verify-secret"]
+    assert urlsplit(config.store.url).password == SECRET["redis-password"]
     assert config.auth is not None
-    hashes = {caller.name: caller.token_sha256 for caller in config.auth.callers}
-    assert hashes == {
-        "signin-service": hash_token("change-me-signin"),
-        "ops": hash_token("change-me-ops"),
+    assert {caller.name: caller.token_sha256 for caller in config.auth.callers} == {
+        "signin-service": SECRET["signin-service-token-sha256"],
+        "ops": SECRET["ops-token-sha256"],
     }
+    read = {
+        item["valueFrom"]["secretKeyRef"]["key"]
+        for name in ("yunpian-sms", "yunpian-sms-redis")
+        for container in objects[("Deployment", name)]["spec"]["template"]["spec"]["containers"]
+        for item in container.get("env", [])
+        if "valueFrom" in item
+    }
+    assert read == set(example_secret()) == set(SECRET)
+
+
+def test_nothing_in_the_example_secret_works(
+    objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    env = container_env(server_container(objects), example_secret())
+    toml = objects[("ConfigMap", "yunpian-sms")]["data"]["config.toml"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(toml), env)
+    problems = {problem.key: problem.problem for problem in caught.value.problems}
+    assert set(problems) == set(env) - {"REDIS_PASSWORD"}, problems
+    for key, problem in problems.items():
+        assert env[key] not in problem
 
 
 def test_the_server_listens_where_the_container_and_the_service_expect(
@@ -109,18 +175,6 @@ def test_pods_get_longer_to_stop_than_the_drain_and_the_grace_period(
     assert server.grace_period_seconds >= config.yunpian.timeout_seconds + 1
 
 
-def test_the_secrets_come_from_the_secret(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
-    env = {item["name"]: item for item in server_container(objects)["env"]}
-    secret = yaml.safe_load((KUBERNETES / "secret.example.yaml").read_text())
-    for name in SECRET_ENV:
-        reference = env[name]["valueFrom"]["secretKeyRef"]
-        assert reference["name"] == secret["metadata"]["name"]
-        assert reference["key"] in secret["stringData"]
-    toml = objects[("ConfigMap", "yunpian-sms")]["data"]["config.toml"]
-    assert "api_key" not in toml
-    assert "fingerprint_secret" not in toml
-
-
 def test_selectors_match_the_pods(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
     deployment = objects[("Deployment", "yunpian-sms")]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -140,6 +194,10 @@ def test_the_store_url_names_the_redis_service(
     redis = objects[("Deployment", "yunpian-sms-redis")]
     pod_labels = redis["spec"]["template"]["metadata"]["labels"]
     assert redis_service["spec"]["selector"].items() <= pod_labels.items()
+    # The password Redis requires is the one in the servers' URL.
+    [container] = redis["spec"]["template"]["spec"]["containers"]
+    args = [expand(arg, container_env(container, SECRET)) for arg in container["args"]]
+    assert args[args.index("--requirepass") + 1] == url.password
 
 
 def test_the_image_runs_the_config_the_deployment_mounts(

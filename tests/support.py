@@ -217,8 +217,9 @@ CLI: Final = str(Path(sys.executable).parent / "yunpian-sms")
 SERVE_START_TIMEOUT_S: Final = 30.0
 # A command that does not serve (check-config, a refused serve) is done well within this.
 CLI_TIMEOUT_S: Final = 60.0
-# Environment variables that would override a test's config file.
-_CONFIG_ENV: Final = ("YUNPIAN_API_KEY", "YUNPIAN_SMS_CONFIG")
+# Environment variables that would override a test's config file: YUNPIAN_API_KEY,
+# YUNPIAN_SMS_CONFIG and every other YUNPIAN_SMS_* (config.example.toml lists them).
+_CONFIG_ENV_PREFIXES: Final = ("YUNPIAN_API_KEY", "YUNPIAN_SMS_")
 
 
 def run_cli(
@@ -278,7 +279,7 @@ class ServeProcess:
         """Runs `yunpian-sms serve *args`, logging as JSON into files in `directory`."""
         directory.mkdir(parents=True, exist_ok=True)
         if env is None:
-            env = {k: v for k, v in os.environ.items() if k not in _CONFIG_ENV}
+            env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_ENV_PREFIXES)}
         with (
             (directory / "stdout.jsonl").open("wb") as stdout,
             (directory / "stderr.txt").open("wb") as stderr,

@@ -125,7 +125,7 @@ def _load(path: Path | None, *, needs_api_key: bool) -> Config | None:
         return None
     store_problem = url_problem(config.store.url)
     if store_problem is not None:
-        print(f"config error: store.url: {store_problem}", file=sys.stderr)
+        print(f"config error: {config.store.url_source}: {store_problem}", file=sys.stderr)
         return None
     if needs_api_key and not config.yunpian.api_key:
         print(

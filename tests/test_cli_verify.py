@@ -12,6 +12,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -336,3 +337,16 @@ async def test_the_tls_options_reach_a_mutual_tls_server(start_serve: StartServe
     assert summary(started)["label"] == "started"
     assert plaintext.returncode == 1
     assert plaintext.stderr.startswith("error: UNAVAILABLE")
+
+
+def test_the_readme_lists_the_verify_commands() -> None:
+    # The README's command table is the user's index of the command line.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+    for usage in (
+        "verify start PHONE",
+        "verify check PHONE CODE",
+        "verify check --id VERIFICATION_ID CODE",
+        "verify cancel VERIFICATION_ID",
+    ):
+        assert usage in readme, usage

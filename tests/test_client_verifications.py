@@ -26,6 +26,7 @@ from support import (
     fresh_database,
     log_events,
     make_config,
+    target_of,
 )
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
@@ -125,7 +126,7 @@ async def open_client() -> AsyncIterator[Callable[..., Client]]:
 @pytest.fixture(params=CLIENT_KINDS)
 async def sms(request: pytest.FixtureRequest, server: SmsServer) -> AsyncIterator[Client]:
     """Each client in turn, on the verifying server."""
-    target = f"127.0.0.1:{server.port}"
+    target = target_of(server)
     if request.param == "async":
         async with AsyncSmsClient(target, default_timeout=5.0) as client:
             yield client
@@ -337,7 +338,7 @@ async def test_a_check_after_the_codes_expire_is_verification_expired(
 ) -> None:
     server = await start_server(make_config(verify={**VERIFY, "code_ttl_seconds": 0.5}))
     for kind in CLIENT_KINDS:
-        sms = open_client(kind, f"127.0.0.1:{server.port}")
+        sms = open_client(kind, target_of(server))
         started, code = await start_with_code(sms, sandbox, usage_type="SignIn")
         await asyncio.sleep(0.6)
 
@@ -414,7 +415,7 @@ async def test_a_check_naming_no_verification_is_invalid_verification_target(
 ) -> None:
     # The SDK never sends one (it raises ValueError first): a raw stub does, and
     # from_rpc_error reads the refusal into the same error tree.
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with grpc.aio.insecure_channel(target_of(server)) as channel:
         stub = pb_grpc.SmsServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as raw:
             await stub.CheckVerification(pb.CheckVerificationRequest(code="123456"))
@@ -430,7 +431,7 @@ async def test_a_server_without_verifications_refuses_every_call_as_disabled(
     start_server: StartServer, open_client: Any, sandbox: RunningSandbox, kind: str
 ) -> None:
     server = await start_server(make_config())  # [verify] enabled = false, the default
-    sms = open_client(kind, f"127.0.0.1:{server.port}")
+    sms = open_client(kind, target_of(server))
     calls = [
         sms.start_verification(PHONE),
         sms.check_verification("123456", verification_id=UNKNOWN_ID),
@@ -463,7 +464,7 @@ async def test_a_start_cut_off_by_closing_the_client_may_have_sent(
 ) -> None:
     # No answer from the server at all: the SDK itself must say that an SMS may be on its way.
     sandbox.sandbox.inject(Fault(kind="delay", seconds=1.0))
-    sms = open_client(kind, f"127.0.0.1:{server.port}")
+    sms = open_client(kind, target_of(server))
     start = asyncio.create_task(sms.start_verification(PHONE))
     await eventually(lambda: sandbox.sandbox.request_counts[SINGLE_SEND_PATH] == 1)
 
@@ -513,7 +514,7 @@ async def test_verification_calls_send_the_client_and_the_call_metadata(
     server: SmsServer, open_client: Any, log_output: io.StringIO, kind: str
 ) -> None:
     # The server names each RPC's event after the caller's x-request-id metadata.
-    target = f"127.0.0.1:{server.port}"
+    target = target_of(server)
     sms = open_client(kind, target)
     tagged = open_client(kind, target, metadata=[("x-request-id", "rq-client")])
     started = await sms.start_verification(PHONE, metadata=[("x-request-id", "rq-start")])
@@ -536,7 +537,7 @@ async def test_verification_calls_send_the_client_and_the_call_metadata(
 async def test_a_closed_client_refuses_verification_calls(
     server: SmsServer, open_client: Any, kind: str
 ) -> None:
-    sms = open_client(kind, f"127.0.0.1:{server.port}")
+    sms = open_client(kind, target_of(server))
     await sms.close()
 
     for call in (
@@ -569,7 +570,7 @@ async def test_unavailable_is_retried_except_for_a_start_without_a_request_id(
     # While it drains, the server refuses every call with UNAVAILABLE SHUTTING_DOWN (it did
     # nothing) and counts each attempt it refused.
     server = await start_server(make_config(verify=VERIFY, server={"drain_seconds": 1.0}))
-    target = f"127.0.0.1:{server.port}"
+    target = target_of(server)
     sms = open_client(kind, target, retry=FAST_RETRY)
     stopping = asyncio.create_task(server.stop())
     await wait_until_not_serving(target)

@@ -949,6 +949,7 @@ def test_all_lists_exactly_the_public_names_sorted() -> None:
     assert public == {
         "AsyncSmsClient",
         "CallCancelledError",
+        "CheckVerificationResponse",
         "DEFAULT_RETRY_POLICY",
         "DEFAULT_TIMEOUT_S",
         "DeadlineExceededError",
@@ -970,9 +971,19 @@ def test_all_lists_exactly_the_public_names_sorted() -> None:
         "UnknownError",
         "UsageType",
         "ValidateTemplateResponse",
+        "Verification",
+        "VerificationStatus",
         "from_rpc_error",
         "new_request_id",
     }
+
+
+def test_the_exported_messages_are_the_generated_ones() -> None:
+    # The results are the contract's own messages, not copies: callers can pass them on.
+    assert yunpian_sms_client.Verification is pb.Verification
+    assert yunpian_sms_client.CheckVerificationResponse is pb.CheckVerificationResponse
+    assert yunpian_sms_client.VerificationStatus is pb.VerificationStatus
+    assert yunpian_sms_client.SendCodeResponse is pb.SendCodeResponse
 
 
 def test_every_error_class_is_an_sms_error() -> None:

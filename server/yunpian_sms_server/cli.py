@@ -1,4 +1,4 @@
-"""The `yunpian-sms` command: serve, send, validate-template, check-config, sandbox."""
+"""The `yunpian-sms` command: serve, send, verify, validate-template, check-config, sandbox."""
 
 from __future__ import annotations
 
@@ -8,14 +8,21 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC
 from pathlib import Path
 from typing import Any, Final
 
 import grpc
 import structlog
 
-from yunpian_sms_client import SmsClient, SmsError, TemplateStatus
+from yunpian_sms_client import (
+    SmsClient,
+    SmsError,
+    TemplateStatus,
+    Verification,
+    VerificationStatus,
+)
 from yunpian_sms_server.account_templates import ApprovalStatus
 from yunpian_sms_server.app import (
     IN_PROCESS_SANDBOX_LISTEN,
@@ -41,15 +48,15 @@ from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
 from yunpian_sms_server.stores import url_problem
 from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker
 from yunpian_sms_server.templates import configured_templates
-from yunpian_sms_server.usage_types import USAGE_TYPE_VALUES
+from yunpian_sms_server.usage_types import USAGE_TYPE_VALUES, usage_type_name
 
 TARGET_ENV: Final = "YUNPIAN_SMS_TARGET"
-# The bearer token of send and validate-template: an environment variable, never an argument.
+# The bearer token of the client commands: an environment variable, never an argument.
 TOKEN_ENV: Final = "YUNPIAN_SMS_TOKEN"  # noqa: S105 - the variable's name, not a token
 DEFAULT_TARGET: Final = "127.0.0.1:50051"
 DEFAULT_SANDBOX_LISTEN: Final = "127.0.0.1:8080"
 EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
+EXIT_FAILED: Final = 1  # an error, a wrong code, an invalid template
 EXIT_USAGE: Final = 2  # a bad command line or config file
 # `serve`'s cyclic-GC thresholds (Python's default: 700, 10, 10): a young-generation pass every
 # ~600 RPCs instead of every ~20.
@@ -67,12 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yunpian-sms",
         description="Send SMS verification codes through YunPian over gRPC.",
-        epilog=f"send and validate-template send ${TOKEN_ENV}, when set, as a bearer token.",
+        epilog=f"send, verify and validate-template send ${TOKEN_ENV}, when set, as a bearer "
+        "token.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     config_help = "config file (TOML); default: $YUNPIAN_SMS_CONFIG, else built-in defaults"
     target_help = f"server address; default: ${TARGET_ENV}, else {DEFAULT_TARGET}"
     usage_names = list(USAGE_TYPE_VALUES)
+    usage_help = "what the code is for; selects the template (default: Generic)"
+    phone_help = 'phone number, e.g. 13800138000 or "+14155552671"'
 
     serve = commands.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--config", type=Path, help=config_help)
@@ -86,23 +96,29 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="default: json unless a terminal")
 
     send = commands.add_parser("send", help="send one verification code")
-    send.add_argument("phone", help='phone number, e.g. 13800138000 or "+14155552671"')
+    send.add_argument("phone", help=phone_help)
     send.add_argument("code", help="the code, 4-10 letters or digits")
-    send.add_argument("--usage-type", default="Generic", choices=usage_names)
-    send.add_argument("--request-id", help="idempotency key")
+    send.add_argument("--usage-type", default="Generic", choices=usage_names, help=usage_help)
+    send.add_argument("--request-id", help="idempotency key: a repeat with it sends no second SMS")
     _add_client_options(send, target_help)
+
+    _add_verify_commands(commands, target_help)
 
     validate = commands.add_parser("validate-template", help="check a template")
     which = validate.add_mutually_exclusive_group(required=True)
     which.add_argument("--usage-type", choices=usage_names, help="a configured template")
     which.add_argument("--content", help="template content with {{code}}")
-    validate.add_argument("--international", action="store_true")
+    validate.add_argument(
+        "--international", action="store_true", help="the international template, and list"
+    )
     validate.add_argument("--skip-remote", action="store_true", help="local checks only")
     _add_client_options(validate, target_help)
 
-    check = commands.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("--config", type=Path, help=config_help)
-    check.add_argument("--remote", action="store_true", help="also check templates at YunPian")
+    check_config = commands.add_parser("check-config", help="validate a config file and exit")
+    check_config.add_argument("--config", type=Path, help=config_help)
+    check_config.add_argument(
+        "--remote", action="store_true", help="also check templates at YunPian"
+    )
 
     commands.add_parser(
         "hash-token",
@@ -113,6 +129,63 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--listen", default=DEFAULT_SANDBOX_LISTEN, help="HOST:PORT")
     sandbox.add_argument("--config", type=Path, help="its API key and approved templates")
     return parser
+
+
+def _add_verify_commands(commands: Any, target_help: str) -> None:
+    """`verify start`, `verify check` and `verify cancel`: a verification through a server."""
+    verify = commands.add_parser(
+        "verify",
+        help="verify a phone number: the server makes the code, sends it and checks it",
+        description="Start a verification (the server sends a code it made), check the code "
+        "the user typed, or cancel it. Exit status: 0 done (a check: approved), 1 a wrong code "
+        "or an error, 2 a bad command line.",
+    )
+    steps = verify.add_subparsers(dest="step", required=True, metavar="{start,check,cancel}")
+    usage_names = list(USAGE_TYPE_VALUES)
+
+    start = steps.add_parser(
+        "start",
+        help="send a code; while one is pending for the number and usage type, a new code",
+    )
+    start.add_argument("phone", metavar="PHONE", help='e.g. 13800138000 or "+14155552671"')
+    start.add_argument(
+        "--usage-type",
+        default="Generic",
+        choices=usage_names,
+        help="what the verification is for; selects the template (default: Generic)",
+    )
+    start.add_argument("--request-id", help="idempotency key: a repeat with it sends no second SMS")
+    _add_client_options(start, target_help)
+
+    check = steps.add_parser(
+        "check",
+        help="check the code the user typed (PHONE CODE, or --id VERIFICATION_ID CODE)",
+    )
+    check.add_argument(
+        "phone",
+        metavar="PHONE",
+        nargs="?",
+        help="the number of the pending verification to check (or give --id)",
+    )
+    check.add_argument("code", metavar="CODE", help="the code the user typed")
+    check.add_argument(
+        "--id",
+        dest="verification_id",
+        metavar="VERIFICATION_ID",
+        help="the id `verify start` printed, instead of PHONE",
+    )
+    check.add_argument(
+        "--usage-type",
+        choices=usage_names,
+        help="with PHONE: the usage type the verification was started with (default: Generic)",
+    )
+    _add_client_options(check, target_help)
+
+    cancel = steps.add_parser("cancel", help="cancel a pending verification")
+    cancel.add_argument(
+        "verification_id", metavar="VERIFICATION_ID", help="the id `verify start` printed"
+    )
+    _add_client_options(cancel, target_help)
 
 
 def _load(path: Path | None, *, needs_api_key: bool) -> Config | None:
@@ -222,6 +295,87 @@ def _send(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    """An enum value's proto name without its prefix; the number for one this SDK lacks."""
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        return str(value)
+    return name.removeprefix(prefix)
+
+
+def _verification_line(label: str, verification: Verification) -> str:
+    """One line about a verification: what happened, then where it stands."""
+    status = _enum_name(VerificationStatus, verification.status, "VERIFICATION_STATUS_")
+    usage_type = usage_type_name(verification.usage_type) or str(verification.usage_type)
+    expires = verification.expire_time.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"{label}: id={verification.verification_id} status={status} "
+        f"phone={verification.phone_number} usage_type={usage_type} "
+        f"send_count={verification.send_count} "
+        f"checks_remaining={verification.checks_remaining} expires={expires}"
+        + (" (replayed)" if verification.replayed else "")
+    )
+
+
+def _check_target_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with `verify check`'s choice of verification, if anything."""
+    if args.verification_id is None and args.phone is None:
+        return "verify check: give PHONE CODE, or --id VERIFICATION_ID CODE"
+    if args.verification_id is not None and args.phone is not None:
+        return "verify check: give PHONE or --id VERIFICATION_ID, not both"
+    if args.verification_id is not None and args.usage_type is not None:
+        return "verify check: --usage-type goes with PHONE; an id names the verification"
+    return None
+
+
+def _verify_start(client: SmsClient, args: argparse.Namespace) -> int:
+    started = client.start_verification(
+        args.phone, usage_type=args.usage_type, request_id=args.request_id
+    )
+    print(_verification_line("started" if started.send_count <= 1 else "resent", started))
+    return EXIT_OK
+
+
+def _verify_check(client: SmsClient, args: argparse.Namespace) -> int:
+    checked = client.check_verification(
+        args.code,
+        verification_id=args.verification_id,
+        phone_number=args.phone,
+        usage_type=args.usage_type,
+    )
+    label = "approved" if checked.approved else "wrong code"
+    print(_verification_line(label, checked.verification))
+    return EXIT_OK if checked.approved else EXIT_FAILED
+
+
+def _verify_cancel(client: SmsClient, args: argparse.Namespace) -> int:
+    verification = client.cancel_verification(args.verification_id)
+    # An ended verification is answered as it stands: nothing was pending to cancel.
+    canceled = verification.status == VerificationStatus.VERIFICATION_STATUS_CANCELED
+    print(_verification_line("canceled" if canceled else "already ended", verification))
+    return EXIT_OK
+
+
+_VERIFY_STEPS: Final[dict[str, Callable[[SmsClient, argparse.Namespace], int]]] = {
+    "start": _verify_start,
+    "check": _verify_check,
+    "cancel": _verify_cancel,
+}
+
+
+def _verify(args: argparse.Namespace) -> int:
+    problem = _check_target_problem(args) if args.step == "check" else None
+    if problem is not None:
+        print(f"argument error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    with _client(args) as client:
+        try:
+            return _VERIFY_STEPS[args.step](client, args)
+        except SmsError as error:
+            return _report_error(error)
+
+
 def _validate(args: argparse.Namespace) -> int:
     with _client(args) as client:
         try:
@@ -302,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "send":
         return _send(args)
+    if args.command == "verify":
+        return _verify(args)
     if args.command == "validate-template":
         return _validate(args)
     if args.command == "check-config":

@@ -98,8 +98,9 @@ class SmsError(Exception):
     def retryable(self) -> bool:
         """Whether the service did nothing and the same call may simply be made again.
 
-        True for UNAVAILABLE. A `send_code` should still only be repeated with the same
-        `request_id`: a transport failure can hide whether the first attempt arrived.
+        True for UNAVAILABLE. A `send_code` or `start_verification` should still only be
+        repeated with the same `request_id`: a transport failure can hide whether the first
+        attempt arrived.
         """
         return self.code is grpc.StatusCode.UNAVAILABLE and not self.delivery_unknown
 
@@ -125,7 +126,13 @@ class UnknownError(SmsError):
 
 
 class InvalidArgumentError(SmsError):
-    """The request is malformed (INVALID_ARGUMENT); `field_violations` names the fields."""
+    """The request is malformed (INVALID_ARGUMENT); `field_violations` names the fields.
+
+    Reasons include INVALID_PHONE_NUMBER, INVALID_CODE (for `check_verification`: not the
+    service's code_length digits; no check was used), INVALID_USAGE_TYPE, INVALID_REQUEST_ID,
+    REQUEST_ID_REUSED, INVALID_VERIFICATION_ID (not an id `start_verification` returned) and
+    INVALID_VERIFICATION_TARGET (a check naming no verification).
+    """
 
     default_code = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -140,7 +147,12 @@ class DeadlineExceededError(SmsError):
 
 
 class NotFoundError(SmsError):
-    """Something the call refers to does not exist (NOT_FOUND)."""
+    """Something the call refers to does not exist (NOT_FOUND).
+
+    VERIFICATION_NOT_FOUND: no verification of this caller has that id (unknown, another
+    caller's, or forgotten after it ended), or the number has no pending verification of that
+    usage type. Start a new one.
+    """
 
     default_code = grpc.StatusCode.NOT_FOUND
 
@@ -152,15 +164,24 @@ class PermissionDeniedError(SmsError):
 
 
 class ResourceExhaustedError(SmsError):
-    """A rate limit or quota was reached (RESOURCE_EXHAUSTED); see `retry_delay`."""
+    """A rate limit or quota was reached (RESOURCE_EXHAUSTED); see `retry_delay`.
+
+    Reasons: RATE_LIMITED (the service's limits), PROVIDER_RATE_LIMITED and
+    PROVIDER_QUOTA_EXCEEDED (YunPian's), VERIFICATION_SEND_LIMIT (the verification has had all
+    its SMS; `retry_delay` lasts until it expires, when a new one may start).
+    """
 
     default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class FailedPreconditionError(SmsError):
-    """The service or YunPian refuses the request as configured (FAILED_PRECONDITION).
+    """The service or YunPian refuses the request as it stands (FAILED_PRECONDITION).
 
-    Retrying does not help until the configuration, the account or the template changes.
+    Retrying does not help until the configuration, the account or the template changes. For
+    verifications: VERIFICATION_DISABLED (the server does not run them), and, on a check of a
+    verification that has ended, VERIFICATION_EXPIRED, VERIFICATION_CANCELED,
+    VERIFICATION_APPROVED (a code works once) or VERIFICATION_MAX_ATTEMPTS (every check used);
+    then start a new verification. `metadata` carries its "verification_id" and "status".
     """
 
     default_code = grpc.StatusCode.FAILED_PRECONDITION

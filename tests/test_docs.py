@@ -22,11 +22,13 @@ import pytest
 import yaml
 from support import log_events
 
+import yunpian_sms_server
 from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server import config as config_module
 from yunpian_sms_server.config import KNOWN_KEYS, ConfigError, parse_config
 from yunpian_sms_server.errors import Reason
 from yunpian_sms_server.metrics import Metrics
+from yunpian_sms_server.rpc_envelope import RPC_NAMES
 from yunpian_sms_server.rpc_record import RpcRecord
 from yunpian_sms_server.statuses import STATUS_CODES
 from yunpian_sms_server.usage_types import REQUIRED_USAGE_TYPES, USAGE_TYPE_VALUES
@@ -520,6 +522,55 @@ async def test_the_rpc_event_keys_are_documented(log_output: Any, client: AsyncS
     )
     stale = sorted(documented - logged)
     assert not stale, f"docs/metrics.md documents rpc event keys the event lacks: {stale}"
+
+
+LOG_LEVELS: Final = frozenset({"debug", "info", "warning", "error", "exception", "critical"})
+
+
+def logged_events() -> dict[str, str]:
+    """Every structured event the server logs (a snake_case name as a logger call's first
+    argument; the sandbox's stdlib log lines are sentences), with a module that logs it."""
+    package = Path(yunpian_sms_server.__file__).parent
+    found: dict[str, str] = {}
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LOG_LEVELS
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+                and re.fullmatch(r"[a-z][a-z0-9_]*", node.args[0].value)
+            ):
+                found.setdefault(node.args[0].value, path.relative_to(package.parent).as_posix())
+    return found
+
+
+def test_every_log_event_is_documented() -> None:
+    documented = {
+        ticked(cells[0])[0]
+        for cells in rows(section(METRICS, "Other log events"))
+        if ticked(cells[0])
+    }
+    events = logged_events()
+    missing = sorted(set(events) - documented - {"rpc"})
+    assert not missing, (
+        "docs/metrics.md: add to '## Other log events' a row `| `EVENT` | <level> | <when> | "
+        "<its keys> |` for: " + ", ".join(f"{name} ({events[name]})" for name in missing)
+    )
+    stale = sorted(documented - set(events))
+    assert not stale, f"docs/metrics.md documents log events the server never logs: {stale}"
+
+
+def test_the_method_label_lists_every_rpc() -> None:
+    [values] = [
+        cells[1] for cells in rows(section(METRICS, "Label values")) if cells[0] == "`method`"
+    ]
+    missing = sorted(set(RPC_NAMES) - set(ticked(values)))
+    assert not missing, (
+        f"docs/metrics.md: add {missing} to the values of `method` under '## Label values'"
+    )
 
 
 # --- docs/operations.md --------------------------------------------------------------------

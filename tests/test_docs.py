@@ -367,20 +367,29 @@ def test_every_row_of_type_table_has_a_section() -> None:
 
 
 def environment_variables() -> set[str]:
-    """Every environment variable name config.py spells out."""
+    """Every environment variable name config.py spells out; a family of variables (a name that
+    ends in '_', as YUNPIAN_SMS_TOKEN_SHA256_) as its prefix followed by "<".
+    """
     tree = ast.parse(Path(config_module.__file__).read_text(encoding="utf-8"))
-    return {
-        node.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Constant)
-        and isinstance(node.value, str)
-        and re.fullmatch(r"YUNPIAN_[A-Z0-9_]*[A-Z0-9]", node.value)
-    }
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if re.fullmatch(r"YUNPIAN_[A-Z0-9_]*[A-Z0-9]", node.value):
+                names.add(node.value)
+            elif re.fullmatch(r"YUNPIAN_[A-Z0-9_]*_", node.value):
+                names.add(node.value + "<")
+    return names
+
+
+def _family(name: str) -> str:
+    """A variable's name, or its family's prefix and "<" (YUNPIAN_SMS_TOKEN_SHA256_<CALLER>)."""
+    return re.sub(r"<[^>]*>?$", "<", name)
 
 
 def environment_table() -> dict[str, list[str]]:
+    """'## Environment variables': name -> cells; a family `PREFIX_<CALLER>` as `PREFIX_<`."""
     return {
-        ticked(cells[0])[0]: cells
+        _family(ticked(cells[0])[0]): cells
         for cells in rows(section(CONFIGURATION, "Environment variables"))
         if ticked(cells[0])
     }
@@ -391,8 +400,9 @@ def test_every_environment_variable_of_config_py_is_documented() -> None:
     missing = sorted(environment_variables() - set(table))
     assert not missing, (
         "config.py reads environment variables docs/configuration.md does not list; add to "
-        "'## Environment variables' a row `| `NAME` | `table.key` it overrides | what it holds |`, "
-        "and put `NAME` in the 'env override' column of that key's row: " + repr(missing)
+        "'## Environment variables' a row `| `NAME` | `table.key` it overrides | what it holds |` "
+        "(a family of variables, PREFIX_<: as `PREFIX_<WHAT>`), and put `NAME` in the "
+        "'env override' column of that key's row: " + repr(missing)
     )
     stale = sorted(set(table) - environment_variables())
     assert not stale, (
@@ -403,34 +413,61 @@ def test_every_environment_variable_of_config_py_is_documented() -> None:
 # (value in the file, the same value as an environment variable): candidates a key may take.
 ENV_SAMPLES: Final[tuple[tuple[Any, str], ...]] = (
     ("0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"),
+    ("ab" * 32, "ab" * 32),
+    ("memory://elsewhere", "memory://elsewhere"),
     ("127.0.0.1:50099", "127.0.0.1:50099"),
     (7.0, "7"),
     (7, "7"),
     (True, "true"),
 )
+# The caller of _table_data's [auth.callers] table, as a variable family names it.
+PROBE_CALLER_VARIABLE: Final = "PROBE"
+
+
+def _value(config: Any, table: str, key: str) -> Any:
+    """A key's value in a parsed Config (the probe caller's, for [auth.callers.NAME])."""
+    if table == "auth.callers.*":
+        return getattr(config.auth.callers[0], key)
+    section_value = getattr(config, table, None)
+    assert section_value is not None, (
+        f"tests/test_docs.py: teach _value where Config keeps [{table}] {key}"
+    )
+    return getattr(section_value, key)
 
 
 def _overrides(name: str, table: str, key: str) -> bool | None:
     """Whether the variable overrides the key (None: no sample value fits the key)."""
-    default = parse_config({}, env={})
+    variable = re.sub(r"<[^>]*>?$", PROBE_CALLER_VARIABLE, name)
+    base = _table_data(table, {})
+    default = _value(parse_config(base, env={}), table, key)
     for file_value, env_value in ENV_SAMPLES:
         try:
-            in_file = parse_config(_table_data(table, {key: file_value}), env={})
+            in_file = _value(
+                parse_config(_table_data(table, {key: file_value}), env={}), table, key
+            )
         except ConfigError:
             continue
         if in_file == default:
             continue
         try:
-            return parse_config({}, env={name: env_value}) == in_file
+            return _value(parse_config(base, env={variable: env_value}), table, key) == in_file
         except ConfigError:
             return False
     return None
 
 
+def _dotted_key(text: str) -> str:
+    """A documented `table.key`, its table named as in KNOWN_KEYS (auth.callers.NAME: *)."""
+    for table, heading in HEADINGS.items():
+        if text.startswith(heading + "."):
+            return table + text[len(heading) :]
+    return text
+
+
 def test_each_override_is_on_the_row_of_the_key_it_overrides() -> None:
     env_table = environment_table()
     by_key = {
-        ticked(cells[1])[0]: name
+        _dotted_key(ticked(cells[1])[0]): name
         for name, cells in env_table.items()
         if ticked(cells[1]) and "." in ticked(cells[1])[0]
     }
@@ -439,7 +476,7 @@ def test_each_override_is_on_the_row_of_the_key_it_overrides() -> None:
     for heading, documented in config_sections().items():
         for key, cells in documented.items():
             for name in ticked(cells[4]):
-                on_rows[f"{headings.get(heading, heading)}.{key}"] = name
+                on_rows[f"{headings.get(heading, heading)}.{key}"] = _family(name)
     assert on_rows == by_key, (
         "docs/configuration.md: the 'env override' columns of the key tables "
         f"({on_rows}) disagree with '## Environment variables' ({by_key})"

@@ -40,6 +40,7 @@ from yunpian_sms_server.config import (
     exposure_problem,
 )
 from yunpian_sms_server.delivery_reports import DeliveryReports, ReportPuller
+from yunpian_sms_server.delivery_state import KEPT_REPORT_WAITS
 from yunpian_sms_server.errors import ServiceError
 from yunpian_sms_server.listen_addresses import join_listen, parse_listen
 from yunpian_sms_server.listeners import (
@@ -137,7 +138,8 @@ def report_collection(delivery: DeliveryConfig) -> ReportCollection | None:
     url = ""
     if delivery.mode == "push" and delivery.public_url:
         url = callback_url(delivery.public_url, delivery.path_token)
-    return ReportCollection(keep_s=delivery.report_wait_seconds, callback_url=url)
+    keep_s = delivery.report_wait_seconds * KEPT_REPORT_WAITS
+    return ReportCollection(keep_s=keep_s, callback_url=url)
 
 
 def fingerprints_for(config: Config) -> Fingerprints:

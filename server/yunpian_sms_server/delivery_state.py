@@ -21,6 +21,9 @@ CHINA_TIME: Final = timezone(timedelta(hours=8))
 RECEIVE_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
 # Reports in one pull or push, at most (YunPian's page and batch size).
 MAX_REPORTS: Final = 100
+# A sent message is kept this many report waits: past the first it is UNKNOWN, and the caller
+# can still ask and be told so.
+KEPT_REPORT_WAITS: Final = 2
 # Longest carrier code and detail kept: YunPian's are a few dozen characters.
 MAX_CARRIER_TEXT: Final = 256
 _REPORT_STATUSES: Final = {"SUCCESS": "DELIVERED", "FAIL": "FAILED"}

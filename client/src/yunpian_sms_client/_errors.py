@@ -33,7 +33,7 @@ class SmsError(Exception):
         reason: The `ErrorInfo` reason, e.g. "INVALID_PHONE_NUMBER"; "" when there is none
             (for example when the deadline expired on the client).
         domain: The `ErrorInfo` domain, "yunpian.sms.v1" for the service's own errors.
-        metadata: The `ErrorInfo` metadata, e.g. {"yunpian_code": "33", "msg": "..."}.
+        metadata: The `ErrorInfo` metadata, e.g. {"yunpian_code": "33", "yunpian_msg": "..."}.
         retry_delay: Seconds to wait before retrying, from `google.rpc.RetryInfo`, or None.
         field_violations: (field, description) pairs from `google.rpc.BadRequest`.
         details: Every detail message of the status, unpacked where the type is known

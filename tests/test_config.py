@@ -487,3 +487,84 @@ def test_every_environment_override_is_documented() -> None:
     for variable in variables:
         assert variable in EXAMPLE.read_text(), f"config.example.toml does not name {variable}"
         assert variable in readme, f"README.md does not name {variable}"
+DELIVERY_TOKEN = "report-token-0123456789abcdef0123456789"
+
+
+def test_push_needs_a_listen_address_and_a_path_token() -> None:
+    assert [p.split(":")[0] for p in problems_of({"delivery": {"mode": "push"}})] == [
+        "delivery.listen",
+        "delivery.path_token",
+    ]
+    [token] = problems_of({"delivery": {"mode": "push", "listen": "127.0.0.1:8080"}})
+    assert token.startswith('delivery.path_token: is required with mode = "push"')
+    assert "YUNPIAN_SMS_DELIVERY_TOKEN" in token
+    push = {"mode": "push", "listen": "127.0.0.1:8080"}
+    from_env = parse_config({"delivery": push}, {"YUNPIAN_SMS_DELIVERY_TOKEN": DELIVERY_TOKEN})
+    assert from_env.delivery.path_token == DELIVERY_TOKEN
+
+
+def test_a_short_path_token_is_a_problem_never_repeated() -> None:
+    push = {"mode": "push", "listen": "127.0.0.1:8080", "path_token": "hunter2"}
+    [short] = problems_of({"delivery": push})
+    assert short.startswith("delivery.path_token: must be at least 32 characters")
+    [short_env] = problems_of(
+        {"delivery": {"mode": "push", "listen": "127.0.0.1:8080"}},
+        {"YUNPIAN_SMS_DELIVERY_TOKEN": "hunter2"},
+    )
+    assert short_env.startswith("YUNPIAN_SMS_DELIVERY_TOKEN: must be at least 32 characters")
+    assert "hunter2" not in short + short_env
+
+
+@pytest.mark.parametrize("bad", ["/", "?", "#", "%", " ", "+", "=", "令"], ids=repr)
+def test_a_path_token_must_stand_in_a_url_path_as_it_is(bad: str) -> None:
+    # It is the last segment of /yunpian/reports/<path_token> and of every send's callback_url:
+    # `openssl rand -base64 32` makes '/', '+' and '=', which would break both.
+    token = DELIVERY_TOKEN[:20] + bad + DELIVERY_TOKEN[20:]
+    push = {"mode": "push", "listen": "127.0.0.1:8080", "path_token": token}
+    [problem] = problems_of({"delivery": push})
+    assert problem.startswith("delivery.path_token: must be letters, digits")
+    assert token not in problem
+
+
+@pytest.mark.parametrize("interval", [15.0, 20.0])
+def test_a_pull_lease_no_longer_than_the_interval_is_a_problem(interval: float) -> None:
+    pull = {"mode": "pull", "pull_interval_seconds": interval, "pull_lease_seconds": 15.0}
+    [problem] = problems_of({"delivery": pull})
+    assert problem.startswith("delivery.pull_lease_seconds: must be longer than")
+
+
+def test_delivery_settings_out_of_range_are_problems_under_their_key() -> None:
+    problems = problems_of(
+        {
+            "delivery": {
+                "mode": "both",
+                "report_wait_seconds": -1,
+                "page_size": 101,
+                "public_url": "ftp://example.com",
+            }
+        }
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "delivery.mode",
+        "delivery.report_wait_seconds",
+        "delivery.page_size",
+        "delivery.public_url",
+    ]
+
+
+def test_a_valid_delivery_section_is_read() -> None:
+    config = parse_config(
+        {
+            "delivery": {
+                "mode": "push",
+                "listen": "127.0.0.1:8080",
+                "path_token": DELIVERY_TOKEN,
+                "public_url": "https://sms.example.com",
+                "report_wait_seconds": 3600,
+            }
+        },
+        {},
+    )
+    assert config.delivery.enabled
+    assert config.delivery.keep_seconds == 7200
+    assert DELIVERY_TOKEN not in repr(config)

@@ -487,6 +487,8 @@ def test_every_environment_override_is_documented() -> None:
     for variable in variables:
         assert variable in EXAMPLE.read_text(), f"config.example.toml does not name {variable}"
         assert variable in readme, f"README.md does not name {variable}"
+
+
 DELIVERY_TOKEN = "report-token-0123456789abcdef0123456789"
 
 
@@ -566,5 +568,8 @@ def test_a_valid_delivery_section_is_read() -> None:
         {},
     )
     assert config.delivery.enabled
-    assert config.delivery.keep_seconds == 7200
+    assert (config.delivery.path_token, config.delivery.report_wait_seconds) == (
+        DELIVERY_TOKEN,
+        3600.0,
+    )
     assert DELIVERY_TOKEN not in repr(config)

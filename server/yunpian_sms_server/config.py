@@ -92,6 +92,10 @@ DEFAULT_REMOTE_CACHE_S: Final = 60.0
 MAX_REMOTE_CACHE_S: Final = 86400.0
 # Keys of [templates] that are options, not usage types.
 _CALLER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The report endpoint's path token is a segment of its URL and of every send's callback_url,
+# written as it is: only the characters a URL path never encodes or splits on (RFC 3986's
+# unreserved ones).
+_PATH_TOKEN = re.compile(r"[A-Za-z0-9._~-]+")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _TEMPLATE_OPTIONS: Final = frozenset({"international", "verify_on_start", "remote_cache_seconds"})
 # Every key of every table (besides usage type names): anything else is reported as unknown.
@@ -834,6 +838,14 @@ def _read_delivery(table: _Reader, env: Mapping[str, str]) -> DeliveryConfig:
         public_url=table.string("public_url", "", _check_public_url),
     )
     _secret_problems(table, token, token_key, "path_token", ())
+    if token and not _PATH_TOKEN.fullmatch(token):
+        table.problems.append(
+            ConfigProblem(
+                token_key,
+                "must be letters, digits, '-', '_', '.' and '~' only: it is written as it is "
+                "in the report URL, e.g. `openssl rand -hex 32`",
+            )
+        )
     if delivery.mode == "push":
         if not delivery.listen:
             table.problem("listen", 'is required with mode = "push": where YunPian posts reports')

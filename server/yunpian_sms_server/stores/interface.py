@@ -83,7 +83,9 @@ class SavedReports:
 
     saved: tuple[SentMessage, ...] = ()  # the messages as they are now
     duplicates: int = 0  # reports of messages that had one already
-    unknown: int = 0  # reports of messages this service does not know (not kept)
+    # Reports of messages this service does not know (yet): each waits a while for its message
+    # to be recorded (a report can come first), then is dropped.
+    unknown: int = 0
 
 
 class CodeAdded(Enum):

@@ -27,6 +27,7 @@ from support import (
 )
 from verification_support import (
     OWNER_TOKEN,
+    SECRET,
     STRANGER_TOKEN,
     TWO_CALLERS,
     Verifier,
@@ -45,7 +46,17 @@ from verification_support import (
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_server.app import SmsServer
+from yunpian_sms_server.config import VerifyConfig
+from yunpian_sms_server.errors import Reason, ServiceError
 from yunpian_sms_server.sandbox import RunningSandbox
+from yunpian_sms_server.stores import MemoryStore, RedisStore, Store
+from yunpian_sms_server.verification_state import (
+    CodeHasher,
+    VerificationState,
+    VerificationStatus,
+    new_verification_id,
+)
+from yunpian_sms_server.verifications import Checked, Verifications
 
 MAX_CHECKS: Final = 5
 MAX_SENDS: Final = 5
@@ -333,6 +344,24 @@ async def test_a_start_retried_with_its_request_id_sends_nothing_and_answers_the
     ).approved
 
 
+async def test_parallel_checks_of_the_right_code_approve_exactly_once(
+    verifications: Verifier, quiet_sandbox: RunningSandbox
+) -> None:
+    started = await verifications.start(next(NUMBERS))
+    code = code_of(quiet_sandbox, started)
+    answers = await asyncio.gather(
+        *(verifications.check(started.verification_id, code) for _ in range(MAX_CHECKS)),
+        return_exceptions=True,
+    )
+    approved = [a for a in answers if isinstance(a, pb.CheckVerificationResponse) and a.approved]
+    others = [a for a in answers if not isinstance(a, pb.CheckVerificationResponse)]
+    assert len(approved) == 1, answers
+    assert len(others) == MAX_CHECKS - 1, answers
+    assert {reason(error) for error in others if isinstance(error, grpc.aio.AioRpcError)} == {
+        (FAILED_PRECONDITION, "VERIFICATION_APPROVED")
+    }
+
+
 # Bad input: clear refusals naming the field, nothing sent, no check used. On one store.
 
 
@@ -527,3 +556,86 @@ async def test_metrics_count_each_verification_event_and_check_result_and_logs_n
     text = log_output.getvalue()
     for code in codes:
         assert code not in text
+
+
+# Races, played deterministically: the store makes every caller wait at one point until all
+# have got there, so the interleaving that replicas produce now and then happens every time.
+
+
+class Lockstep:
+    """A store whose `operation` answers only once `parties` calls of it have been answered."""
+
+    def __init__(self, store: Store, operation: str, parties: int) -> None:
+        self._store = store
+        self._operation = operation
+        self._barrier = asyncio.Barrier(parties)
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._store, name)
+        if name != self._operation:
+            return found
+
+        async def in_lockstep(*args: Any) -> Any:
+            answer = await found(*args)
+            await self._barrier.wait()
+            return answer
+
+        return in_lockstep
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def raw_store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        store: Store = MemoryStore()
+    else:
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        store = RedisStore(redis_server.url)
+    yield store
+    await store.close()
+
+
+async def pending_verification(store: Store, hasher: CodeHasher, code: str) -> str:
+    """A pending verification of CALLER in the store, with `code` sent; its id."""
+    fresh = VerificationState(
+        verification_id=new_verification_id(),
+        caller="caller",
+        phone=next(NUMBERS),
+        usage_type="Generic",
+        status=VerificationStatus.PENDING,
+        expires_at=0.0,
+        max_checks=MAX_CHECKS,
+    )
+    state = await store.open_verification(f"caller\x1f{fresh.phone}\x1fGeneric", fresh, 60, 60)
+    vid = state.verification_id
+    await store.add_verification_code(vid, hasher.hash(vid, code), MAX_SENDS, 60)
+    return vid
+
+
+def verifications_on(store: Any) -> Verifications:
+    config = VerifyConfig(enabled=True, secret=SECRET)
+    # Checks and cancels never send: no send protocol is needed.
+    return Verifications(store, None, config, CodeHasher(SECRET.encode()))  # type: ignore[arg-type]
+
+
+async def test_right_codes_counted_together_approve_once(raw_store: Store) -> None:
+    parties = 3
+    code = "482915"
+    vid = await pending_verification(raw_store, CodeHasher(SECRET.encode()), code)
+    verifications = verifications_on(Lockstep(raw_store, "use_verification_check", parties))
+    answers = await asyncio.gather(
+        *(verifications.check("caller", vid, code) for _ in range(parties)),
+        return_exceptions=True,
+    )
+    approved = [answer for answer in answers if isinstance(answer, Checked) and answer.approved]
+    refused = [answer for answer in answers if isinstance(answer, ServiceError)]
+    assert len(approved) == 1, answers
+    assert [error.reason for error in refused] == [Reason.VERIFICATION_APPROVED] * (parties - 1)
+
+
+async def test_cancels_together_cancel_once(raw_store: Store) -> None:
+    parties = 3
+    vid = await pending_verification(raw_store, CodeHasher(SECRET.encode()), "482915")
+    verifications = verifications_on(Lockstep(raw_store, "get_verification", parties))
+    answers = await asyncio.gather(*(verifications.cancel("caller", vid) for _ in range(parties)))
+    assert {state.status for state, _ in answers} == {VerificationStatus.CANCELED}
+    assert sorted(canceled for _, canceled in answers) == [False] * (parties - 1) + [True]

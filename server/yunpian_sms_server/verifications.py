@@ -267,16 +267,20 @@ class Verifications:
         if use is CheckUse.ENDED:
             raise ended(state)
         if self._hasher.matches(verification_id, code, state.code_hashes):
+            # Only the check that ends it approves it: parallel checks of the right code (on any
+            # replicas) were all counted while it was pending, and all compare true.
             with store_required("the right code was not approved (the check was used)"):
-                after = await self.store.end_verification(
+                after, approved = await self.store.end_verification(
                     verification_id, VerificationStatus.APPROVED, self._keep_s
                 )
-            if after is None or after.status is not VerificationStatus.APPROVED:
-                raise ended(after or state)  # another check approved it, or it just ended
+            if after is None:
+                raise not_found()  # forgotten meanwhile
+            if not approved:
+                raise ended(after)  # another check approved it, or it just ended
             return Checked(after, approved=True)
         if state.checks_remaining == 0:
             with store_required("the wrong code was counted; its verification's end was not"):
-                after = await self.store.end_verification(
+                after, _ = await self.store.end_verification(
                     verification_id, VerificationStatus.MAX_ATTEMPTS_REACHED, self._keep_s
                 )
             return Checked(after or state, approved=False)
@@ -290,9 +294,9 @@ class Verifications:
                 raise not_found()
             if state.status is not VerificationStatus.PENDING:
                 return state, False
-            after = await self.store.end_verification(
+            after, canceled = await self.store.end_verification(
                 verification_id, VerificationStatus.CANCELED, self._keep_s
             )
             if after is None:
                 raise not_found()
-            return after, after.status is VerificationStatus.CANCELED
+            return after, canceled

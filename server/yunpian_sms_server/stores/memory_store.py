@@ -231,7 +231,7 @@ class MemoryStore:
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         return self._verifications.end(verification_id, status, keep_s)
 
     async def get_verification(
@@ -376,11 +376,12 @@ class _Verifications:
 
     def end(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         state = self._live(verification_id, keep_s)
         if state is not None and state.status is VerificationStatus.PENDING:
             self._end(state, status, self._now() + keep_s)
-        return _copy_or_none(state)
+            return _copy(state), True
+        return _copy_or_none(state), False
 
     def current(self, verification_id: str, keep_s: float) -> VerificationState | None:
         return _copy_or_none(self._live(verification_id, keep_s))

@@ -193,6 +193,8 @@ async def test_a_verification_past_its_expiry_has_expired_whoever_looks(store: S
     keys = [pending_key() for _ in range(4)]
     states = [await opened(store, ttl_s=SHORT_S, key=key) for key in keys]
     await asyncio.sleep(SHORT_S + PAST_S)
+    # No pending verification of the number is left, before anyone has looked at it.
+    assert [await store.find_pending_verification(key) for key in keys] == [None] * 4
     ids = [state.verification_id for state in states]
     use, checked = await store.use_verification_check(ids[0], CALLER, KEEP_S)
     seen = await store.get_verification(ids[1], KEEP_S)

@@ -212,10 +212,13 @@ async def test_an_expired_verification_refuses_even_its_right_code(
         code = code_of(quiet_sandbox, started)
         expire_at = started.expire_time.ToNanoseconds() / 1e9
         await asyncio.sleep(max(expire_at - time.time(), 0.0) + 0.05)
+        # Before anything has looked at it: the number has no pending verification any more.
+        by_phone = await refused(verifications.check_phone(phone, code))
         expired = await refused(verifications.check(started.verification_id, code))
         again = await refused(verifications.check(started.verification_id, code))
         canceled = await verifications.cancel(started.verification_id)
         restarted = await verifications.start(phone)
+    assert reason(by_phone) == (grpc.StatusCode.NOT_FOUND, "VERIFICATION_NOT_FOUND")
     assert reason(expired) == (FAILED_PRECONDITION, "VERIFICATION_EXPIRED")
     assert reason(again) == (FAILED_PRECONDITION, "VERIFICATION_EXPIRED")
     assert canceled.status == pb.VERIFICATION_STATUS_EXPIRED  # an ended one is left as it is

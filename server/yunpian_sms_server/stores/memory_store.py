@@ -354,7 +354,17 @@ class _Verifications:
         return self._states.get(verification_id)
 
     def find_pending(self, pending_key: str) -> str | None:
-        return self._pending.get(pending_key)
+        """The pending verification's id: not one past its expiry that nothing has looked at
+        since (as in Redis, where the pending key expires with it)."""
+        found = self._pending.get(pending_key)
+        state = None if found is None else self._states.get(found)
+        if (
+            state is None
+            or state.status is not VerificationStatus.PENDING
+            or self._now() >= state.expires_at
+        ):
+            return None
+        return found
 
     def use_check(
         self, verification_id: str, caller: str, keep_s: float

@@ -642,3 +642,66 @@ async def test_cancels_together_cancel_once(raw_store: Store) -> None:
     answers = await asyncio.gather(*(verifications.cancel("caller", vid) for _ in range(parties)))
     assert {state.status for state, _ in answers} == {VerificationStatus.CANCELED}
     assert sorted(canceled for _, canceled in answers) == [False] * (parties - 1) + [True]
+
+
+class Stalling:
+    """A store whose `end_verification` waits until released (a slow store, a late answer)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def end_verification(self, *args: Any) -> Any:
+        self.reached.set()
+        await self.release.wait()
+        return await self._store.end_verification(*args)
+
+
+async def cut_off(stalling: Stalling, check: Awaitable[Checked]) -> None:
+    """Runs a check until it waits for the store to end the verification, then cancels it (its
+    client gave up, its deadline passed) and lets the store answer."""
+    task = asyncio.ensure_future(check)
+    await stalling.reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stalling.release.set()
+
+
+async def test_a_last_wrong_check_cut_off_still_ends_the_verification(raw_store: Store) -> None:
+    code = "482915"
+    vid = await pending_verification(raw_store, CodeHasher(SECRET.encode()), code)
+    stalling = Stalling(raw_store)
+    verifications = verifications_on(stalling)
+    for _ in range(MAX_CHECKS - 1):
+        await verifications.check("caller", vid, wrong_code(code))
+    await cut_off(stalling, verifications.check("caller", vid, wrong_code(code)))
+    # Otherwise it would stay pending with no check left: resends to it would go out with codes
+    # that can never be checked, until it expires.
+    for _ in range(50):
+        state = await raw_store.get_verification(vid, 60)
+        if state is not None and state.status is not VerificationStatus.PENDING:
+            break
+        await asyncio.sleep(0.01)
+    assert state is not None
+    assert state.status is VerificationStatus.MAX_ATTEMPTS_REACHED
+
+
+async def test_a_right_check_cut_off_approves_nothing_and_the_code_still_checks(
+    raw_store: Store,
+) -> None:
+    code = "482915"
+    vid = await pending_verification(raw_store, CodeHasher(SECRET.encode()), code)
+    stalling = Stalling(raw_store)
+    await cut_off(stalling, verifications_on(stalling).check("caller", vid, code))
+    await asyncio.sleep(0.05)
+    state = await raw_store.get_verification(vid, 60)
+    assert state is not None
+    # The caller never heard an approval, so none happened: the check is used, the code is not.
+    assert (state.status, state.checks_used) == (VerificationStatus.PENDING, 1)
+    checked = await verifications_on(raw_store).check("caller", vid, code)
+    assert checked.approved

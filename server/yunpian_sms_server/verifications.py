@@ -10,6 +10,7 @@ the limit; the first right code approves it, once.
 
 from __future__ import annotations
 
+import asyncio
 import string
 import time
 from dataclasses import dataclass
@@ -179,6 +180,7 @@ class Verifications:
         self._sending = sending
         self._config = config
         self._hasher = hasher
+        self._ending: set[asyncio.Task[tuple[VerificationState | None, bool]]] = set()
 
     @property
     def code_length(self) -> int:
@@ -280,11 +282,29 @@ class Verifications:
             return Checked(after, approved=True)
         if state.checks_remaining == 0:
             with store_required("the wrong code was counted; its verification's end was not"):
-                after, _ = await self.store.end_verification(
-                    verification_id, VerificationStatus.MAX_ATTEMPTS_REACHED, self._keep_s
+                after, _ = await self._end_whatever_happens(
+                    verification_id, VerificationStatus.MAX_ATTEMPTS_REACHED
                 )
             return Checked(after or state, approved=False)
         return Checked(state, approved=False)
+
+    async def _end_whatever_happens(
+        self, verification_id: str, status: VerificationStatus
+    ) -> tuple[VerificationState | None, bool]:
+        """Ends the verification even if this call is cancelled meanwhile (its client gave up):
+        the check that used the last check must end it, or it would stay pending with none left
+        and its resends would send codes that can never be checked."""
+        task = asyncio.ensure_future(
+            self.store.end_verification(verification_id, status, self._keep_s)
+        )
+        self._ending.add(task)
+        task.add_done_callback(self._ended)
+        return await asyncio.shield(task)
+
+    def _ended(self, task: asyncio.Task[tuple[VerificationState | None, bool]]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("verification_not_ended", error=str(task.exception()))
 
     async def cancel(self, caller: str, verification_id: str) -> tuple[VerificationState, bool]:
         """Cancels the caller's pending verification; (its state, whether this call ended it)."""

@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Final
 
-import pytest
 import redis.asyncio as aioredis
 from support import RedisServer
 
-from yunpian_sms_server.stores import CheckUse, CodeAdded, MemoryStore, RedisStore, Store
+from yunpian_sms_server.stores import CheckUse, CodeAdded, RedisStore, Store
 from yunpian_sms_server.stores.redis_store import (
     PENDING_VERIFICATION_PREFIX,
     VERIFICATION_PREFIX,
@@ -37,17 +35,6 @@ CALLER: Final = "caller-a"
 # A short life, and how long to wait past it (the stores' clocks have millisecond steps).
 SHORT_S: Final = 0.1
 PAST_S: Final = 0.05
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        opened: Store = MemoryStore()
-    else:
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        opened = RedisStore(redis_server.url)
-    yield opened
-    await opened.close()
 
 
 def fresh(caller: str = CALLER) -> VerificationState:

@@ -17,9 +17,7 @@ from typing import Any, Final
 import grpc
 import pytest
 from support import (
-    RedisServer,
     StartServer,
-    fresh_database,
     log_events,
     make_config,
     scrape,
@@ -36,7 +34,6 @@ from verification_support import (
     code_of,
     phone_numbers,
     reason,
-    redis_store,
     retry_delay_s,
     verifier,
     verify_section,
@@ -49,7 +46,7 @@ from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.config import VerifyConfig
 from yunpian_sms_server.errors import Reason, ServiceError
 from yunpian_sms_server.sandbox import RunningSandbox
-from yunpian_sms_server.stores import MemoryStore, RedisStore, Store
+from yunpian_sms_server.stores import Store
 from yunpian_sms_server.verification_state import (
     CodeHasher,
     VerificationState,
@@ -60,7 +57,6 @@ from yunpian_sms_server.verifications import Checked, Verifications
 
 MAX_CHECKS: Final = 5
 MAX_SENDS: Final = 5
-REDIS_DB: Final = 10
 FAILED_PRECONDITION: Final = grpc.StatusCode.FAILED_PRECONDITION
 NUMBERS: Final = phone_numbers("136")
 
@@ -75,20 +71,14 @@ def quiet_sandbox(sandbox: RunningSandbox) -> RunningSandbox:
     return sandbox
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store_section(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "memory":
-        return {"url": "memory://"}
-    redis_server: RedisServer = request.getfixturevalue("redis_server")
-    return redis_store(await fresh_database(redis_server, REDIS_DB))
-
-
 @pytest.fixture
 def serve(
-    start_server: StartServer, quiet_sandbox: RunningSandbox, store_section: dict[str, Any]
+    start_server: StartServer, quiet_sandbox: RunningSandbox, store_table: dict[str, Any]
 ) -> Serve:
+    """Starts servers on each store in turn (conftest's store_table)."""
+
     async def start(*, auth: dict[str, Any] | None = None, **verify: Any) -> SmsServer:
-        sections: dict[str, Any] = {"verify": verify_section(**verify), "store": store_section}
+        sections: dict[str, Any] = {"verify": verify_section(**verify), "store": store_table}
         if auth is not None:
             sections["auth"] = auth
         return await start_server(make_config(**sections))
@@ -586,17 +576,6 @@ class Lockstep:
         return in_lockstep
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def raw_store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        store: Store = MemoryStore()
-    else:
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        store = RedisStore(redis_server.url)
-    yield store
-    await store.close()
-
-
 async def pending_verification(store: Store, hasher: CodeHasher, code: str) -> str:
     """A pending verification of CALLER in the store, with `code` sent; its id."""
     fresh = VerificationState(
@@ -620,11 +599,11 @@ def verifications_on(store: Any) -> Verifications:
     return Verifications(store, None, config, CodeHasher(SECRET.encode()))  # type: ignore[arg-type]
 
 
-async def test_right_codes_counted_together_approve_once(raw_store: Store) -> None:
+async def test_right_codes_counted_together_approve_once(store: Store) -> None:
     parties = 3
     code = "482915"
-    vid = await pending_verification(raw_store, CodeHasher(SECRET.encode()), code)
-    verifications = verifications_on(Lockstep(raw_store, "use_verification_check", parties))
+    vid = await pending_verification(store, CodeHasher(SECRET.encode()), code)
+    verifications = verifications_on(Lockstep(store, "use_verification_check", parties))
     answers = await asyncio.gather(
         *(verifications.check("caller", vid, code) for _ in range(parties)),
         return_exceptions=True,
@@ -635,10 +614,10 @@ async def test_right_codes_counted_together_approve_once(raw_store: Store) -> No
     assert [error.reason for error in refused] == [Reason.VERIFICATION_APPROVED] * (parties - 1)
 
 
-async def test_cancels_together_cancel_once(raw_store: Store) -> None:
+async def test_cancels_together_cancel_once(store: Store) -> None:
     parties = 3
-    vid = await pending_verification(raw_store, CodeHasher(SECRET.encode()), "482915")
-    verifications = verifications_on(Lockstep(raw_store, "get_verification", parties))
+    vid = await pending_verification(store, CodeHasher(SECRET.encode()), "482915")
+    verifications = verifications_on(Lockstep(store, "get_verification", parties))
     answers = await asyncio.gather(*(verifications.cancel("caller", vid) for _ in range(parties)))
     assert {state.status for state, _ in answers} == {VerificationStatus.CANCELED}
     assert sorted(canceled for _, canceled in answers) == [False] * (parties - 1) + [True]
@@ -672,10 +651,10 @@ async def cut_off(stalling: Stalling, check: Awaitable[Checked]) -> None:
     stalling.release.set()
 
 
-async def test_a_last_wrong_check_cut_off_still_ends_the_verification(raw_store: Store) -> None:
+async def test_a_last_wrong_check_cut_off_still_ends_the_verification(store: Store) -> None:
     code = "482915"
-    vid = await pending_verification(raw_store, CodeHasher(SECRET.encode()), code)
-    stalling = Stalling(raw_store)
+    vid = await pending_verification(store, CodeHasher(SECRET.encode()), code)
+    stalling = Stalling(store)
     verifications = verifications_on(stalling)
     for _ in range(MAX_CHECKS - 1):
         await verifications.check("caller", vid, wrong_code(code))
@@ -683,7 +662,7 @@ async def test_a_last_wrong_check_cut_off_still_ends_the_verification(raw_store:
     # Otherwise it would stay pending with no check left: resends to it would go out with codes
     # that can never be checked, until it expires.
     for _ in range(50):
-        state = await raw_store.get_verification(vid, 60)
+        state = await store.get_verification(vid, 60)
         if state is not None and state.status is not VerificationStatus.PENDING:
             break
         await asyncio.sleep(0.01)
@@ -692,16 +671,16 @@ async def test_a_last_wrong_check_cut_off_still_ends_the_verification(raw_store:
 
 
 async def test_a_right_check_cut_off_approves_nothing_and_the_code_still_checks(
-    raw_store: Store,
+    store: Store,
 ) -> None:
     code = "482915"
-    vid = await pending_verification(raw_store, CodeHasher(SECRET.encode()), code)
-    stalling = Stalling(raw_store)
+    vid = await pending_verification(store, CodeHasher(SECRET.encode()), code)
+    stalling = Stalling(store)
     await cut_off(stalling, verifications_on(stalling).check("caller", vid, code))
     await asyncio.sleep(0.05)
-    state = await raw_store.get_verification(vid, 60)
+    state = await store.get_verification(vid, 60)
     assert state is not None
     # The caller never heard an approval, so none happened: the check is used, the code is not.
     assert (state.status, state.checks_used) == (VerificationStatus.PENDING, 1)
-    checked = await verifications_on(raw_store).check("caller", vid, code)
+    checked = await verifications_on(store).check("caller", vid, code)
     assert checked.approved

@@ -10,6 +10,7 @@ the limit; the first right code approves it, once.
 
 from __future__ import annotations
 
+import asyncio
 import string
 import time
 from dataclasses import dataclass
@@ -179,6 +180,7 @@ class Verifications:
         self._sending = sending
         self._config = config
         self._hasher = hasher
+        self._ending: set[asyncio.Task[tuple[VerificationState | None, bool]]] = set()
 
     @property
     def code_length(self) -> int:
@@ -267,20 +269,42 @@ class Verifications:
         if use is CheckUse.ENDED:
             raise ended(state)
         if self._hasher.matches(verification_id, code, state.code_hashes):
+            # Only the check that ends it approves it: parallel checks of the right code (on any
+            # replicas) were all counted while it was pending, and all compare true.
             with store_required("the right code was not approved (the check was used)"):
-                after = await self.store.end_verification(
+                after, approved = await self.store.end_verification(
                     verification_id, VerificationStatus.APPROVED, self._keep_s
                 )
-            if after is None or after.status is not VerificationStatus.APPROVED:
-                raise ended(after or state)  # another check approved it, or it just ended
+            if after is None:
+                raise not_found()  # forgotten meanwhile
+            if not approved:
+                raise ended(after)  # another check approved it, or it just ended
             return Checked(after, approved=True)
         if state.checks_remaining == 0:
             with store_required("the wrong code was counted; its verification's end was not"):
-                after = await self.store.end_verification(
-                    verification_id, VerificationStatus.MAX_ATTEMPTS_REACHED, self._keep_s
+                after, _ = await self._end_whatever_happens(
+                    verification_id, VerificationStatus.MAX_ATTEMPTS_REACHED
                 )
             return Checked(after or state, approved=False)
         return Checked(state, approved=False)
+
+    async def _end_whatever_happens(
+        self, verification_id: str, status: VerificationStatus
+    ) -> tuple[VerificationState | None, bool]:
+        """Ends the verification even if this call is cancelled meanwhile (its client gave up):
+        the check that used the last check must end it, or it would stay pending with none left
+        and its resends would send codes that can never be checked."""
+        task = asyncio.ensure_future(
+            self.store.end_verification(verification_id, status, self._keep_s)
+        )
+        self._ending.add(task)
+        task.add_done_callback(self._ended)
+        return await asyncio.shield(task)
+
+    def _ended(self, task: asyncio.Task[tuple[VerificationState | None, bool]]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("verification_not_ended", error=str(task.exception()))
 
     async def cancel(self, caller: str, verification_id: str) -> tuple[VerificationState, bool]:
         """Cancels the caller's pending verification; (its state, whether this call ended it)."""
@@ -290,9 +314,9 @@ class Verifications:
                 raise not_found()
             if state.status is not VerificationStatus.PENDING:
                 return state, False
-            after = await self.store.end_verification(
+            after, canceled = await self.store.end_verification(
                 verification_id, VerificationStatus.CANCELED, self._keep_s
             )
             if after is None:
                 raise not_found()
-            return after, after.status is VerificationStatus.CANCELED
+            return after, canceled

@@ -216,9 +216,11 @@ class Store(Protocol):
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         """Ends a pending verification with `status` (its code hashes forgotten); an ended one
-        is left as it is. Returns the state after; None for an unknown id."""
+        is left as it is. Returns the state after, and whether this call ended it: of calls
+        racing to end one verification, exactly one is told it did. (None, False) for an
+        unknown id."""
         ...
 
     async def get_verification(

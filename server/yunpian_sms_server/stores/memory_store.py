@@ -237,7 +237,7 @@ class MemoryStore:
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         return self._verifications.end(verification_id, status, keep_s)
 
     async def get_verification(
@@ -360,7 +360,17 @@ class _Verifications:
         return self._states.get(verification_id)
 
     def find_pending(self, pending_key: str) -> str | None:
-        return self._pending.get(pending_key)
+        """The pending verification's id: not one past its expiry that nothing has looked at
+        since (as in Redis, where the pending key expires with it)."""
+        found = self._pending.get(pending_key)
+        state = None if found is None else self._states.get(found)
+        if (
+            state is None
+            or state.status is not VerificationStatus.PENDING
+            or self._now() >= state.expires_at
+        ):
+            return None
+        return found
 
     def use_check(
         self, verification_id: str, caller: str, keep_s: float
@@ -382,11 +392,12 @@ class _Verifications:
 
     def end(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         state = self._live(verification_id, keep_s)
         if state is not None and state.status is VerificationStatus.PENDING:
             self._end(state, status, self._now() + keep_s)
-        return _copy_or_none(state)
+            return _copy(state), True
+        return _copy_or_none(state), False
 
     def current(self, verification_id: str, keep_s: float) -> VerificationState | None:
         return _copy_or_none(self._live(verification_id, keep_s))

@@ -310,15 +310,16 @@ return {'counted', redis.call('HGETALL', KEYS[1])}
 """
 )
 
-# KEYS[1]: the verification. ARGV: id, status, keep_ms. Returns {fields} or {} if unknown.
+# KEYS[1]: the verification. ARGV: id, status, keep_ms. Returns {'ended', fields} when this call
+# ended it, {'kept', fields} when it had ended already, {} if unknown.
 _END_VERIFICATION: Final = (
     _VERIFICATION_PRELUDE
     + """
 local now = now_ms()
 local fields, status = live(KEYS[1], ARGV[1], tonumber(ARGV[3]), now)
 if not fields then return {} end
-if status ~= 'PENDING' then return fields end
-return end_as(KEYS[1], ARGV[1], ARGV[2], now + tonumber(ARGV[3]))
+if status ~= 'PENDING' then return {'kept', fields} end
+return {'ended', end_as(KEYS[1], ARGV[1], ARGV[2], now + tonumber(ARGV[3]))}
 """
 )
 
@@ -620,11 +621,13 @@ class RedisStore:
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         keys = [VERIFICATION_PREFIX + verification_id]
         args: list[str | int | float] = [verification_id, status.value, _ms(keep_s)]
-        flat = await self._run(self._end_verification, keys, args)
-        return _verification_state(verification_id, flat) if flat else None
+        answer = await self._run(self._end_verification, keys, args)
+        if not answer:
+            return None, False
+        return _verification_state(verification_id, answer[1]), answer[0] == b"ended"
 
     async def get_verification(
         self, verification_id: str, keep_s: float

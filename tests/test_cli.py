@@ -828,6 +828,12 @@ def test_every_option_of_status_has_help(capsys: pytest.CaptureFixture[str]) -> 
         assert option in out
 
 
+def test_the_readme_lists_the_status_command() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+    assert "| `status MESSAGE_ID" in readme
+
+
 # --- check-config -----------------------------------------------------------------------------
 
 

@@ -341,7 +341,7 @@ class AsyncSmsClient(_ClientSettings):
 
         Raises:
             SmsError: `NotFoundError` MESSAGE_NOT_FOUND (an id this caller did not send, or one
-                older than the server keeps reports); `FailedPreconditionError`
+                older than the server keeps its record); `FailedPreconditionError`
                 DELIVERY_REPORTS_DISABLED (the server collects no reports: `[delivery]` mode
                 is off); `InvalidArgumentError` INVALID_MESSAGE_ID (not a decimal sid).
         """

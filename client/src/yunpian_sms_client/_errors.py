@@ -155,7 +155,7 @@ class NotFoundError(SmsError):
     usage type. Start a new one.
 
     MESSAGE_NOT_FOUND: no SMS of this caller has that message id (unknown, another caller's, or
-    older than the server keeps delivery reports).
+    sent longer ago than the server keeps its record: twice its report wait).
     """
 
     default_code = grpc.StatusCode.NOT_FOUND

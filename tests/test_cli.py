@@ -54,6 +54,8 @@ from yunpian_sms_server.templates import yunpian_form
 API_KEY: Final = "0123456789abcdef0123456789abcdef"
 PHONE: Final = "13800138000"
 TOKEN: Final = "checkout-token"
+# Delivery reports pulled often, for in-process servers.
+PULL: Final = {"mode": "pull", "pull_interval_seconds": 0.05, "pull_lease_seconds": 5.0}
 # 登陆 where the approved SignIn template has 登录.
 TYPO_TEMPLATE: Final = "您的登陆验证码是{{code}}，5分钟内有效。"
 
@@ -313,12 +315,12 @@ VERIFY_CONFIG: dict[str, Any] = {
     "verify": {"max_checks": VERIFY_MAX_CHECKS, "max_sends": 3},
 }
 # started: id=vf_… status=PENDING phone=13800138000 usage_type=SignIn send_count=1
-# checks_remaining=3 expires=2026-12-01T08:10:00Z
+# checks_remaining=3 expires=2026-12-01T08:10:00Z delivery=PENDING (when reports are collected)
 VERIFICATION_LINE = re.compile(
     r"(?P<label>[a-z ]+): id=(?P<id>vf_[A-Za-z0-9_-]+) status=(?P<status>[A-Z_]+) "
     r"phone=(?P<phone>\S+) usage_type=(?P<usage_type>[A-Za-z]+) send_count=(?P<sends>\d+) "
     r"checks_remaining=(?P<checks>\d+) expires=(?P<expires>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"
-    r"(?P<replayed> \(replayed\))?\n"
+    r"(?: delivery=(?P<delivery>[A-Z]+))?(?P<replayed> \(replayed\))?\n"
 )
 OPS_TOKEN = "ops-token-0123456789"
 
@@ -358,6 +360,10 @@ class VerifyServe:
         request.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return json.load(response)
+
+    def configure_reports(self, settings: dict[str, Any]) -> None:
+        """How the sandbox reports the messages sent from now on (POST /sandbox/reports)."""
+        self._request("POST", "/sandbox/reports", settings)
 
     def codes(self, mobile: str) -> list[str]:
         """The codes the sandbox delivered to `mobile`, oldest first."""
@@ -405,6 +411,8 @@ def test_verify_start_then_check_by_phone_number_approves(verify_serve: VerifySe
     assert line["label"] == "started"
     assert (line["status"], line["phone"], line["usage_type"]) == ("PENDING", phone, "SignIn")
     assert (line["sends"], line["checks"], line["replayed"]) == ("1", str(VERIFY_MAX_CHECKS), None)
+    # serve --sandbox collects delivery reports: the SMS has just gone, with no report yet.
+    assert line["delivery"] == "PENDING"
     expires = calendar.timegm(time.strptime(line["expires"], "%Y-%m-%dT%H:%M:%SZ"))
     assert before + 599 <= expires <= time.time() + 600  # code_ttl_seconds: 600 by default
     code = verify_serve.last_code(phone)
@@ -627,6 +635,25 @@ async def test_verify_tls_options_reach_a_mutual_tls_server(
     assert plaintext.stderr.startswith("error: UNAVAILABLE")
 
 
+@pytest.mark.parametrize(("delivery", "shown"), [({"mode": "off"}, None), (PULL, "PENDING")])
+async def test_a_verify_line_tells_the_delivery_only_when_the_server_collects_reports(
+    start_server: StartServer,
+    yunpian_sms: InProcess,
+    delivery: dict[str, Any],
+    shown: str | None,
+) -> None:
+    verify = {"enabled": True, "secret": "verify-secret-0123456789abcdef-0123"}
+    server = await start_server(make_config(verify=verify, delivery=delivery))
+
+    ran = await yunpian_sms("verify", "start", PHONE, "--target", target_of(server))
+
+    assert ran.status == 0, ran
+    line = VERIFICATION_LINE.fullmatch(ran.out)
+    assert line is not None, ran.out
+    assert line["delivery"] == shown
+    assert ("delivery=" in ran.out) == (shown is not None)
+
+
 def test_the_readme_lists_the_verify_commands() -> None:
     # The README's command table is the user's index of the command line.
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
@@ -638,6 +665,173 @@ def test_the_readme_lists_the_verify_commands() -> None:
         "verify cancel VERIFICATION_ID",
     ):
         assert usage in readme, usage
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+# DELIVERED: message_id=9007199254741992 carrier_code=DELIVRD sent=2026-12-01T08:00:00Z
+# received=2026-12-01T08:00:01Z, then " carrier_detail=用户关机" when the carrier explained
+TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+STATUS_LINE = re.compile(
+    rf"(?P<state>[A-Z]+): message_id=(?P<message_id>\d+) carrier_code=(?P<carrier_code>\S+) "
+    rf"sent=(?P<sent>{TIME}) received=(?P<received>{TIME}|-)"
+    r"(?: carrier_detail=(?P<carrier_detail>.+))?\n"
+)
+# How long the sandbox holds the report of the first status test's SMS.
+HELD_REPORT_S: Final = 3.0
+SETTLE_WITHIN_S: Final = 20.0
+
+
+def status_summary(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """The one line `status` prints, by field; fails unless it is exactly that line."""
+    assert (result.returncode, result.stderr) == (0, ""), result
+    match = STATUS_LINE.fullmatch(result.stdout)
+    assert match is not None, result
+    return match.groupdict()
+
+
+def sent_message_id(result: subprocess.CompletedProcess[str]) -> str:
+    """The message_id `send` printed."""
+    assert result.returncode == 0, result
+    match = re.match(r"sent: message_id=(\d+) ", result.stdout)
+    assert match is not None, result.stdout
+    return match[1]
+
+
+def settled_status(target: str, message_id: str) -> dict[str, str]:
+    """`status MESSAGE_ID`, asked until it is no longer PENDING."""
+    deadline = time.monotonic() + SETTLE_WITHIN_S
+    while True:
+        line = status_summary(run_cli("status", message_id, "--target", target))
+        if line["state"] != "PENDING":
+            return line
+        assert time.monotonic() < deadline, f"{message_id} still PENDING"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def status_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifyServe]:
+    """One `serve --sandbox` without a [delivery] table: it pulls its sandbox's reports."""
+    directory = tmp_path_factory.mktemp("serve")
+    config_path = directory / "config.toml"
+    config_path.write_text(toml_text(BASE_CONFIG), encoding="utf-8")
+    process = ServeProcess.start(
+        "--config", str(config_path), "--listen", "127.0.0.1:0", "--sandbox", directory=directory
+    )
+    try:
+        asyncio.run(process.next_event("serving"))
+        yield VerifyServe(process)
+    finally:
+        asyncio.run(process.kill())
+
+
+def test_status_says_pending_then_delivered_and_exits_0(status_serve: VerifyServe) -> None:
+    target = ("--target", status_serve.target)
+    status_serve.configure_reports({"delay_seconds": HELD_REPORT_S})
+    sending = time.monotonic()
+    message_id = sent_message_id(run_cli("send", "13800138011", "123456", *target))
+    first = status_summary(run_cli("status", message_id, *target))
+    asked_within = time.monotonic() - sending
+
+    assert first["message_id"] == message_id
+    if asked_within < HELD_REPORT_S:  # always, unless the machine is very slow
+        assert (first["state"], first["carrier_code"], first["received"]) == ("PENDING", "-", "-")
+        assert first["carrier_detail"] is None
+    delivered = settled_status(status_serve.target, message_id)
+    assert delivered["state"] == "DELIVERED"
+    assert (delivered["message_id"], delivered["sent"]) == (message_id, first["sent"])
+    assert delivered["carrier_code"] == "DELIVRD"
+    assert delivered["received"] >= delivered["sent"]  # ISO times in one format: comparable
+    assert delivered["carrier_detail"] is None
+
+
+def test_status_of_a_failed_sms_ends_with_the_carriers_explanation(
+    status_serve: VerifyServe,
+) -> None:
+    phone = "13800138012"
+    failure = {"error_msg": "DB:0103", "error_detail": "用户 关机"}
+    status_serve.configure_reports(
+        {"delay_seconds": 0, "fail_mobiles": [phone], "failure_codes": [failure]}
+    )
+    message_id = sent_message_id(run_cli("send", phone, "123456", "--target", status_serve.target))
+
+    failed = settled_status(status_serve.target, message_id)
+
+    # A failed SMS is found all the same: exit status 0 (status_summary checks it).
+    assert (failed["state"], failed["carrier_code"]) == ("FAILED", "DB:0103")
+    assert failed["carrier_detail"] == "用户 关机"
+
+
+def test_status_refusals_exit_1_with_the_status_on_stderr(status_serve: VerifyServe) -> None:
+    unreachable = f"127.0.0.1:{free_port()}"
+    cases = [
+        (("status", "9007199254740993"), "error: NOT_FOUND MESSAGE_NOT_FOUND: "),
+        (("status", "abc"), "error: INVALID_ARGUMENT INVALID_MESSAGE_ID: "),
+    ]
+    results = verify_cli_all(
+        *((*args, "--target", status_serve.target) for args, _ in cases),
+        ("status", "9007199254740993", "--target", unreachable),
+    )
+    cases.append((("status", "(unreachable)"), "error: UNAVAILABLE"))
+    for (args, expected), result in zip(cases, results, strict=True):
+        assert (result.returncode, result.stdout) == (1, ""), (args, result)
+        assert result.stderr.startswith(expected), (args, result.stderr)
+        assert result.stderr.count("\n") == 1, result.stderr
+
+
+async def test_serve_sandbox_keeps_a_delivery_table_of_the_config(
+    start_serve: StartServe,
+) -> None:
+    # The config turns reports off: serve --sandbox must not turn them on.
+    serve = await start_serve({**BASE_CONFIG, "delivery": {"mode": "off"}}, "--sandbox")
+    target = ("--target", serve.target)
+
+    sent = await run_console_script("send", PHONE, "123456", *target)
+    status = await run_console_script("status", sent_message_id(sent), *target)
+    started = await run_console_script("verify", "start", "13900139000", *target)
+
+    assert (status.returncode, status.stdout) == (1, ""), status
+    assert status.stderr.startswith("error: FAILED_PRECONDITION DELIVERY_REPORTS_DISABLED: ")
+    assert verification_summary(started)["delivery"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("status",), "the following arguments are required: MESSAGE_ID"),
+        (("status", "1", "2"), "unrecognized arguments: 2"),
+        (("status", "1", "--target"), "--target: expected one argument"),
+    ],
+)
+def test_a_wrong_status_command_line_exits_2_without_calling(
+    args: tuple[str, ...],
+    complaint: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # $YUNPIAN_SMS_TARGET is a port nothing listens on: a call would exit 1, not 2.
+    monkeypatch.setenv(TARGET_ENV, f"127.0.0.1:{free_port()}")
+
+    status, out, err = exit_of(args, capsys)
+
+    assert (status, out) == (2, "")
+    assert complaint in err
+
+
+def test_every_option_of_status_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = exit_of(("status", "--help"), capsys)
+
+    assert status == 0
+    assert undocumented(out) == []
+    for option in ("MESSAGE_ID", "--target", "--tls-ca", "--tls-cert", "--tls-key"):
+        assert option in out
+
+
+def test_the_readme_lists_the_status_command() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+    assert "| `status MESSAGE_ID" in readme
 
 
 # --- check-config -----------------------------------------------------------------------------

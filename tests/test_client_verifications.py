@@ -12,27 +12,29 @@ import asyncio
 import dataclasses
 import io
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import (
+    CLIENT_KINDS,
+    Client,
     StartServer,
     eventually,
     free_port,
     fresh_database,
     log_events,
     make_config,
+    rpcs,
     target_of,
+    wait_until_not_serving,
 )
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_client import (
-    AsyncSmsClient,
     CallCancelledError,
     CheckVerificationResponse,
     FailedPreconditionError,
@@ -40,7 +42,6 @@ from yunpian_sms_client import (
     NotFoundError,
     ResourceExhaustedError,
     RetryPolicy,
-    SmsClient,
     SmsError,
     UnavailableError,
     Verification,
@@ -67,8 +68,6 @@ PHONE = "13800138000"
 UNKNOWN_ID = "vf_" + "A" * 32
 # Quick retries, so that a call's attempts all fall within a short drain.
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
-SERVICE = "yunpian.sms.v1.SmsService"
-CLIENT_KINDS = ["async", "sync"]
 
 
 @pytest.fixture
@@ -80,67 +79,6 @@ def config() -> Config:
 def no_yunpian_limits(sandbox: RunningSandbox) -> None:
     # YunPian's own 1-per-30-s rule per number would refuse every resend: not under test here.
     sandbox.sandbox.enforce_limits = False
-
-
-class ThreadedClient:
-    """An SmsClient whose calls run in a thread: the server shares the test's event loop."""
-
-    def __init__(self, client: SmsClient) -> None:
-        self._client = client
-
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        method = getattr(self._client, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return await asyncio.to_thread(method, *args, **kwargs)
-
-        return call
-
-
-# Either client, behind the async client's interface.
-Client = AsyncSmsClient | ThreadedClient
-
-
-@pytest.fixture
-async def open_client() -> AsyncIterator[Callable[..., Client]]:
-    """open_client(kind, target, **options): an AsyncSmsClient or a threaded SmsClient."""
-    opened: list[AsyncSmsClient | SmsClient] = []
-
-    def open_(kind: str, target: str, **options: Any) -> Client:
-        if kind == "async":
-            client = AsyncSmsClient(target, **options)
-            opened.append(client)
-            return client
-        sync_client = SmsClient(target, **options)
-        opened.append(sync_client)
-        return ThreadedClient(sync_client)
-
-    yield open_
-    for client in opened:
-        if isinstance(client, AsyncSmsClient):
-            await client.close()
-        else:
-            client.close()
-
-
-@pytest.fixture(params=CLIENT_KINDS)
-async def sms(request: pytest.FixtureRequest, server: SmsServer) -> AsyncIterator[Client]:
-    """Each client in turn, on the verifying server."""
-    target = target_of(server)
-    if request.param == "async":
-        async with AsyncSmsClient(target, default_timeout=5.0) as client:
-            yield client
-    else:
-        with SmsClient(target, default_timeout=5.0) as sync_client:
-            yield ThreadedClient(sync_client)
-
-
-def rpcs(server: SmsServer, method: str, grpc_code: str) -> int:
-    """How many `method` calls the server answered with `grpc_code` (its own metric)."""
-    value = server.metrics.registry.get_sample_value(
-        "yunpian_sms_rpcs_total", {"method": method, "grpc_code": grpc_code, "caller": ""}
-    )
-    return int(value or 0)
 
 
 def all_rpcs(server: SmsServer) -> int:
@@ -551,16 +489,6 @@ async def test_a_closed_client_refuses_verification_calls(
 
 
 # --- retries ----------------------------------------------------------------------------------
-
-
-async def wait_until_not_serving(target: str) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        watch = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=SERVICE)
-        )
-        while (await watch.read()).status != health_pb2.HealthCheckResponse.NOT_SERVING:
-            pass
-        watch.cancel()
 
 
 @pytest.mark.parametrize("kind", CLIENT_KINDS)

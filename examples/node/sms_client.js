@@ -9,6 +9,10 @@
 //   node examples/node/sms_client.js HOST:PORT check-number PHONE CODE [USAGE_TYPE]
 //   node examples/node/sms_client.js HOST:PORT cancel VERIFICATION_ID
 //
+// Whether an SMS reached the phone, from YunPian's delivery report (the server must collect
+// them: [delivery] mode "pull" or "push"; `serve --sandbox` pulls them from its sandbox):
+//   node examples/node/sms_client.js HOST:PORT status MESSAGE_ID
+//
 // USAGE_TYPE is the proto's name, e.g. USAGE_TYPE_SIGN_IN (default USAGE_TYPE_GENERIC).
 // Prints one JSON line: {"ok": true, "response": {...}} or {"ok": false, "code": <gRPC code>,
 // "message": "...", "error_info": {"reason", "domain", "metadata"}} decoded from the rich status.
@@ -109,8 +113,14 @@ async function main(argv) {
     result = await call(client, "CheckVerification", { phone_number, usage_type, code });
   } else if (command === "cancel") {
     result = await call(client, "CancelVerification", { verification_id: args[0] });
+  } else if (command === "status") {
+    // Every state is an answer: DELIVERY_STATE_PENDING (no report yet), _DELIVERED, _FAILED
+    // (carrier_code, carrier_detail say why) or _UNKNOWN. An unknown id is NOT_FOUND.
+    result = await call(client, "GetDeliveryStatus", { message_id: args[0] });
   } else {
-    throw new Error(`unknown command ${command}: use send, validate, start, check, check-number or cancel`);
+    throw new Error(
+      `unknown command ${command}: use send, validate, start, check, check-number, cancel or status`,
+    );
   }
   client.close();
   process.stdout.write(JSON.stringify(result) + "\n");

@@ -1,4 +1,5 @@
-"""The `yunpian-sms` command: serve, send, verify, validate-template, check-config, sandbox."""
+"""The `yunpian-sms` command: serve, send, verify, status, validate-template, check-config,
+sandbox."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from typing import Any, Final
 
 import grpc
 import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from yunpian_sms_client import (
+    DeliveryState,
+    DeliveryStatus,
     SmsClient,
     SmsError,
     TemplateStatus,
@@ -74,8 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yunpian-sms",
         description="Send SMS verification codes through YunPian over gRPC.",
-        epilog=f"send, verify and validate-template send ${TOKEN_ENV}, when set, as a bearer "
-        "token.",
+        epilog=f"send, verify, status and validate-template send ${TOKEN_ENV}, when set, as a "
+        "bearer token.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     config_help = "config file (TOML); default: $YUNPIAN_SMS_CONFIG, else built-in defaults"
@@ -87,7 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--config", type=Path, help=config_help)
     serve.add_argument("--listen", help="HOST:PORT to listen on (overrides server.listen)")
-    serve.add_argument("--sandbox", action="store_true", help="send through the built-in sandbox")
+    serve.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="send through the built-in sandbox (verifications on; delivery reports pulled "
+        "from it unless the config has a [delivery] table)",
+    )
     serve.add_argument(
         "--sandbox-listen",
         default=IN_PROCESS_SANDBOX_LISTEN,
@@ -103,6 +112,21 @@ def _parser() -> argparse.ArgumentParser:
     _add_client_options(send, target_help)
 
     _add_verify_commands(commands, target_help)
+
+    status = commands.add_parser(
+        "status",
+        help="say whether an SMS reached the phone (its delivery report)",
+        description="Print one line about an SMS sent through the server: its delivery state "
+        "(PENDING, DELIVERED, FAILED or UNKNOWN), the carrier's code, when it was sent and "
+        "received, and the carrier's explanation of a failure. Exit status: 0 the SMS was "
+        "found (whatever its state), 1 an error, 2 a bad command line.",
+    )
+    status.add_argument(
+        "message_id",
+        metavar="MESSAGE_ID",
+        help="the message_id `send` printed (or a verification's), e.g. 9007199254741992",
+    )
+    _add_client_options(status, target_help)
 
     validate = commands.add_parser("validate-template", help="check a template")
     which = validate.add_mutually_exclusive_group(required=True)
@@ -304,18 +328,53 @@ def _enum_name(enum: Any, value: int, prefix: str) -> str:
     return name.removeprefix(prefix)
 
 
+def _utc(timestamp: Timestamp) -> str:
+    """A timestamp as the command line prints it: 2026-12-01T08:00:00Z."""
+    return timestamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _verification_line(label: str, verification: Verification) -> str:
-    """One line about a verification: what happened, then where it stands."""
+    """One line about a verification: what happened, then where it stands (and whether its
+    latest SMS arrived, when the server collects delivery reports)."""
     status = _enum_name(VerificationStatus, verification.status, "VERIFICATION_STATUS_")
     usage_type = usage_type_name(verification.usage_type) or str(verification.usage_type)
-    expires = verification.expire_time.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    delivery = ""
+    if verification.delivery != DeliveryState.DELIVERY_STATE_UNSPECIFIED:
+        delivery = " delivery=" + _enum_name(
+            DeliveryState, verification.delivery, "DELIVERY_STATE_"
+        )
     return (
         f"{label}: id={verification.verification_id} status={status} "
         f"phone={verification.phone_number} usage_type={usage_type} "
         f"send_count={verification.send_count} "
-        f"checks_remaining={verification.checks_remaining} expires={expires}"
+        f"checks_remaining={verification.checks_remaining} "
+        f"expires={_utc(verification.expire_time)}{delivery}"
         + (" (replayed)" if verification.replayed else "")
     )
+
+
+def _delivery_line(status: DeliveryStatus) -> str:
+    """One line about an SMS: its state, the carrier's code, when it was sent and received
+    ("-" while unknown), and last, as free text, the carrier's explanation of a failure."""
+    state = _enum_name(DeliveryState, status.state, "DELIVERY_STATE_")
+    received = _utc(status.receive_time) if status.HasField("receive_time") else "-"
+    line = (
+        f"{state}: message_id={status.message_id} carrier_code={status.carrier_code or '-'} "
+        f"sent={_utc(status.send_time)} received={received}"
+    )
+    if status.carrier_detail:
+        line += f" carrier_detail={status.carrier_detail}"
+    return line
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            status = client.get_delivery_status(args.message_id)
+        except SmsError as error:
+            return _report_error(error)
+    print(_delivery_line(status))
+    return EXIT_OK
 
 
 def _check_target_problem(args: argparse.Namespace) -> str | None:
@@ -458,6 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _send(args)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "status":
+        return _status(args)
     if args.command == "validate-template":
         return _validate(args)
     if args.command == "check-config":

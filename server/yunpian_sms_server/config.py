@@ -294,6 +294,9 @@ class DeliveryConfig:
     listen: str = ""
     path_token: str = field(default="", repr=False)
     public_url: str = ""
+    # Whether the file has a [delivery] table: `serve --sandbox` turns reports on (pulled from
+    # its sandbox) only when it has none, and otherwise leaves the file's settings as they are.
+    configured: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -754,7 +757,7 @@ def parse_config(
     verify = _read_verify(verify_table, env)
     delivery_table = root.table("delivery")
     delivery_table.only(KNOWN_KEYS["delivery"])
-    delivery = _read_delivery(delivery_table, env)
+    delivery = _read_delivery(delivery_table, env, configured="delivery" in root.data)
     config = Config(
         server,
         yunpian,
@@ -816,7 +819,7 @@ def _read_verify(verify_table: _Reader, env: Mapping[str, str]) -> VerifyConfig:
     return verify
 
 
-def _read_delivery(table: _Reader, env: Mapping[str, str]) -> DeliveryConfig:
+def _read_delivery(table: _Reader, env: Mapping[str, str], *, configured: bool) -> DeliveryConfig:
     token = table.string("path_token", "")
     token_key = table.key("path_token")
     if env.get(DELIVERY_TOKEN_ENV):
@@ -836,6 +839,7 @@ def _read_delivery(table: _Reader, env: Mapping[str, str]) -> DeliveryConfig:
         listen=table.string("listen", "", _check_optional_listen),
         path_token=token,
         public_url=table.string("public_url", "", _check_public_url),
+        configured=configured,
     )
     _secret_problems(table, token, token_key, "path_token", ())
     if token and not _PATH_TOKEN.fullmatch(token):

@@ -1,8 +1,10 @@
 """Python SDK of the yunpian-sms gRPC service: sends SMS verification codes, runs phone
-verifications, checks templates."""
+verifications, checks templates, and says whether each SMS reached the phone."""
 
 from yunpian.sms.v1.sms_service_pb2 import (
     CheckVerificationResponse,
+    DeliveryState,
+    DeliveryStatus,
     SendCodeResponse,
     TemplateProblem,
     TemplateStatus,
@@ -39,6 +41,8 @@ __all__ = [  # noqa: RUF022
     "DEFAULT_RETRY_POLICY",
     "DEFAULT_TIMEOUT_S",
     "DeadlineExceededError",
+    "DeliveryState",
+    "DeliveryStatus",
     "FailedPreconditionError",
     "InternalError",
     "InvalidArgumentError",

@@ -316,6 +316,38 @@ class AsyncSmsClient(_ClientSettings):
         request = pb.CancelVerificationRequest(verification_id=verification_id)
         return await self._call(self._stub.CancelVerification, request, timeout, metadata)
 
+    async def get_delivery_status(
+        self,
+        message_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline, as in send_code
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pb.DeliveryStatus:
+        """Says whether an SMS this caller sent reached the phone, from YunPian's delivery report.
+
+        A read-only call: retried after UNAVAILABLE. Every state is an answer, not an error:
+        `state` PENDING (no report yet), DELIVERED, FAILED (`carrier_code` and `carrier_detail`
+        say why) or UNKNOWN (no report came within the time YunPian keeps them).
+
+        Args:
+            message_id: The `message_id` that `send_code` or `start_verification` returned
+                (YunPian's sid, a decimal string), e.g. "76815478050".
+            timeout: Deadline of the whole call, retries included, in seconds.
+            metadata: Metadata for this call, sent after the client's.
+
+        Returns:
+            The `DeliveryStatus`: `message_id`, `state`, `carrier_code`, `carrier_detail`,
+            `send_time`, and `receive_time` (set only once a report says the phone received it).
+
+        Raises:
+            SmsError: `NotFoundError` MESSAGE_NOT_FOUND (an id this caller did not send, or one
+                older than the server keeps its record); `FailedPreconditionError`
+                DELIVERY_REPORTS_DISABLED (the server collects no reports: `[delivery]` mode
+                is off); `InvalidArgumentError` INVALID_MESSAGE_ID (not a decimal sid).
+        """
+        request = pb.GetDeliveryStatusRequest(message_id=message_id)
+        return await self._call(self._stub.GetDeliveryStatus, request, timeout, metadata)
+
     async def _call(
         self,
         rpc: grpc.aio.UnaryUnaryMultiCallable[_RequestT, _ResponseT],
@@ -460,6 +492,17 @@ class SmsClient(_ClientSettings):
         """Cancels a pending verification; see `AsyncSmsClient.cancel_verification`."""
         request = pb.CancelVerificationRequest(verification_id=verification_id)
         return self._call(self._stub.CancelVerification, request, timeout, metadata)
+
+    def get_delivery_status(
+        self,
+        message_id: str,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pb.DeliveryStatus:
+        """Whether an SMS reached the phone; see `AsyncSmsClient.get_delivery_status`."""
+        request = pb.GetDeliveryStatusRequest(message_id=message_id)
+        return self._call(self._stub.GetDeliveryStatus, request, timeout, metadata)
 
     def _call(
         self,

@@ -131,7 +131,8 @@ class InvalidArgumentError(SmsError):
     Reasons include INVALID_PHONE_NUMBER, INVALID_CODE (for `check_verification`: not the
     service's code_length digits; no check was used), INVALID_USAGE_TYPE, INVALID_REQUEST_ID,
     REQUEST_ID_REUSED, INVALID_VERIFICATION_ID (not an id `start_verification` returned) and
-    INVALID_VERIFICATION_TARGET (a check naming no verification).
+    INVALID_VERIFICATION_TARGET (a check naming no verification) and INVALID_MESSAGE_ID (for
+    `get_delivery_status`: not the decimal message id a send returned).
     """
 
     default_code = grpc.StatusCode.INVALID_ARGUMENT
@@ -152,6 +153,9 @@ class NotFoundError(SmsError):
     VERIFICATION_NOT_FOUND: no verification of this caller has that id (unknown, another
     caller's, or forgotten after it ended), or the number has no pending verification of that
     usage type. Start a new one.
+
+    MESSAGE_NOT_FOUND: no SMS of this caller has that message id (unknown, another caller's, or
+    sent longer ago than the server keeps its record: twice its report wait).
     """
 
     default_code = grpc.StatusCode.NOT_FOUND
@@ -182,6 +186,8 @@ class FailedPreconditionError(SmsError):
     verification that has ended, VERIFICATION_EXPIRED, VERIFICATION_CANCELED,
     VERIFICATION_APPROVED (a code works once) or VERIFICATION_MAX_ATTEMPTS (every check used);
     then start a new verification. `metadata` carries its "verification_id" and "status".
+    For delivery reports: DELIVERY_REPORTS_DISABLED (the server collects none; its `[delivery]`
+    mode is off).
     """
 
     default_code = grpc.StatusCode.FAILED_PRECONDITION

@@ -247,6 +247,7 @@ class SmsServer:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._shutdown = Shutdown()
         self._sending: SendProtocol | None = None
+        self._verifications: Verifications | None = None
         self._checker: TemplateChecker | None = None
         self._store: Store | None = None
         self._verifier: asyncio.Task[None] | None = None
@@ -326,13 +327,15 @@ class SmsServer:
         reports = None
         if delivery.enabled:
             reports = DeliveryReports(self._store, delivery, self.metrics.count_saved_reports)
-        verifications = None
+        verifications = self._verifications = None
         if config.verify.enabled:
             verify = config.verify
             hasher = CodeHasher(
                 verify.secret.encode(), [old.encode() for old in verify.previous_secrets]
             )
-            verifications = Verifications(self._store, self._sending, verify, hasher)
+            verifications = self._verifications = Verifications(
+                self._store, self._sending, verify, hasher
+            )
         servicer = SmsServicer(config, self._sending, self._checker, verifications, reports)
         authenticator = Authenticator(config.auth, required=config.authenticates)
         server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
@@ -444,6 +447,8 @@ class SmsServer:
             await self._puller.stop()
         if self._sending is not None:
             await self._sending.drain()
+        if self._verifications is not None:
+            await self._verifications.drain()
         await self._loop_lag.stop()
         if self._report_runner is not None:
             await self._report_runner.cleanup()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from support import (
 from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server.app import SmsServer, sandbox_for
 from yunpian_sms_server.config import Config
-from yunpian_sms_server.logs import configure_logging
+from yunpian_sms_server.logs import LibraryHandler, configure_logging
 from yunpian_sms_server.sandbox import RunningSandbox, start_sandbox
 from yunpian_sms_server.stores import MemoryStore, RedisStore, Store
 
@@ -177,8 +178,15 @@ def garbage(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def log_output() -> Iterator[io.StringIO]:
-    """Every structlog event, rendered as the production JSON lines, into a buffer."""
+    """Every structlog event, rendered as the production JSON lines, into a buffer (and the
+    standard library's records as JSON on stderr; undone afterwards)."""
+    root = logging.getLogger()
+    level = root.level
     stream = io.StringIO()
     configure_logging("json", stream, cache=False)
     yield stream
     structlog.reset_defaults()
+    for handler in [h for h in root.handlers if isinstance(h, LibraryHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)

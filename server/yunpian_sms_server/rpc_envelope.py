@@ -9,8 +9,11 @@ string that is not UTF-8) are answered INVALID_ARGUMENT MALFORMED_REQUEST like a
 instead of grpc's UNKNOWN and a traceback. Health and reflection RPCs are registered as they are.
 
 The `rpc` event is written and the metrics counted before the answer leaves, so whoever sees
-the answer can find its event. While the server drains, calls are refused with SHUTTING_DOWN;
-a call interrupted at the end of the grace period answers with what it knows.
+the answer can find its event. Each RPC is counted twice: in the service's own metrics and in
+grpc-ecosystem's (`grpc_server_*`, metrics.py).
+
+While the server drains, calls are refused with SHUTTING_DOWN; a call interrupted at the end
+of the grace period answers with what it knows.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from yunpian_sms_server.auth import Authenticator
 from yunpian_sms_server.errors import Reason, ServiceError
 from yunpian_sms_server.ids import new_id
 from yunpian_sms_server.logs import log_rpc_record
-from yunpian_sms_server.metrics import Metrics
+from yunpian_sms_server.metrics import GRPC_CODE_LABELS, GRPC_UNARY, Metrics
 from yunpian_sms_server.rpc_record import RpcRecord
 from yunpian_sms_server.service import RpcCall, SmsServicer
 from yunpian_sms_server.shutdown import Shutdown
@@ -40,6 +43,7 @@ from yunpian_sms_server.statuses import status_code, to_grpc_status
 
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["SmsService"]
 RPC_NAMES: Final = tuple(method.name for method in SERVICE.methods)
+SERVICE_NAME: Final = SERVICE.full_name
 # The RPCs that send an SMS: counted in the sends, segments and fee metrics.
 SENDING_RPCS: Final = frozenset({"SendCode", "StartVerification"})
 REQUEST_ID_KEY: Final = "x-request-id"
@@ -99,6 +103,8 @@ class RpcEnvelope:
         self._authenticator = authenticator
         self._metrics = metrics
         self._shutdown = shutdown
+        # Each method's grpc_server_handling_seconds series.
+        self._handling: dict[str, Any] = {}
 
     def add_service(self, servicer: SmsServicer, server: grpc.aio.Server) -> None:
         """Registers the SmsService methods of `servicer` on `server`, each wrapped."""
@@ -112,6 +118,7 @@ class RpcEnvelope:
             )
             for method in SERVICE.methods
         }
+        self._metrics.add_grpc_methods(SERVICE_NAME, RPC_NAMES)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
         )
@@ -122,6 +129,8 @@ class RpcEnvelope:
         """The gRPC method `rpc`: `handler` served inside the envelope."""
         metrics = self._metrics
         in_flight = metrics.child(metrics.in_flight, rpc)
+        grpc_started = metrics.child(metrics.grpc_started, GRPC_UNARY, SERVICE_NAME, rpc)
+        self._handling[rpc] = metrics.child(metrics.grpc_handling, GRPC_UNARY, SERVICE_NAME, rpc)
         shutdown = self._shutdown
 
         async def handled(request: Any, context: Context) -> Any:
@@ -133,6 +142,7 @@ class RpcEnvelope:
             log_rpc_record(record)
             started = time.perf_counter()
             in_flight.inc()
+            grpc_started.inc()
             failure: ServiceError | None = None
             response = None
             try:
@@ -185,20 +195,30 @@ class RpcEnvelope:
     ) -> None:
         """Writes the RPC's event (its record's fields with the outcome) and counts it, before
         its answer leaves."""
+        duration_s = time.perf_counter() - started
+        reason = failure.reason.value if failure else None
         _log.info(
             "rpc",
             rpc=rpc,
             grpc_code=grpc_code,
-            reason=failure.reason.value if failure else None,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            reason=reason,
+            duration_ms=round(duration_s * 1000, 3),
         )
-        self._count(rpc, grpc_code, failure, record)
+        self._count(rpc, grpc_code, failure, record, duration_s)
 
     def _count(
-        self, rpc: str, grpc_code: str, failure: ServiceError | None, record: RpcRecord
+        self,
+        rpc: str,
+        grpc_code: str,
+        failure: ServiceError | None,
+        record: RpcRecord,
+        duration_s: float,
     ) -> None:
         metrics = self._metrics
         metrics.child(metrics.rpcs, rpc, grpc_code, record.caller or "").inc()
+        code_label = GRPC_CODE_LABELS[grpc_code]
+        metrics.child(metrics.grpc_handled, GRPC_UNARY, SERVICE_NAME, rpc, code_label).inc()
+        self._handling[rpc].observe(duration_s)
         if record.yunpian_code:
             metrics.child(metrics.yunpian_errors, str(record.yunpian_code)).inc()
         if failure is not None and failure.reason is Reason.RATE_LIMITED:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import structlog
+from opentelemetry.sdk.trace.export import SpanExporter
 from pki import Pki, make_pki
 from support import (
     FINGERPRINT_SECRET,
@@ -49,13 +50,21 @@ async def sandbox(config: Config) -> AsyncIterator[RunningSandbox]:
 
 @pytest.fixture
 async def start_server(sandbox: RunningSandbox) -> AsyncIterator[StartServer]:
-    """Starts servers on 127.0.0.1:0 that send through the sandbox; stops them afterwards."""
+    """Starts servers on 127.0.0.1:0 that send through the sandbox (their spans, with
+    [telemetry] enabled, to `span_exporter`); stops them afterwards."""
     started: list[SmsServer] = []
 
-    async def start(config: Config | None = None, *, base_url: str | None = None) -> SmsServer:
+    async def start(
+        config: Config | None = None,
+        *,
+        base_url: str | None = None,
+        span_exporter: SpanExporter | None = None,
+    ) -> SmsServer:
         config = config or make_config()
         yunpian = dataclasses.replace(config.yunpian, base_url=base_url or sandbox.url)
-        server = SmsServer(dataclasses.replace(config, yunpian=yunpian))
+        server = SmsServer(
+            dataclasses.replace(config, yunpian=yunpian), span_exporter=span_exporter
+        )
         await server.start(listen="127.0.0.1:0")
         started.append(server)
         return server

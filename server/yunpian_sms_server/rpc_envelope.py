@@ -10,7 +10,9 @@ instead of grpc's UNKNOWN and a traceback. Health and reflection RPCs are regist
 
 The `rpc` event is written and the metrics counted before the answer leaves, so whoever sees
 the answer can find its event. Each RPC is counted twice: in the service's own metrics and in
-grpc-ecosystem's (`grpc_server_*`, metrics.py).
+grpc-ecosystem's (`grpc_server_*`, metrics.py). With tracing on, each RPC is a server span
+(telemetry.py) current while it runs, continuing the caller's traceparent; its trace id is in
+the record. With tracing off, nothing of it runs.
 
 While the server drains, calls are refused with SHUTTING_DOWN; a call interrupted at the end
 of the grace period answers with what it knows.
@@ -23,7 +25,7 @@ import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import grpc
 import structlog
@@ -40,6 +42,9 @@ from yunpian_sms_server.rpc_record import RpcRecord
 from yunpian_sms_server.service import RpcCall, SmsServicer
 from yunpian_sms_server.shutdown import Shutdown
 from yunpian_sms_server.statuses import status_code, to_grpc_status
+
+if TYPE_CHECKING:  # imported only when tracing is on (app.py)
+    from yunpian_sms_server.telemetry import RpcSpan, Tracing
 
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["SmsService"]
 RPC_NAMES: Final = tuple(method.name for method in SERVICE.methods)
@@ -99,10 +104,17 @@ def _request_id(metadata: tuple[tuple[str, str | bytes], ...]) -> str:
 class RpcEnvelope:
     """Wraps every SmsService RPC: request id, authentication, event, metrics, error status."""
 
-    def __init__(self, authenticator: Authenticator, metrics: Metrics, shutdown: Shutdown) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        metrics: Metrics,
+        shutdown: Shutdown,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._authenticator = authenticator
         self._metrics = metrics
         self._shutdown = shutdown
+        self._tracing = tracing
         # Each method's grpc_server_handling_seconds series.
         self._handling: dict[str, Any] = {}
 
@@ -132,6 +144,7 @@ class RpcEnvelope:
         grpc_started = metrics.child(metrics.grpc_started, GRPC_UNARY, SERVICE_NAME, rpc)
         self._handling[rpc] = metrics.child(metrics.grpc_handling, GRPC_UNARY, SERVICE_NAME, rpc)
         shutdown = self._shutdown
+        tracing = self._tracing
 
         async def handled(request: Any, context: Context) -> Any:
             task = cast("asyncio.Task[object]", asyncio.current_task())
@@ -143,6 +156,7 @@ class RpcEnvelope:
             started = time.perf_counter()
             in_flight.inc()
             grpc_started.inc()
+            span = None if tracing is None else tracing.start_rpc(rpc, metadata, record)
             failure: ServiceError | None = None
             response = None
             try:
@@ -160,7 +174,7 @@ class RpcEnvelope:
                     failure = error
                 except asyncio.CancelledError:
                     if not shutdown.absorb_interrupt():
-                        self._finish(rpc, "CANCELLED", None, record, started)
+                        self._finish(rpc, "CANCELLED", None, record, started, span)
                         raise
                     failure = _shutting_down()
                 except Exception:
@@ -168,18 +182,20 @@ class RpcEnvelope:
                     _log.exception("rpc_failed", rpc=rpc)
                 trailer = ((REQUEST_ID_KEY, request_id),)
                 if failure is None:
-                    self._finish(rpc, "OK", None, record, started)
+                    self._finish(rpc, "OK", None, record, started, span)
                     context.set_trailing_metadata(trailer)
                     return response
                 if failure.yunpian_code is not None:
                     record.yunpian_code = failure.yunpian_code
-                self._finish(rpc, status_code(failure).name, failure, record, started)
+                self._finish(rpc, status_code(failure).name, failure, record, started, span)
                 status = to_grpc_status(failure)
                 await context.abort(
                     status.code, status.details, (*status.trailing_metadata, *trailer)
                 )
             finally:
                 in_flight.dec()
+                if span is not None:
+                    span.leave()
                 log_rpc_record(None)
                 shutdown.leave(task)
 
@@ -192,9 +208,10 @@ class RpcEnvelope:
         failure: ServiceError | None,
         record: RpcRecord,
         started: float,
+        span: RpcSpan | None,
     ) -> None:
-        """Writes the RPC's event (its record's fields with the outcome) and counts it, before
-        its answer leaves."""
+        """Writes the RPC's event (its record's fields with the outcome), counts it and ends its
+        span, before its answer leaves."""
         duration_s = time.perf_counter() - started
         reason = failure.reason.value if failure else None
         _log.info(
@@ -205,6 +222,8 @@ class RpcEnvelope:
             duration_ms=round(duration_s * 1000, 3),
         )
         self._count(rpc, grpc_code, failure, record, duration_s)
+        if span is not None:
+            span.end(grpc_code, reason, record)
 
     def _count(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +15,24 @@ import structlog
 from opentelemetry.sdk.trace.export import SpanExporter
 from pki import Pki, make_pki
 from support import (
+    CLIENT_KINDS,
     FINGERPRINT_SECRET,
     REDIS_ADMIN_PASSWORD,
     REDIS_ADMIN_USER,
+    Client,
     RedisServer,
     ServeProcess,
     StartServe,
     StartServer,
+    ThreadedClient,
     fresh_database,
     make_config,
     set_store,
+    target_of,
     toml_text,
 )
 
-from yunpian_sms_client import AsyncSmsClient
+from yunpian_sms_client import AsyncSmsClient, SmsClient
 from yunpian_sms_server.app import SmsServer, sandbox_for
 from yunpian_sms_server.config import Config
 from yunpian_sms_server.logs import LibraryHandler, configure_logging
@@ -83,6 +87,41 @@ async def server(start_server: StartServer, config: Config) -> SmsServer:
 async def client(server: SmsServer) -> AsyncIterator[AsyncSmsClient]:
     async with AsyncSmsClient(f"127.0.0.1:{server.port}", default_timeout=5.0) as sms_client:
         yield sms_client
+
+
+@pytest.fixture(params=CLIENT_KINDS)
+async def sms(request: pytest.FixtureRequest, server: SmsServer) -> AsyncIterator[Client]:
+    """Each SDK client in turn (a threaded SmsClient behind the async interface), on `server`."""
+    target = target_of(server)
+    if request.param == "async":
+        async with AsyncSmsClient(target, default_timeout=5.0) as client:
+            yield client
+    else:
+        with SmsClient(target, default_timeout=5.0) as sync_client:
+            yield ThreadedClient(sync_client)
+
+
+@pytest.fixture
+async def open_client() -> AsyncIterator[Callable[..., Client]]:
+    """open_client(kind, target, **options): an AsyncSmsClient or a threaded SmsClient, closed
+    after the test."""
+    opened: list[AsyncSmsClient | SmsClient] = []
+
+    def open_(kind: str, target: str, **options: Any) -> Client:
+        if kind == "async":
+            client = AsyncSmsClient(target, **options)
+            opened.append(client)
+            return client
+        sync_client = SmsClient(target, **options)
+        opened.append(sync_client)
+        return ThreadedClient(sync_client)
+
+    yield open_
+    for client in opened:
+        if isinstance(client, AsyncSmsClient):
+            await client.close()
+        else:
+            client.close()
 
 
 @pytest.fixture(scope="session")

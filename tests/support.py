@@ -19,12 +19,14 @@ from typing import Any, Final
 
 import aiohttp
 import grpc
+import grpc.aio
 import redis.asyncio as aioredis
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
-from yunpian_sms_client import AsyncSmsClient
+from yunpian_sms_client import AsyncSmsClient, SmsClient
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.config import Config, parse_config
 from yunpian_sms_server.errors import Reason
@@ -114,6 +116,48 @@ async def client_for(start_server: StartServer, **sections: dict[str, Any]) -> A
     """An SDK client, without retries, of a new server on make_config(**sections)."""
     server = await start_server(make_config(**sections))
     return AsyncSmsClient(target_of(server), retry=None)
+
+
+# The SDK's two clients, as tests name them: AsyncSmsClient and SmsClient.
+CLIENT_KINDS: Final = ["async", "sync"]
+
+
+class ThreadedClient:
+    """An SmsClient whose calls run in a thread: the server shares the test's event loop."""
+
+    def __init__(self, client: SmsClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self._client, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        return call
+
+
+# Either client, behind the async client's interface.
+Client = AsyncSmsClient | ThreadedClient
+
+
+def rpcs(server: SmsServer, method: str, grpc_code: str) -> int:
+    """How many `method` calls the server answered with `grpc_code` (its own metric)."""
+    value = server.metrics.registry.get_sample_value(
+        "yunpian_sms_rpcs_total", {"method": method, "grpc_code": grpc_code, "caller": ""}
+    )
+    return int(value or 0)
+
+
+async def wait_until_not_serving(target: str) -> None:
+    """Returns once the server's health says NOT_SERVING (it has begun to drain)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="yunpian.sms.v1.SmsService")
+        )
+        while (await watch.read()).status != health_pb2.HealthCheckResponse.NOT_SERVING:
+            pass
+        watch.cancel()
 
 
 class RedisServer:
@@ -218,8 +262,9 @@ CLI: Final = str(Path(sys.executable).parent / "yunpian-sms")
 SERVE_START_TIMEOUT_S: Final = 30.0
 # A command that does not serve (check-config, a refused serve) is done well within this.
 CLI_TIMEOUT_S: Final = 60.0
-# Environment variables that would override a test's config file.
-_CONFIG_ENV: Final = ("YUNPIAN_API_KEY", "YUNPIAN_SMS_CONFIG")
+# Environment variables that would override a test's config file: YUNPIAN_API_KEY,
+# YUNPIAN_SMS_CONFIG and every other YUNPIAN_SMS_* (config.example.toml lists them).
+_CONFIG_ENV_PREFIXES: Final = ("YUNPIAN_API_KEY", "YUNPIAN_SMS_")
 
 
 def run_cli(
@@ -279,7 +324,7 @@ class ServeProcess:
         """Runs `yunpian-sms serve *args`, logging as JSON into files in `directory`."""
         directory.mkdir(parents=True, exist_ok=True)
         if env is None:
-            env = {k: v for k, v in os.environ.items() if k not in _CONFIG_ENV}
+            env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_ENV_PREFIXES)}
         with (
             (directory / "stdout.jsonl").open("wb") as stdout,
             (directory / "stderr.txt").open("wb") as stderr,

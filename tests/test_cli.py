@@ -1,15 +1,23 @@
-"""The `yunpian-sms` command line (cli.py): serve, send, validate-template, check-config,
+"""The `yunpian-sms` command line (cli.py): serve, send, verify, validate-template, check-config,
 hash-token and sandbox; their output, exit statuses and argument errors. Commands run in process
-through `main` (in a thread, beside the test's server) or as the installed console script."""
+through `main` (in a thread, beside the test's server) or as the installed console script (verify
+against a `serve --sandbox` process)."""
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -46,6 +54,8 @@ from yunpian_sms_server.templates import yunpian_form
 API_KEY: Final = "0123456789abcdef0123456789abcdef"
 PHONE: Final = "13800138000"
 TOKEN: Final = "checkout-token"
+# Delivery reports pulled often, for in-process servers.
+PULL: Final = {"mode": "pull", "pull_interval_seconds": 0.05, "pull_lease_seconds": 5.0}
 # 登陆 where the approved SignIn template has 登录.
 TYPO_TEMPLATE: Final = "您的登陆验证码是{{code}}，5分钟内有效。"
 
@@ -294,6 +304,534 @@ async def test_validate_template_console_script_exit_codes(
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith("error: ")
     assert "Traceback" not in approved.stderr + pending.stderr + unreachable.stderr
+
+
+# --- verify -----------------------------------------------------------------------------------
+
+
+VERIFY_MAX_CHECKS = 3
+VERIFY_CONFIG: dict[str, Any] = {
+    **BASE_CONFIG,
+    "verify": {"max_checks": VERIFY_MAX_CHECKS, "max_sends": 3},
+}
+# started: id=vf_… status=PENDING phone=13800138000 usage_type=SignIn send_count=1
+# checks_remaining=3 expires=2026-12-01T08:10:00Z delivery=PENDING (when reports are collected)
+VERIFICATION_LINE = re.compile(
+    r"(?P<label>[a-z ]+): id=(?P<id>vf_[A-Za-z0-9_-]+) status=(?P<status>[A-Z_]+) "
+    r"phone=(?P<phone>\S+) usage_type=(?P<usage_type>[A-Za-z]+) send_count=(?P<sends>\d+) "
+    r"checks_remaining=(?P<checks>\d+) expires=(?P<expires>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"
+    r"(?: delivery=(?P<delivery>[A-Z]+))?(?P<replayed> \(replayed\))?\n"
+)
+OPS_TOKEN = "ops-token-0123456789"
+
+
+def verify_cli_all(*commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """Runs independent commands side by side (each takes a good half second to start)."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: run_cli(*args), commands))
+
+
+def verification_summary(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """The one line a verify command prints, by field; fails unless it is exactly that line."""
+    match = VERIFICATION_LINE.fullmatch(result.stdout)
+    assert match is not None, result
+    return match.groupdict()
+
+
+class VerifyServe:
+    """A `serve --sandbox` process and its sandbox's HTTP API (read with urllib: the server is
+    another process, so a test may block on it)."""
+
+    def __init__(self, process: ServeProcess) -> None:
+        self.process = process
+        [serving] = process.events_named("serving")
+        self.sandbox_url: str = serving["sandbox"]
+        # YunPian's own 1-per-30-s rule per number would refuse every resend: not under test.
+        self._request("POST", "/sandbox/limits", {"enforce": False})
+
+    @property
+    def target(self) -> str:
+        return self.process.target
+
+    def _request(self, method: str, path: str, body: object = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        url = self.sandbox_url + path  # http://127.0.0.1:…, the sandbox's own
+        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return json.load(response)
+
+    def configure_reports(self, settings: dict[str, Any]) -> None:
+        """How the sandbox reports the messages sent from now on (POST /sandbox/reports)."""
+        self._request("POST", "/sandbox/reports", settings)
+
+    def codes(self, mobile: str) -> list[str]:
+        """The codes the sandbox delivered to `mobile`, oldest first."""
+        query = urllib.parse.urlencode({"mobile": mobile})
+        answer = self._request("GET", f"/sandbox/messages?{query}")
+        return [message["code"] for message in answer["messages"]]
+
+    def last_code(self, mobile: str) -> str:
+        codes = self.codes(mobile)
+        assert codes, f"no SMS to {mobile}"
+        return codes[-1]
+
+
+async def start_verify_serve(start_serve: StartServe, config: dict[str, Any]) -> VerifyServe:
+    return VerifyServe(await start_serve(config, "--sandbox"))
+
+
+@pytest.fixture(scope="module")
+def verify_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifyServe]:
+    """One `serve --sandbox` for the module's tests; each test verifies a number of its own."""
+    directory = tmp_path_factory.mktemp("serve")
+    config_path = directory / "config.toml"
+    config_path.write_text(toml_text(VERIFY_CONFIG), encoding="utf-8")
+    process = ServeProcess.start(
+        "--config", str(config_path), "--listen", "127.0.0.1:0", "--sandbox", directory=directory
+    )
+    try:
+        asyncio.run(process.next_event("serving"))
+        yield VerifyServe(process)
+    finally:
+        asyncio.run(process.kill())
+
+
+def wrong_code(code: str) -> str:
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+def test_verify_start_then_check_by_phone_number_approves(verify_serve: VerifyServe) -> None:
+    phone, target = "13800138001", ("--target", verify_serve.target)
+    before = time.time()
+    started = run_cli("verify", "start", phone, "--usage-type", "SignIn", *target)
+
+    assert (started.returncode, started.stderr) == (0, ""), started
+    line = verification_summary(started)
+    assert line["label"] == "started"
+    assert (line["status"], line["phone"], line["usage_type"]) == ("PENDING", phone, "SignIn")
+    assert (line["sends"], line["checks"], line["replayed"]) == ("1", str(VERIFY_MAX_CHECKS), None)
+    # serve --sandbox collects delivery reports: the SMS has just gone, with no report yet.
+    assert line["delivery"] == "PENDING"
+    expires = calendar.timegm(time.strptime(line["expires"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert before + 599 <= expires <= time.time() + 600  # code_ttl_seconds: 600 by default
+    code = verify_serve.last_code(phone)
+
+    missed = run_cli("verify", "check", phone, wrong_code(code), "--usage-type", "SignIn", *target)
+    approved = run_cli("verify", "check", phone, code, "--usage-type", "SignIn", *target)
+    again = run_cli("verify", "check", phone, code, "--usage-type", "SignIn", *target)
+
+    assert (missed.returncode, missed.stderr) == (1, "")
+    assert verification_summary(missed)["label"] == "wrong code"
+    assert verification_summary(missed)["status"] == "PENDING"
+    assert verification_summary(missed)["checks"] == str(VERIFY_MAX_CHECKS - 1)
+    assert (approved.returncode, approved.stderr) == (0, "")
+    assert verification_summary(approved)["label"] == "approved"
+    assert verification_summary(approved)["status"] == "APPROVED"
+    assert verification_summary(approved)["id"] == line["id"]
+    # Approved and spent: no pending verification of the number is left to check.
+    assert (again.returncode, again.stdout) == (1, "")
+    assert again.stderr.startswith("error: NOT_FOUND VERIFICATION_NOT_FOUND: ")
+
+
+def test_verify_check_by_id_after_approval_is_refused_and_cancel_leaves_it_approved(
+    verify_serve: VerifyServe,
+) -> None:
+    phone, target = "13800138002", ("--target", verify_serve.target)
+    started = verification_summary(run_cli("verify", "start", phone, *target))
+    code = verify_serve.last_code(phone)
+    approved = run_cli("verify", "check", "--id", started["id"], code, *target)
+    again = run_cli("verify", "check", "--id", started["id"], code, *target)
+    ended = run_cli("verify", "cancel", started["id"], *target)
+
+    assert approved.returncode == 0
+    assert verification_summary(approved)["label"] == "approved"
+    assert (again.returncode, again.stdout) == (1, "")
+    assert again.stderr.startswith("error: FAILED_PRECONDITION VERIFICATION_APPROVED: ")
+    # Cancel answers with the verification as it stands: nothing was pending to cancel.
+    assert ended.returncode == 0
+    assert verification_summary(ended)["label"] == "already ended"
+    assert verification_summary(ended)["status"] == "APPROVED"
+
+
+def test_verify_cancel_ends_a_pending_verification(verify_serve: VerifyServe) -> None:
+    phone, target = "13800138003", ("--target", verify_serve.target)
+    started = verification_summary(
+        run_cli("verify", "start", phone, "--usage-type", "Register", *target)
+    )
+    code = verify_serve.last_code(phone)
+    canceled = run_cli("verify", "cancel", started["id"], *target)
+    check = run_cli("verify", "check", "--id", started["id"], code, *target)
+
+    assert (canceled.returncode, canceled.stderr) == (0, ""), canceled
+    assert verification_summary(canceled)["label"] == "canceled"
+    assert verification_summary(canceled)["status"] == "CANCELED"
+    assert verification_summary(canceled)["usage_type"] == "Register"
+    assert (check.returncode, check.stdout) == (1, "")
+    assert check.stderr.startswith("error: FAILED_PRECONDITION VERIFICATION_CANCELED: ")
+
+
+def test_verify_start_again_resends_and_a_repeated_request_id_replays(
+    verify_serve: VerifyServe,
+) -> None:
+    phone, target = "13800138004", ("--target", verify_serve.target)
+    first = verification_summary(
+        run_cli("verify", "start", phone, "--request-id", "signup-4", *target)
+    )
+    replayed = verification_summary(
+        run_cli("verify", "start", phone, "--request-id", "signup-4", *target)
+    )
+    resent = verification_summary(run_cli("verify", "start", phone, *target))
+
+    assert (first["label"], first["sends"], first["replayed"]) == ("started", "1", None)
+    assert (replayed["id"], replayed["sends"]) == (first["id"], "1")
+    assert replayed["replayed"] == " (replayed)"
+    assert (resent["label"], resent["id"], resent["sends"]) == ("resent", first["id"], "2")
+    codes = verify_serve.codes(phone)
+    assert len(codes) == 2
+    # Every code sent stays valid: the first one still approves.
+    approved = run_cli("verify", "check", "--id", first["id"], codes[0], *target)
+    assert verification_summary(approved)["label"] == "approved"
+
+
+def test_verify_refusals_exit_1_with_the_status_on_stderr(verify_serve: VerifyServe) -> None:
+    unreachable = f"127.0.0.1:{free_port()}"
+    cases = [
+        (("verify", "cancel", "vf_" + "A" * 32), "error: NOT_FOUND VERIFICATION_NOT_FOUND: "),
+        (("verify", "cancel", "not-an-id"), "error: INVALID_ARGUMENT INVALID_VERIFICATION_ID: "),
+        (("verify", "check", "--id", "vf_" + "A" * 32, "123456"), "error: NOT_FOUND "),
+        (("verify", "check", "13800138005", "12ab56"), "error: INVALID_ARGUMENT INVALID_CODE: "),
+        (("verify", "start", "12345"), "error: INVALID_ARGUMENT INVALID_PHONE_NUMBER: "),
+    ]
+    results = verify_cli_all(
+        *((*args, "--target", verify_serve.target) for args, _ in cases),
+        ("verify", "start", "13800138005", "--target", unreachable),
+    )
+    cases.append((("verify", "start", "(unreachable)"), "error: UNAVAILABLE"))
+    for (args, expected), result in zip(cases, results, strict=True):
+        assert (result.returncode, result.stdout) == (1, ""), (args, result)
+        assert result.stderr.startswith(expected), (args, result.stderr)
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+WRONG_VERIFY_COMMAND_LINES = {
+    ("verify",): "required: {start,check,cancel}",
+    ("verify", "start"): "required: PHONE",
+    ("verify", "start", "13800138000", "--usage-type", "Login"): "invalid choice: 'Login'",
+    ("verify", "check"): "required: CODE",
+    ("verify", "check", "123456"): "give PHONE CODE, or --id VERIFICATION_ID CODE",
+    ("verify", "check", "13800138000", "123456", "--id", "vf_x"): "not both",
+    ("verify", "check", "--id", "vf_x", "123456", "--usage-type", "SignIn"): "goes with PHONE",
+    ("verify", "check", "13800138000", "1", "2"): "unrecognized arguments: 2",
+    ("verify", "cancel"): "required: VERIFICATION_ID",
+    ("verify", "resend", "13800138000"): "invalid choice: 'resend'",
+}
+
+
+def exit_of(args: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """The command line run in-process (no server needed): exit status, stdout, stderr."""
+    try:
+        status = main(list(args))
+    except SystemExit as exited:  # argparse's own exits: --help, usage errors
+        status = int(exited.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize(("args", "complaint"), WRONG_VERIFY_COMMAND_LINES.items())
+def test_a_wrong_verify_command_line_exits_2_without_calling(
+    args: tuple[str, ...],
+    complaint: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # $YUNPIAN_SMS_TARGET is a port nothing listens on: a call would exit 1, not 2.
+    monkeypatch.setenv(TARGET_ENV, f"127.0.0.1:{free_port()}")
+
+    status, out, err = exit_of(args, capsys)
+
+    assert (status, out) == (2, "")
+    assert complaint in err
+
+
+def undocumented(help_text: str) -> list[str]:
+    """The entries of an argparse help text that have no description."""
+    lines = help_text.splitlines()
+    missing = []
+    for number, line in enumerate(lines):
+        if not re.match(r"  [-A-Z{]", line):
+            continue  # not an option or positional entry
+        described = re.match(r"  \S.*?\S {2,}\S", line)
+        following = lines[number + 1] if number + 1 < len(lines) else ""
+        if not (described or re.match(r" {3,}\S", following)):
+            missing.append(line.strip())
+    return missing
+
+
+@pytest.mark.parametrize("command", [(), ("start",), ("check",), ("cancel",)], ids=str)
+def test_every_option_of_verify_has_help(
+    command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = exit_of(("verify", *command, "--help"), capsys)
+
+    assert status == 0
+    assert undocumented(out) == []
+    assert command == () or "--target" in out
+
+
+def test_the_help_checker_finds_an_entry_without_help() -> None:
+    text = "options:\n  -h, --help  show this\n  --bare BARE\n  --next N    described\n"
+
+    assert undocumented(text) == ["--bare BARE"]
+
+
+async def test_verify_finds_its_server_and_token_in_the_environment_and_callers_are_apart(
+    start_serve: StartServe,
+) -> None:
+    auth = {
+        "callers": {
+            "checkout": {"token_sha256": hash_token(TOKEN)},
+            "ops": {"token_sha256": hash_token(OPS_TOKEN)},
+        }
+    }
+    verify_serve = await start_verify_serve(start_serve, {**VERIFY_CONFIG, "auth": auth})
+    phone = "13800138006"
+    checkout = {TARGET_ENV: verify_serve.target, TOKEN_ENV: TOKEN}
+    ops = {**checkout, TOKEN_ENV: OPS_TOKEN}
+
+    anonymous = run_cli("verify", "start", phone, env={TARGET_ENV: verify_serve.target})
+    started = verification_summary(run_cli("verify", "start", phone, env=checkout))
+    code = verify_serve.last_code(phone)
+    other_caller = run_cli("verify", "check", "--id", started["id"], code, env=ops)
+    approved = run_cli("verify", "check", "--id", started["id"], code, env=checkout)
+
+    assert anonymous.returncode == 1
+    assert anonymous.stderr.startswith("error: UNAUTHENTICATED")
+    # Another caller's verification does not exist for it, and its guess uses no check.
+    assert other_caller.returncode == 1
+    assert other_caller.stderr.startswith("error: NOT_FOUND VERIFICATION_NOT_FOUND")
+    assert verification_summary(approved)["label"] == "approved"
+    assert verification_summary(approved)["checks"] == str(VERIFY_MAX_CHECKS - 1)
+
+
+async def test_verify_tls_options_reach_a_mutual_tls_server(
+    start_serve: StartServe, pki: Pki
+) -> None:
+    tls = {"cert": str(pki.server_cert), "key": str(pki.server_key), "client_ca": str(pki.ca)}
+    config = {**VERIFY_CONFIG, "server": {"tls": tls}, "auth": {"callers": {"billing": {}}}}
+    verify_serve = await start_verify_serve(start_serve, config)
+    cert, key = pki.client("billing")
+    tls_args = ("--tls-ca", str(pki.ca), "--tls-cert", str(cert), "--tls-key", str(key))
+    phone, target = "13800138007", ("--target", verify_serve.target)
+
+    started, plaintext = verify_cli_all(
+        ("verify", "start", phone, *target, *tls_args), ("verify", "start", phone, *target)
+    )
+
+    assert started.returncode == 0, started
+    assert verification_summary(started)["label"] == "started"
+    assert plaintext.returncode == 1
+    assert plaintext.stderr.startswith("error: UNAVAILABLE")
+
+
+@pytest.mark.parametrize(("delivery", "shown"), [({"mode": "off"}, None), (PULL, "PENDING")])
+async def test_a_verify_line_tells_the_delivery_only_when_the_server_collects_reports(
+    start_server: StartServer,
+    yunpian_sms: InProcess,
+    delivery: dict[str, Any],
+    shown: str | None,
+) -> None:
+    verify = {"enabled": True, "secret": "verify-secret-0123456789abcdef-0123"}
+    server = await start_server(make_config(verify=verify, delivery=delivery))
+
+    ran = await yunpian_sms("verify", "start", PHONE, "--target", target_of(server))
+
+    assert ran.status == 0, ran
+    line = VERIFICATION_LINE.fullmatch(ran.out)
+    assert line is not None, ran.out
+    assert line["delivery"] == shown
+    assert ("delivery=" in ran.out) == (shown is not None)
+
+
+def test_the_readme_lists_the_verify_commands() -> None:
+    # The README's command table is the user's index of the command line.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+    for usage in (
+        "verify start PHONE",
+        "verify check PHONE CODE",
+        "verify check --id VERIFICATION_ID CODE",
+        "verify cancel VERIFICATION_ID",
+    ):
+        assert usage in readme, usage
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+# DELIVERED: message_id=9007199254741992 carrier_code=DELIVRD sent=2026-12-01T08:00:00Z
+# received=2026-12-01T08:00:01Z, then " carrier_detail=用户关机" when the carrier explained
+TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+STATUS_LINE = re.compile(
+    rf"(?P<state>[A-Z]+): message_id=(?P<message_id>\d+) carrier_code=(?P<carrier_code>\S+) "
+    rf"sent=(?P<sent>{TIME}) received=(?P<received>{TIME}|-)"
+    r"(?: carrier_detail=(?P<carrier_detail>.+))?\n"
+)
+# How long the sandbox holds the report of the first status test's SMS.
+HELD_REPORT_S: Final = 3.0
+SETTLE_WITHIN_S: Final = 20.0
+
+
+def status_summary(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """The one line `status` prints, by field; fails unless it is exactly that line."""
+    assert (result.returncode, result.stderr) == (0, ""), result
+    match = STATUS_LINE.fullmatch(result.stdout)
+    assert match is not None, result
+    return match.groupdict()
+
+
+def sent_message_id(result: subprocess.CompletedProcess[str]) -> str:
+    """The message_id `send` printed."""
+    assert result.returncode == 0, result
+    match = re.match(r"sent: message_id=(\d+) ", result.stdout)
+    assert match is not None, result.stdout
+    return match[1]
+
+
+def settled_status(target: str, message_id: str) -> dict[str, str]:
+    """`status MESSAGE_ID`, asked until it is no longer PENDING."""
+    deadline = time.monotonic() + SETTLE_WITHIN_S
+    while True:
+        line = status_summary(run_cli("status", message_id, "--target", target))
+        if line["state"] != "PENDING":
+            return line
+        assert time.monotonic() < deadline, f"{message_id} still PENDING"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def status_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifyServe]:
+    """One `serve --sandbox` without a [delivery] table: it pulls its sandbox's reports."""
+    directory = tmp_path_factory.mktemp("serve")
+    config_path = directory / "config.toml"
+    config_path.write_text(toml_text(BASE_CONFIG), encoding="utf-8")
+    process = ServeProcess.start(
+        "--config", str(config_path), "--listen", "127.0.0.1:0", "--sandbox", directory=directory
+    )
+    try:
+        asyncio.run(process.next_event("serving"))
+        yield VerifyServe(process)
+    finally:
+        asyncio.run(process.kill())
+
+
+def test_status_says_pending_then_delivered_and_exits_0(status_serve: VerifyServe) -> None:
+    target = ("--target", status_serve.target)
+    status_serve.configure_reports({"delay_seconds": HELD_REPORT_S})
+    sending = time.monotonic()
+    message_id = sent_message_id(run_cli("send", "13800138011", "123456", *target))
+    first = status_summary(run_cli("status", message_id, *target))
+    asked_within = time.monotonic() - sending
+
+    assert first["message_id"] == message_id
+    if asked_within < HELD_REPORT_S:  # always, unless the machine is very slow
+        assert (first["state"], first["carrier_code"], first["received"]) == ("PENDING", "-", "-")
+        assert first["carrier_detail"] is None
+    delivered = settled_status(status_serve.target, message_id)
+    assert delivered["state"] == "DELIVERED"
+    assert (delivered["message_id"], delivered["sent"]) == (message_id, first["sent"])
+    assert delivered["carrier_code"] == "DELIVRD"
+    assert delivered["received"] >= delivered["sent"]  # ISO times in one format: comparable
+    assert delivered["carrier_detail"] is None
+
+
+def test_status_of_a_failed_sms_ends_with_the_carriers_explanation(
+    status_serve: VerifyServe,
+) -> None:
+    phone = "13800138012"
+    failure = {"error_msg": "DB:0103", "error_detail": "用户 关机"}
+    status_serve.configure_reports(
+        {"delay_seconds": 0, "fail_mobiles": [phone], "failure_codes": [failure]}
+    )
+    message_id = sent_message_id(run_cli("send", phone, "123456", "--target", status_serve.target))
+
+    failed = settled_status(status_serve.target, message_id)
+
+    # A failed SMS is found all the same: exit status 0 (status_summary checks it).
+    assert (failed["state"], failed["carrier_code"]) == ("FAILED", "DB:0103")
+    assert failed["carrier_detail"] == "用户 关机"
+
+
+def test_status_refusals_exit_1_with_the_status_on_stderr(status_serve: VerifyServe) -> None:
+    unreachable = f"127.0.0.1:{free_port()}"
+    cases = [
+        (("status", "9007199254740993"), "error: NOT_FOUND MESSAGE_NOT_FOUND: "),
+        (("status", "abc"), "error: INVALID_ARGUMENT INVALID_MESSAGE_ID: "),
+    ]
+    results = verify_cli_all(
+        *((*args, "--target", status_serve.target) for args, _ in cases),
+        ("status", "9007199254740993", "--target", unreachable),
+    )
+    cases.append((("status", "(unreachable)"), "error: UNAVAILABLE"))
+    for (args, expected), result in zip(cases, results, strict=True):
+        assert (result.returncode, result.stdout) == (1, ""), (args, result)
+        assert result.stderr.startswith(expected), (args, result.stderr)
+        assert result.stderr.count("\n") == 1, result.stderr
+
+
+async def test_serve_sandbox_keeps_a_delivery_table_of_the_config(
+    start_serve: StartServe,
+) -> None:
+    # The config turns reports off: serve --sandbox must not turn them on.
+    serve = await start_serve({**BASE_CONFIG, "delivery": {"mode": "off"}}, "--sandbox")
+    target = ("--target", serve.target)
+
+    sent = await run_console_script("send", PHONE, "123456", *target)
+    status = await run_console_script("status", sent_message_id(sent), *target)
+    started = await run_console_script("verify", "start", "13900139000", *target)
+
+    assert (status.returncode, status.stdout) == (1, ""), status
+    assert status.stderr.startswith("error: FAILED_PRECONDITION DELIVERY_REPORTS_DISABLED: ")
+    assert verification_summary(started)["delivery"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("status",), "the following arguments are required: MESSAGE_ID"),
+        (("status", "1", "2"), "unrecognized arguments: 2"),
+        (("status", "1", "--target"), "--target: expected one argument"),
+    ],
+)
+def test_a_wrong_status_command_line_exits_2_without_calling(
+    args: tuple[str, ...],
+    complaint: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # $YUNPIAN_SMS_TARGET is a port nothing listens on: a call would exit 1, not 2.
+    monkeypatch.setenv(TARGET_ENV, f"127.0.0.1:{free_port()}")
+
+    status, out, err = exit_of(args, capsys)
+
+    assert (status, out) == (2, "")
+    assert complaint in err
+
+
+def test_every_option_of_status_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = exit_of(("status", "--help"), capsys)
+
+    assert status == 0
+    assert undocumented(out) == []
+    for option in ("MESSAGE_ID", "--target", "--tls-ca", "--tls-cert", "--tls-key"):
+        assert option in out
+
+
+def test_the_readme_lists_the_status_command() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+    assert "| `status MESSAGE_ID" in readme
 
 
 # --- check-config -----------------------------------------------------------------------------

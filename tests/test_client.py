@@ -43,6 +43,8 @@ from yunpian_sms_client import (
     from_rpc_error,
     new_request_id,
 )
+from yunpian_sms_server.errors import Reason
+from yunpian_sms_server.statuses import STATUS_CODES
 
 DOMAIN = "yunpian.sms.v1"
 PHONE = "+8613800138000"
@@ -949,9 +951,12 @@ def test_all_lists_exactly_the_public_names_sorted() -> None:
     assert public == {
         "AsyncSmsClient",
         "CallCancelledError",
+        "CheckVerificationResponse",
         "DEFAULT_RETRY_POLICY",
         "DEFAULT_TIMEOUT_S",
         "DeadlineExceededError",
+        "DeliveryState",
+        "DeliveryStatus",
         "FailedPreconditionError",
         "InternalError",
         "InvalidArgumentError",
@@ -970,9 +975,21 @@ def test_all_lists_exactly_the_public_names_sorted() -> None:
         "UnknownError",
         "UsageType",
         "ValidateTemplateResponse",
+        "Verification",
+        "VerificationStatus",
         "from_rpc_error",
         "new_request_id",
     }
+
+
+def test_the_exported_messages_are_the_generated_ones() -> None:
+    # The results are the contract's own messages, not copies: callers can pass them on.
+    assert yunpian_sms_client.Verification is pb.Verification
+    assert yunpian_sms_client.CheckVerificationResponse is pb.CheckVerificationResponse
+    assert yunpian_sms_client.VerificationStatus is pb.VerificationStatus
+    assert yunpian_sms_client.SendCodeResponse is pb.SendCodeResponse
+    assert yunpian_sms_client.DeliveryStatus is pb.DeliveryStatus
+    assert yunpian_sms_client.DeliveryState is pb.DeliveryState
 
 
 def test_every_error_class_is_an_sms_error() -> None:
@@ -984,3 +1001,35 @@ def test_every_error_class_is_an_sms_error() -> None:
 
     assert len(errors) == 13
     assert all(issubclass(error, SmsError) for error in errors)
+
+
+# The reasons of the verification and delivery-report RPCs: each error class names those of its
+# status code, so that a caller reading `help(NotFoundError)` learns what it may mean.
+DOCUMENTED_REASONS = [
+    reason
+    for reason in STATUS_CODES
+    if "VERIFICATION" in reason.value
+    or reason.value in ("INVALID_MESSAGE_ID", "MESSAGE_NOT_FOUND", "DELIVERY_REPORTS_DISABLED")
+]
+
+
+@pytest.mark.parametrize("reason", DOCUMENTED_REASONS, ids=lambda reason: reason.value)
+def test_each_error_class_documents_the_reasons_of_its_status(reason: Reason) -> None:
+    classes = {
+        error.default_code: error
+        for name in yunpian_sms_client.__all__
+        if name.endswith("Error") and (error := getattr(yunpian_sms_client, name)) is not SmsError
+    }
+
+    error_class = classes[STATUS_CODES[reason]]
+
+    assert reason.value in (error_class.__doc__ or ""), error_class.__name__
+
+
+def test_the_documented_reasons_include_the_delivery_reports() -> None:
+    assert {reason.value for reason in DOCUMENTED_REASONS} >= {
+        "INVALID_MESSAGE_ID",
+        "MESSAGE_NOT_FOUND",
+        "DELIVERY_REPORTS_DISABLED",
+        "VERIFICATION_NOT_FOUND",
+    }

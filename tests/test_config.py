@@ -3,22 +3,33 @@ what the check-config and serve commands make of them is in test_cli.py."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import re
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
 from pki import Pki
 from support import (
     FINGERPRINT_SECRET,
+    ServeProcess,
+    free_port,
+    run_cli,
+    toml_text,
 )
 
 from yunpian_sms_server.config import (
     DEFAULT_TEMPLATE,
+    EXAMPLE_TOKEN_HASHES,
+    EXAMPLE_TOKENS,
     FINGERPRINT_SECRET_ENV,
+    STORE_URL_ENV,
     ConfigError,
     config_warnings,
     load_config,
     parse_config,
+    token_hash_env,
 )
 
 API_KEY = "0123456789abcdef0123456789abcdef"
@@ -346,3 +357,262 @@ def test_the_example_config_documents_every_key() -> None:
         if key not in written and key not in table_parts
     ]
     assert missing == [], f"config.example.toml does not document {missing}"
+
+
+# Secrets by environment: every secret-bearing key has a variable that overrides it.
+REDIS_URL = "redis://:s3cret-password@redis.internal:6379/0"
+CALLERS: Final = {
+    "signin-service": {"usage_types": ["SignIn"]},
+    "ops.team": {"token_sha256": "b" * 64},
+}
+
+
+def with_callers(callers: dict[str, Any] = CALLERS) -> dict[str, Any]:
+    return {"auth": {"callers": callers}}
+
+
+def test_token_hash_variables_are_named_for_their_callers() -> None:
+    assert token_hash_env("signin-service") == "YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE"
+    assert token_hash_env("ops.team") == "YUNPIAN_SMS_TOKEN_SHA256_OPS_TEAM"
+    assert token_hash_env("Billing_2") == "YUNPIAN_SMS_TOKEN_SHA256_BILLING_2"
+
+
+def test_a_token_hash_from_the_environment_overrides_the_file() -> None:
+    env = {
+        "YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE": "A" * 64,
+        "YUNPIAN_SMS_TOKEN_SHA256_OPS_TEAM": "c" * 64,
+    }
+    config = parse_config(with_callers(), env)
+    assert config.auth is not None
+    hashes = {caller.name: caller.token_sha256 for caller in config.auth.callers}
+    assert hashes == {"signin-service": "a" * 64, "ops.team": "c" * 64}
+    # Without it, a caller with no token_sha256 in the file cannot authenticate.
+    [missing] = problems_of(with_callers())
+    assert missing.startswith("auth.callers.signin-service.token_sha256: is missing")
+
+
+def test_a_bad_token_hash_from_the_environment_is_named_by_its_variable() -> None:
+    variable = "YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE"
+    [wrong] = problems_of(with_callers(), {variable: "not-a-hash-but-maybe-a-token"})
+    assert wrong == f"{variable}: must be 64 hexadecimal characters (SHA-256 of the token)"
+    ops = "YUNPIAN_SMS_TOKEN_SHA256_OPS_TEAM"
+    [same] = problems_of(with_callers(), {variable: "c" * 64, ops: "c" * 64})
+    assert same == f"{ops}: is the same as another caller's"
+
+
+def test_callers_whose_names_give_one_variable_cannot_use_it() -> None:
+    callers = {"a-b": {"token_sha256": "1" * 64}, "a.b": {"token_sha256": "2" * 64}}
+    assert parse_config(with_callers(callers), {}).auth is not None
+    [alike] = problems_of(with_callers(callers), {"YUNPIAN_SMS_TOKEN_SHA256_A_B": "3" * 64})
+    assert alike == (
+        "YUNPIAN_SMS_TOKEN_SHA256_A_B: is the variable of callers 'a-b' and 'a.b' alike: "
+        "rename one of them"
+    )
+
+
+def test_a_token_hash_variable_that_names_no_caller_is_refused() -> None:
+    env = {"YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE": "a" * 64}
+    env["YUNPIAN_SMS_TOKEN_SHA256_SINGIN_SERVICE"] = "d" * 64  # a typo
+    [stray] = problems_of(with_callers(), env)
+    assert stray.startswith("YUNPIAN_SMS_TOKEN_SHA256_SINGIN_SERVICE: names no caller")
+    [no_auth] = problems_of({}, {"YUNPIAN_SMS_TOKEN_SHA256_OPS": "d" * 64})
+    assert no_auth.startswith("YUNPIAN_SMS_TOKEN_SHA256_OPS: names no caller")
+    # Empty is unset, like every other variable; the CLI's own token is another variable.
+    assert parse_config({}, {"YUNPIAN_SMS_TOKEN_SHA256_OPS": "", "YUNPIAN_SMS_TOKEN": "t"})
+
+
+@pytest.mark.parametrize("token", EXAMPLE_TOKENS)
+def test_the_hashes_of_example_tokens_are_refused(token: str) -> None:
+    example = hashlib.sha256(token.encode()).hexdigest()
+    callers = {"ops.team": {"token_sha256": example.upper()}}
+    [from_file] = problems_of(with_callers(callers))
+    assert from_file.startswith("auth.callers.ops.team.token_sha256: is the SHA-256 of ")
+    assert "yunpian-sms hash-token" in from_file
+    assert example not in from_file
+    variable = "YUNPIAN_SMS_TOKEN_SHA256_OPS_TEAM"
+    [from_env] = problems_of(with_callers(callers), {variable: example})
+    assert from_env.startswith(f"{variable}: is the SHA-256 of ")
+
+
+def test_the_deploy_example_hashes_are_refused() -> None:
+    # deploy/kubernetes/secret.example.yaml ships these: they must never authenticate anyone.
+    assert set(EXAMPLE_TOKEN_HASHES) >= {
+        "542ac29c4532a1c22f9f60d75d74f8169bd9c7cbee86bf8bfbbc37e31fd776eb",
+        "a57dc21a5a080e90e7df96108954414da40039b3f7f9235ca63435938c0c1159",
+    }
+
+
+def test_the_store_url_from_the_environment_overrides_the_file() -> None:
+    store = {"url": "memory://", "fingerprint_secret": FINGERPRINT_SECRET}
+    config = parse_config({"store": store}, {STORE_URL_ENV: REDIS_URL})
+    assert config.store.url == REDIS_URL
+    assert config.store.url_source == STORE_URL_ENV
+    assert "s3cret" not in repr(config)
+    assert config_warnings(config) == []
+    # A shared store from the environment needs the fingerprint secret, like one from the file.
+    [missing] = problems_of({}, {STORE_URL_ENV: REDIS_URL})
+    assert missing.startswith("store.fingerprint_secret: is required with a shared store")
+
+
+def test_a_bad_store_url_from_the_environment_is_named_by_its_variable() -> None:
+    store = {"fingerprint_secret": FINGERPRINT_SECRET}
+    [wrong] = problems_of({"store": store}, {STORE_URL_ENV: "redis://:s3cret@:0/x"})
+    assert wrong.startswith(f"{STORE_URL_ENV}: must name the Redis host")
+    assert "s3cret" not in wrong
+
+
+@pytest.mark.parametrize("password", ["change-me", "changeme", "change%2Dme"])
+def test_the_example_redis_password_is_refused(password: str) -> None:
+    url = f"redis://:{password}@redis.internal:6379/0"
+    store = {"fingerprint_secret": FINGERPRINT_SECRET}
+    [from_env] = problems_of({"store": store}, {STORE_URL_ENV: url})
+    assert from_env.startswith(f"{STORE_URL_ENV}: its password is an example value")
+    assert password not in from_env
+    [from_file] = problems_of({"store": {**store, "url": url}})
+    assert from_file.startswith("store.url: its password is an example value")
+
+
+def test_a_password_in_the_files_store_url_is_warned_about() -> None:
+    config = parse_config({"store": {"url": REDIS_URL, "fingerprint_secret": "f" * 32}}, {})
+    [warning] = config_warnings(config)
+    assert warning.key == "store.url"
+    assert STORE_URL_ENV in warning.problem
+    assert "s3cret" not in warning.problem
+
+
+async def test_check_config_and_serve_refuse_the_example_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    callers = {"ops": {"token_sha256": hashlib.sha256(b"change-me-ops").hexdigest()}}
+    data = {
+        "server": {"listen": f"127.0.0.1:{free_port()}"},
+        "yunpian": {"api_key": API_KEY},
+        "store": {"fingerprint_secret": FINGERPRINT_SECRET},
+        **with_callers(callers),
+    }
+    path.write_text(toml_text(data))
+    env = {
+        STORE_URL_ENV: "redis://:change-me@127.0.0.1:6379/0",
+        "YUNPIAN_SMS_TOKEN_SHA256_SIGNIN": hashlib.sha256(b"change-me-signin").hexdigest(),
+    }
+    serve = ServeProcess.start("--config", str(path), directory=tmp_path / "serve", env=env)
+    checked, served = await asyncio.gather(
+        asyncio.to_thread(run_cli, "check-config", "--config", str(path), env=env),
+        serve.exit_status(),
+    )
+    for command, status, stderr in (
+        ("check-config", checked.returncode, checked.stderr),
+        ("serve", served, serve.stderr),
+    ):
+        assert status == 2, f"{command} did not refuse the config: {stderr}"
+        assert stderr.splitlines() == [
+            "config error: auth.callers.ops.token_sha256: is the SHA-256 of the example token "
+            '"change-me-ops", which anyone can read in this project: make a token of your own '
+            '(`openssl rand -hex 32`) and give its hash (`echo -n "$TOKEN" | yunpian-sms '
+            "hash-token`)",
+            "config error: YUNPIAN_SMS_TOKEN_SHA256_SIGNIN: names no caller of [auth.callers] "
+            "(the caller NAME reads YUNPIAN_SMS_TOKEN_SHA256_NAME, upper-cased, '-' and '.' as "
+            "'_')",
+            f"config error: {STORE_URL_ENV}: its password is an example value anyone can read "
+            "in this project: set a Redis password of your own (`openssl rand -hex 32`)",
+        ], command
+
+
+def test_every_environment_override_is_documented() -> None:
+    import yunpian_sms_server.config as config_module
+
+    variables = [
+        value
+        for name, value in vars(config_module).items()
+        if name.endswith(("_ENV", "_ENV_PREFIX")) and isinstance(value, str)
+    ]
+    assert len(variables) >= 6
+    readme = (EXAMPLE.parent / "README.md").read_text()
+    for variable in variables:
+        assert variable in EXAMPLE.read_text(), f"config.example.toml does not name {variable}"
+        assert variable in readme, f"README.md does not name {variable}"
+
+
+DELIVERY_TOKEN = "report-token-0123456789abcdef0123456789"
+
+
+def test_push_needs_a_listen_address_and_a_path_token() -> None:
+    assert [p.split(":")[0] for p in problems_of({"delivery": {"mode": "push"}})] == [
+        "delivery.listen",
+        "delivery.path_token",
+    ]
+    [token] = problems_of({"delivery": {"mode": "push", "listen": "127.0.0.1:8080"}})
+    assert token.startswith('delivery.path_token: is required with mode = "push"')
+    assert "YUNPIAN_SMS_DELIVERY_TOKEN" in token
+    push = {"mode": "push", "listen": "127.0.0.1:8080"}
+    from_env = parse_config({"delivery": push}, {"YUNPIAN_SMS_DELIVERY_TOKEN": DELIVERY_TOKEN})
+    assert from_env.delivery.path_token == DELIVERY_TOKEN
+
+
+def test_a_short_path_token_is_a_problem_never_repeated() -> None:
+    push = {"mode": "push", "listen": "127.0.0.1:8080", "path_token": "hunter2"}
+    [short] = problems_of({"delivery": push})
+    assert short.startswith("delivery.path_token: must be at least 32 characters")
+    [short_env] = problems_of(
+        {"delivery": {"mode": "push", "listen": "127.0.0.1:8080"}},
+        {"YUNPIAN_SMS_DELIVERY_TOKEN": "hunter2"},
+    )
+    assert short_env.startswith("YUNPIAN_SMS_DELIVERY_TOKEN: must be at least 32 characters")
+    assert "hunter2" not in short + short_env
+
+
+@pytest.mark.parametrize("bad", ["/", "?", "#", "%", " ", "+", "=", "令"], ids=repr)
+def test_a_path_token_must_stand_in_a_url_path_as_it_is(bad: str) -> None:
+    # It is the last segment of /yunpian/reports/<path_token> and of every send's callback_url:
+    # `openssl rand -base64 32` makes '/', '+' and '=', which would break both.
+    token = DELIVERY_TOKEN[:20] + bad + DELIVERY_TOKEN[20:]
+    push = {"mode": "push", "listen": "127.0.0.1:8080", "path_token": token}
+    [problem] = problems_of({"delivery": push})
+    assert problem.startswith("delivery.path_token: must be letters, digits")
+    assert token not in problem
+
+
+@pytest.mark.parametrize("interval", [15.0, 20.0])
+def test_a_pull_lease_no_longer_than_the_interval_is_a_problem(interval: float) -> None:
+    pull = {"mode": "pull", "pull_interval_seconds": interval, "pull_lease_seconds": 15.0}
+    [problem] = problems_of({"delivery": pull})
+    assert problem.startswith("delivery.pull_lease_seconds: must be longer than")
+
+
+def test_delivery_settings_out_of_range_are_problems_under_their_key() -> None:
+    problems = problems_of(
+        {
+            "delivery": {
+                "mode": "both",
+                "report_wait_seconds": -1,
+                "page_size": 101,
+                "public_url": "ftp://example.com",
+            }
+        }
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "delivery.mode",
+        "delivery.report_wait_seconds",
+        "delivery.page_size",
+        "delivery.public_url",
+    ]
+
+
+def test_a_valid_delivery_section_is_read() -> None:
+    config = parse_config(
+        {
+            "delivery": {
+                "mode": "push",
+                "listen": "127.0.0.1:8080",
+                "path_token": DELIVERY_TOKEN,
+                "public_url": "https://sms.example.com",
+                "report_wait_seconds": 3600,
+            }
+        },
+        {},
+    )
+    assert config.delivery.enabled
+    assert (config.delivery.path_token, config.delivery.report_wait_seconds) == (
+        DELIVERY_TOKEN,
+        3600.0,
+    )
+    assert DELIVERY_TOKEN not in repr(config)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
 from support import RedisServer
 
+from yunpian_sms_server.delivery_state import DeliveryReport, DeliveryState, SentMessage
 from yunpian_sms_server.limits import Window, parse_limit
 from yunpian_sms_server.stores import (
     ClaimState,
@@ -223,3 +225,55 @@ async def test_release_gives_a_token_back_from_every_window(store: Store) -> Non
     assert await store.acquire(windows, "sent-nothing") is None
     await store.release(windows, "sent-nothing")
     assert await store.acquire(windows, "next") is None
+
+
+def sent(caller: str = "alice") -> SentMessage:
+    # A fresh sid per test keeps tests apart on the shared Redis.
+    return SentMessage(str(uuid.uuid4().int % 10**18), caller, sent_at=time.time() - 2.0)
+
+
+def report_of(
+    message: SentMessage, state: DeliveryState = DeliveryState.DELIVERED
+) -> DeliveryReport:
+    return DeliveryReport(message.message_id, state, "DELIVRD", "", received_at=time.time() - 1.0)
+
+
+async def test_a_report_is_saved_once_and_read_back_with_its_caller(store: Store) -> None:
+    message = sent()
+    await store.record_message(message, keep_s=60.0)
+    first = report_of(message)
+    saved = await store.save_reports([first], keep_s=60.0)
+    again = await store.save_reports([report_of(message, DeliveryState.FAILED)], keep_s=60.0)
+    found = await store.get_message(message.message_id)
+    assert [m.message_id for m in saved.saved] == [message.message_id]
+    assert (saved.duplicates, saved.unknown) == (0, 0)
+    assert (again.saved, again.duplicates, again.unknown) == ((), 1, 0)
+    assert found is not None
+    assert (found.caller, found.state, found.carrier_code) == ("alice", first.state, "DELIVRD")
+    assert found.received_at == pytest.approx(first.received_at, abs=0.001)
+    assert found.sent_at == pytest.approx(message.sent_at, abs=0.001)
+
+
+@pytest.mark.parametrize("recorded_by", ["record_message", "complete"])
+async def test_a_report_that_comes_before_its_message_is_taken_in_when_it_is_recorded(
+    store: Store, recorded_by: str
+) -> None:
+    # YunPian can report before the replica that sent the SMS has recorded it: the report waits.
+    message, other = sent(), sent()
+    early = report_of(message, DeliveryState.FAILED)
+    saved = await store.save_reports([early, report_of(other)], keep_s=60.0)
+    assert (saved.saved, saved.duplicates, saved.unknown) == ((), 0, 2)
+    assert await store.get_message(message.message_id) is None
+    if recorded_by == "record_message":
+        await store.record_message(message, keep_s=60.0)
+    else:
+        key = uuid.uuid4().hex
+        await store.complete(key, "fp", b"record", 60.0, message=message, message_keep_s=60.0)
+    found = await store.get_message(message.message_id)
+    assert found is not None
+    assert (found.caller, found.state) == ("alice", DeliveryState.FAILED)
+    assert found.received_at == pytest.approx(early.received_at, abs=0.001)
+    # Taken in once: a later report of it is a duplicate, and the other report still waits.
+    later = await store.save_reports([report_of(message)], keep_s=60.0)
+    assert (later.saved, later.duplicates) == ((), 1)
+    assert await store.get_message(other.message_id) is None

@@ -40,6 +40,7 @@ from yunpian_sms_server.config import (
     exposure_problem,
 )
 from yunpian_sms_server.delivery_reports import DeliveryReports, ReportPuller
+from yunpian_sms_server.delivery_state import KEPT_REPORT_WAITS
 from yunpian_sms_server.errors import ServiceError
 from yunpian_sms_server.listen_addresses import join_listen, parse_listen
 from yunpian_sms_server.listeners import (
@@ -90,6 +91,9 @@ SANDBOX_ALL_REGIONS: Final = "ALL"
 SHUTDOWN_ANSWER_MARGIN_S: Final = 0.5
 # The random verification secret of `serve --sandbox`.
 SANDBOX_SECRET_BYTES: Final = 32
+# How often `serve --sandbox` pulls its sandbox's delivery reports (each is ready 0.5 s after
+# its send), unless the config has a [delivery] table of its own.
+SANDBOX_PULL_INTERVAL_S: Final = 0.5
 # gRPC sets SO_REUSEPORT by default: a second server on a port in use would then share it,
 # each process with its own memory store, and a phone number would get twice its limit.
 GRPC_SERVER_OPTIONS: Final = (("grpc.so_reuseport", 0),)
@@ -142,7 +146,17 @@ def report_collection(delivery: DeliveryConfig) -> ReportCollection | None:
     url = ""
     if delivery.mode == "push" and delivery.public_url:
         url = callback_url(delivery.public_url, delivery.path_token)
-    return ReportCollection(keep_s=delivery.report_wait_seconds, callback_url=url)
+    keep_s = delivery.report_wait_seconds * KEPT_REPORT_WAITS
+    return ReportCollection(keep_s=keep_s, callback_url=url)
+
+
+def sandbox_delivery(delivery: DeliveryConfig) -> DeliveryConfig:
+    """The delivery reports of `serve --sandbox`: the config's own when its file has a
+    [delivery] table; else pulled from the in-process sandbox every SANDBOX_PULL_INTERVAL_S
+    (no token or public URL is needed for pulling)."""
+    if delivery.configured:
+        return delivery
+    return dataclasses.replace(delivery, mode="pull", pull_interval_seconds=SANDBOX_PULL_INTERVAL_S)
 
 
 def fingerprints_for(config: Config) -> Fingerprints:
@@ -291,6 +305,8 @@ class SmsServer:
                     enabled=True,
                     secret=config.verify.secret or secrets.token_hex(SANDBOX_SECRET_BYTES),
                 ),
+                # Delivery reports too, pulled from the sandbox, unless the config says otherwise.
+                delivery=sandbox_delivery(config.delivery),
             )
         if config.telemetry.enabled:
             from yunpian_sms_server.telemetry import Tracing

@@ -6,6 +6,7 @@ at start-up.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -15,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import phonenumbers
 
@@ -42,6 +43,16 @@ DEFAULT_PULL_LEASE_S: Final = 15.0
 MAX_PULL_LEASE_S: Final = 600.0
 # Reports per pull request: YunPian's maximum.
 MAX_PULL_PAGE_SIZE: Final = 100
+STORE_URL_ENV: Final = "YUNPIAN_SMS_STORE_URL"
+# YUNPIAN_SMS_TOKEN_SHA256_<CALLER> gives [auth.callers.<caller>] token_sha256: see token_hash_env.
+TOKEN_HASH_ENV_PREFIX: Final = "YUNPIAN_SMS_TOKEN_SHA256_"  # noqa: S105 - a variable's name
+# Tokens and secrets the repository ships as examples (config.example.toml, deploy/kubernetes):
+# anyone who read them could use them, so the config refuses them (a token by its SHA-256).
+EXAMPLE_TOKENS: Final = ("change-me-signin", "change-me-ops", "change-me", "changeme", "")
+EXAMPLE_SECRETS: Final = frozenset({"change-me", "changeme"})
+EXAMPLE_TOKEN_HASHES: Final[Mapping[str, str]] = {
+    hashlib.sha256(token.encode()).hexdigest(): token for token in EXAMPLE_TOKENS
+}
 DEFAULT_VERIFY_CODE_LENGTH: Final = 6
 DEFAULT_VERIFY_CODE_TTL_S: Final = 600.0
 MAX_VERIFY_CODE_TTL_S: Final = 86400.0
@@ -87,6 +98,10 @@ DEFAULT_REMOTE_CACHE_S: Final = 60.0
 MAX_REMOTE_CACHE_S: Final = 86400.0
 # Keys of [templates] that are options, not usage types.
 _CALLER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The report endpoint's path token is a segment of its URL and of every send's callback_url,
+# written as it is: only the characters a URL path never encodes or splits on (RFC 3986's
+# unreserved ones).
+_PATH_TOKEN = re.compile(r"[A-Za-z0-9._~-]+")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _TEMPLATE_OPTIONS: Final = frozenset({"international", "verify_on_start", "remote_cache_seconds"})
 # Every key of every table (besides usage type names): anything else is reported as unknown.
@@ -241,7 +256,10 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    url: str = DEFAULT_STORE_URL
+    # May hold the Redis password: never in a repr.
+    url: str = field(default=DEFAULT_STORE_URL, repr=False)
+    # Where the url came from: "store.url", or STORE_URL_ENV (for messages about it).
+    url_source: str = "store.url"
     on_error: str = "deny"
     idempotency_ttl_seconds: float = DEFAULT_IDEMPOTENCY_TTL_S
     # Store operations in flight at once (Redis connections); more wait their turn.
@@ -284,6 +302,9 @@ class DeliveryConfig:
     listen: str = ""
     path_token: str = field(default="", repr=False)
     public_url: str = ""
+    # Whether the file has a [delivery] table: `serve --sandbox` turns reports on (pulled from
+    # its sandbox) only when it has none, and otherwise leaves the file's settings as they are.
+    configured: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -478,6 +499,14 @@ def config_warnings(config: Config) -> list[ConfigProblem]:
                 "already on its way to YunPian",
             )
         )
+    if config.store.url_source == "store.url" and urlsplit(config.store.url).password:
+        warnings.append(
+            ConfigProblem(
+                "store.url",
+                f"holds the Redis password: give the URL by {STORE_URL_ENV} instead, so the "
+                "password stays out of the file",
+            )
+        )
     return warnings
 
 
@@ -553,27 +582,67 @@ def _read_tls(reader: _Reader, base_dir: Path) -> TlsConfig | None:
     return TlsConfig(cert=cert, key=key, client_ca=paths["client_ca"])
 
 
-def _read_auth(reader: _Reader, has_client_ca: bool) -> AuthConfig | None:
+def token_hash_env(caller: str) -> str:
+    """The variable that gives a caller's token_sha256: the caller's name upper-cased, with each
+    character other than A-Z and 0-9 ('-', '.') written as '_' ("signin-service":
+    YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE)."""
+    return TOKEN_HASH_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", caller.upper())
+
+
+def _token_hash_problem(token_hash: str) -> str | None:
+    """Why a token_sha256 (lower-case) cannot be used, without repeating it; None when it can."""
+    if not _SHA256_HEX.fullmatch(token_hash):
+        return "must be 64 hexadecimal characters (SHA-256 of the token)"
+    example = EXAMPLE_TOKEN_HASHES.get(token_hash)
+    if example is not None:
+        which = f'the example token "{example}"' if example else "an empty token"
+        return (
+            f"is the SHA-256 of {which}, which anyone can read in this project: make a token "
+            'of your own (`openssl rand -hex 32`) and give its hash (`echo -n "$TOKEN" | '
+            "yunpian-sms hash-token`)"
+        )
+    return None
+
+
+def _read_auth(
+    reader: _Reader, has_client_ca: bool, env: Mapping[str, str]
+) -> tuple[AuthConfig | None, set[str]]:
+    """The [auth] section, and the token-hash variables of `env` it read."""
     if "auth" not in reader.data:
-        return None
+        return None, set()
     auth = reader.table("auth")
     auth.only(KNOWN_KEYS["auth"])
     callers_table = auth.table("callers")
     callers: list[CallerConfig] = []
     hashes: set[str] = set()
+    names_by_variable: dict[str, list[str]] = {}
+    for name in callers_table.data:
+        names_by_variable.setdefault(token_hash_env(name), []).append(name)
     for name in callers_table.data:
         caller = callers_table.table(name)
         caller.only(KNOWN_KEYS["auth.callers.*"])
         if not _CALLER_NAME.fullmatch(name):
             callers_table.problem(name, "must be 1-64 letters, digits, '.', '_' or '-'")
         token_hash = caller.string("token_sha256", "").lower() or None
-        if token_hash is not None and not _SHA256_HEX.fullmatch(token_hash):
-            caller.problem(
-                "token_sha256", "must be 64 hexadecimal characters (SHA-256 of the token)"
-            )
+        hash_key = caller.key("token_sha256")
+        variable = token_hash_env(name)
+        alike = names_by_variable[variable]
+        ambiguous = bool(env.get(variable)) and len(alike) > 1
+        if ambiguous:
+            # Which caller the value is for cannot be told: none of them gets it.
+            token_hash = None
+            if name == alike[0]:
+                listed = " and ".join(repr(other) for other in alike)
+                problem = f"is the variable of callers {listed} alike: rename one of them"
+                reader.problems.append(ConfigProblem(variable, problem))
+        elif env.get(variable):
+            token_hash, hash_key = env[variable].strip().lower(), variable
+        unusable = None if token_hash is None else _token_hash_problem(token_hash)
+        if unusable is not None:
+            reader.problems.append(ConfigProblem(hash_key, unusable))
         elif token_hash is not None and token_hash in hashes:
-            caller.problem("token_sha256", "is the same as another caller's")
-        elif token_hash is None and not has_client_ca:
+            reader.problems.append(ConfigProblem(hash_key, "is the same as another caller's"))
+        elif token_hash is None and not has_client_ca and not ambiguous:
             caller.problem(
                 "token_sha256",
                 "is missing and server.tls.client_ca is not set: the caller could never "
@@ -588,7 +657,20 @@ def _read_auth(reader: _Reader, has_client_ca: bool) -> AuthConfig | None:
         callers.append(CallerConfig(name, token_hash, frozenset(usage_types)))
     if not callers:
         auth.problem("callers", "must name at least one caller")
-    return AuthConfig(tuple(callers))
+    return AuthConfig(tuple(callers)), set(names_by_variable)
+
+
+def _stray_token_hash_variables(env: Mapping[str, str], read: set[str]) -> list[ConfigProblem]:
+    """Token-hash variables that name no caller: a typo would leave a caller without its token."""
+    return [
+        ConfigProblem(
+            variable,
+            "names no caller of [auth.callers] (the caller NAME reads "
+            f"{TOKEN_HASH_ENV_PREFIX}NAME, upper-cased, '-' and '.' as '_')",
+        )
+        for variable in sorted(env)
+        if variable.startswith(TOKEN_HASH_ENV_PREFIX) and env[variable] and variable not in read
+    ]
 
 
 def parse_config(
@@ -622,7 +704,9 @@ def parse_config(
             "metrics_listen",
             f"{server.metrics_listen} is server.listen's port: metrics need a port of their own",
         )
-    auth = _read_auth(root, has_client_ca=tls is not None and tls.client_ca is not None)
+    has_client_ca = tls is not None and tls.client_ca is not None
+    auth, token_hash_variables = _read_auth(root, has_client_ca, env)
+    problems.extend(_stray_token_hash_variables(env, token_hash_variables))
 
     yunpian_table = root.table("yunpian")
     yunpian_table.only(KNOWN_KEYS["yunpian"])
@@ -695,7 +779,7 @@ def parse_config(
     verify = _read_verify(verify_table, env)
     delivery_table = root.table("delivery")
     delivery_table.only(KNOWN_KEYS["delivery"])
-    delivery = _read_delivery(delivery_table, env)
+    delivery = _read_delivery(delivery_table, env, configured="delivery" in root.data)
     telemetry_table = root.table("telemetry")
     telemetry_table.only(KNOWN_KEYS["telemetry"])
     telemetry = _read_telemetry(telemetry_table)
@@ -761,7 +845,7 @@ def _read_verify(verify_table: _Reader, env: Mapping[str, str]) -> VerifyConfig:
     return verify
 
 
-def _read_delivery(table: _Reader, env: Mapping[str, str]) -> DeliveryConfig:
+def _read_delivery(table: _Reader, env: Mapping[str, str], *, configured: bool) -> DeliveryConfig:
     token = table.string("path_token", "")
     token_key = table.key("path_token")
     if env.get(DELIVERY_TOKEN_ENV):
@@ -781,8 +865,17 @@ def _read_delivery(table: _Reader, env: Mapping[str, str]) -> DeliveryConfig:
         listen=table.string("listen", "", _check_optional_listen),
         path_token=token,
         public_url=table.string("public_url", "", _check_public_url),
+        configured=configured,
     )
     _secret_problems(table, token, token_key, "path_token", ())
+    if token and not _PATH_TOKEN.fullmatch(token):
+        table.problems.append(
+            ConfigProblem(
+                token_key,
+                "must be letters, digits, '-', '_', '.' and '~' only: it is written as it is "
+                "in the report URL, e.g. `openssl rand -hex 32`",
+            )
+        )
     if delivery.mode == "push":
         if not delivery.listen:
             table.problem("listen", 'is required with mode = "push": where YunPian posts reports')
@@ -853,8 +946,17 @@ def _read_store(store_table: _Reader, env: Mapping[str, str]) -> StoreConfig:
     if env.get(FINGERPRINT_SECRET_ENV):
         secret, secret_key = env[FINGERPRINT_SECRET_ENV], FINGERPRINT_SECRET_ENV
     previous = store_table.strings("previous_fingerprint_secrets", ())
+    url = store_table.string("url", DEFAULT_STORE_URL, _check_store_url)
+    url_source = store_table.key("url")
+    if env.get(STORE_URL_ENV):
+        url, url_source = env[STORE_URL_ENV], STORE_URL_ENV
+        try:
+            _check_store_url(url)
+        except ValueError as error:
+            store_table.problems.append(ConfigProblem(STORE_URL_ENV, str(error)))
     store = StoreConfig(
-        url=store_table.string("url", DEFAULT_STORE_URL, _check_store_url),
+        url=url,
+        url_source=url_source,
         on_error=store_table.string("on_error", "deny", _check_on_error),
         idempotency_ttl_seconds=store_table.number(
             "idempotency_ttl_seconds", DEFAULT_IDEMPOTENCY_TTL_S, 0.0, 30 * 86400.0
@@ -893,6 +995,12 @@ def _check_store_url(value: str) -> None:
         raise ValueError("port must be 1 to 65535, e.g. redis://127.0.0.1:6379/0")
     if not re.fullmatch(r"/?|/\d+", parts.path):
         raise ValueError("the database must be a number, e.g. redis://127.0.0.1:6379/0")
+    # The URL and its password are never repeated in a message.
+    if parts.password is not None and unquote(parts.password) in EXAMPLE_SECRETS:
+        raise ValueError(
+            "its password is an example value anyone can read in this project: set a Redis "
+            "password of your own (`openssl rand -hex 32`)"
+        )
 
 
 def _check_on_error(value: str) -> None:

@@ -29,7 +29,12 @@ from yunpian_sms_server.delivery_state import (
 )
 from yunpian_sms_server.errors import Reason, ServiceError, invalid_argument
 from yunpian_sms_server.ids import new_id
-from yunpian_sms_server.stores import SavedReports, Store, StoreUnavailableError
+from yunpian_sms_server.stores import (
+    SavedReports,
+    Store,
+    StoreUnavailableError,
+    store_required,
+)
 from yunpian_sms_server.yunpian import YunpianClient
 
 PULL_LEASE: Final = "delivery-pull"
@@ -70,7 +75,8 @@ class DeliveryReports:
     async def status(self, caller: str, message_id: str) -> SentMessage:
         """The caller's message as it stands (UNKNOWN past the report wait); NOT_FOUND for
         an unknown id or another caller's message."""
-        message = await self._store.get_message(message_id)
+        with store_required("the message's status could not be read"):
+            message = await self._store.get_message(message_id)
         if message is None or message.caller != caller:
             raise ServiceError(
                 Reason.MESSAGE_NOT_FOUND,

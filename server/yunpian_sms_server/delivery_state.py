@@ -21,6 +21,15 @@ CHINA_TIME: Final = timezone(timedelta(hours=8))
 RECEIVE_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
 # Reports in one pull or push, at most (YunPian's page and batch size).
 MAX_REPORTS: Final = 100
+# A sent message is kept this many report waits: past the first it is UNKNOWN, and the caller
+# can still ask and be told so.
+KEPT_REPORT_WAITS: Final = 2
+# A report of a message the store does not know waits this long for the message to be recorded
+# (YunPian can report before the replica that sent it has recorded it), then is dropped.
+EARLY_REPORT_S: Final = 600.0
+# At most this many such reports wait in a server's memory (a shared account reports other
+# senders' messages too): past it, the newest are dropped.
+MAX_EARLY_REPORTS: Final = 100_000
 # Longest carrier code and detail kept: YunPian's are a few dozen characters.
 MAX_CARRIER_TEXT: Final = 256
 _REPORT_STATUSES: Final = {"SUCCESS": "DELIVERED", "FAIL": "FAILED"}

@@ -194,7 +194,7 @@ class TracedStore:
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         with self._span("end_verification"):
             return await self._store.end_verification(verification_id, status, keep_s)
 

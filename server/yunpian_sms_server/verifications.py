@@ -10,6 +10,7 @@ the limit; the first right code approves it, once.
 
 from __future__ import annotations
 
+import asyncio
 import string
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from yunpian_sms_server.config import VerifyConfig
 from yunpian_sms_server.errors import Reason, ServiceError, invalid_argument
 from yunpian_sms_server.phone import PhoneNumber
 from yunpian_sms_server.send_protocol import SendOrder, SendProtocol
-from yunpian_sms_server.stores import CheckUse, CodeAdded, Store
+from yunpian_sms_server.stores import CheckUse, CodeAdded, Store, store_required
 from yunpian_sms_server.templates import render
 from yunpian_sms_server.verification_codes import check_typed_code, new_code
 from yunpian_sms_server.verification_state import (
@@ -133,6 +134,10 @@ class _StartStep:
 
     async def prepare(self) -> str:
         """A code for the pending verification, its hash kept before it leaves; the SMS text."""
+        with store_required("nothing was sent"):
+            return await self._prepare()
+
+    async def _prepare(self) -> str:
         config, keep_s = self._config, self._config.code_ttl_seconds
         for _ in range(_OPEN_ATTEMPTS):
             state = await self._store.open_verification(
@@ -175,6 +180,7 @@ class Verifications:
         self._sending = sending
         self._config = config
         self._hasher = hasher
+        self._ending: set[asyncio.Task[tuple[VerificationState | None, bool]]] = set()
 
     @property
     def code_length(self) -> int:
@@ -219,7 +225,8 @@ class Verifications:
         )
         sent = await self._sending.send(order, time_remaining)
         if sent.response.replayed:
-            state = await self.store.get_verification(sent.tag, self._keep_s)
+            with store_required("nothing was sent; the verification could not be read"):
+                state = await self.store.get_verification(sent.tag, self._keep_s)
             if state is None:  # forgotten since: the request_id outlived it
                 raise not_found()
             return Started(state, replayed=True, sent=sent.response)
@@ -237,7 +244,10 @@ class Verifications:
 
     async def find(self, caller: str, phone: PhoneNumber, usage_type: str) -> str:
         """The id of the caller's pending verification of the number and usage type."""
-        found = await self.store.find_pending_verification(pending_key(caller, phone, usage_type))
+        with store_required("nothing was checked"):
+            found = await self.store.find_pending_verification(
+                pending_key(caller, phone, usage_type)
+            )
         if found is None:
             raise not_found()
         return found
@@ -245,7 +255,10 @@ class Verifications:
     async def check(self, caller: str, verification_id: str, code: str) -> Checked:
         """Uses one check and compares the code; approves (once) or counts a wrong guess."""
         check_typed_code(code, self._config.code_length)
-        use, state = await self.store.use_verification_check(verification_id, caller, self._keep_s)
+        with store_required("the code was not checked"):
+            use, state = await self.store.use_verification_check(
+                verification_id, caller, self._keep_s
+            )
         if use is CheckUse.UNKNOWN or state is None:
             raise not_found()
         if use is CheckUse.EXPIRED_NOW:
@@ -256,29 +269,54 @@ class Verifications:
         if use is CheckUse.ENDED:
             raise ended(state)
         if self._hasher.matches(verification_id, code, state.code_hashes):
-            after = await self.store.end_verification(
-                verification_id, VerificationStatus.APPROVED, self._keep_s
-            )
-            if after is None or after.status is not VerificationStatus.APPROVED:
-                raise ended(after or state)  # another check approved it, or it just ended
+            # Only the check that ends it approves it: parallel checks of the right code (on any
+            # replicas) were all counted while it was pending, and all compare true.
+            with store_required("the right code was not approved (the check was used)"):
+                after, approved = await self.store.end_verification(
+                    verification_id, VerificationStatus.APPROVED, self._keep_s
+                )
+            if after is None:
+                raise not_found()  # forgotten meanwhile
+            if not approved:
+                raise ended(after)  # another check approved it, or it just ended
             return Checked(after, approved=True)
         if state.checks_remaining == 0:
-            after = await self.store.end_verification(
-                verification_id, VerificationStatus.MAX_ATTEMPTS_REACHED, self._keep_s
-            )
+            with store_required("the wrong code was counted; its verification's end was not"):
+                after, _ = await self._end_whatever_happens(
+                    verification_id, VerificationStatus.MAX_ATTEMPTS_REACHED
+                )
             return Checked(after or state, approved=False)
         return Checked(state, approved=False)
 
+    async def _end_whatever_happens(
+        self, verification_id: str, status: VerificationStatus
+    ) -> tuple[VerificationState | None, bool]:
+        """Ends the verification even if this call is cancelled meanwhile (its client gave up):
+        the check that used the last check must end it, or it would stay pending with none left
+        and its resends would send codes that can never be checked."""
+        task = asyncio.ensure_future(
+            self.store.end_verification(verification_id, status, self._keep_s)
+        )
+        self._ending.add(task)
+        task.add_done_callback(self._ended)
+        return await asyncio.shield(task)
+
+    def _ended(self, task: asyncio.Task[tuple[VerificationState | None, bool]]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("verification_not_ended", error=str(task.exception()))
+
     async def cancel(self, caller: str, verification_id: str) -> tuple[VerificationState, bool]:
         """Cancels the caller's pending verification; (its state, whether this call ended it)."""
-        state = await self.store.get_verification(verification_id, self._keep_s)
-        if state is None or state.caller != caller:
-            raise not_found()
-        if state.status is not VerificationStatus.PENDING:
-            return state, False
-        after = await self.store.end_verification(
-            verification_id, VerificationStatus.CANCELED, self._keep_s
-        )
-        if after is None:
-            raise not_found()
-        return after, after.status is VerificationStatus.CANCELED
+        with store_required("nothing was canceled"):
+            state = await self.store.get_verification(verification_id, self._keep_s)
+            if state is None or state.caller != caller:
+                raise not_found()
+            if state.status is not VerificationStatus.PENDING:
+                return state, False
+            after, canceled = await self.store.end_verification(
+                verification_id, VerificationStatus.CANCELED, self._keep_s
+            )
+            if after is None:
+                raise not_found()
+            return after, canceled

@@ -53,9 +53,9 @@ class Fault:
     still be accepted and recorded); "http_status" `status` (400-599: an nginx-like HTML page);
     "malformed" `body` ("not_json": HTTP 200 with truncated JSON, "wrong_shape": HTTP 200 with
     `{"result": "ok"}`); "drop" takes none (the request is read, then the connection is closed
-    without an answer; nothing recorded). A fault matches POST requests to `path` (one of the
-    three API paths; default single_send) and, when `mobile` is set, only those whose `mobile`
-    form value is exactly that.
+    without an answer; nothing recorded, no report handed out). A fault matches POST requests
+    to `path` (one of the API paths; default single_send) and, when `mobile` is set, only those
+    whose `mobile` form value is exactly that (pull_status requests have none).
     """
 
     kind: FaultKind

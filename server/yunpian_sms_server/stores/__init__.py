@@ -17,6 +17,7 @@ from yunpian_sms_server.stores.interface import (
     SavedReports,
     Store,
     StoreUnavailableError,
+    store_required,
 )
 from yunpian_sms_server.stores.memory_store import MemoryStore
 from yunpian_sms_server.stores.redis_store import RedisStore, url_problem
@@ -36,6 +37,7 @@ __all__ = [
     "Store",
     "StoreUnavailableError",
     "open_store",
+    "store_required",
     "url_problem",
 ]
 

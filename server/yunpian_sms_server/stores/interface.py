@@ -14,12 +14,14 @@ is slower, never a store failure. The queue is bounded by each caller's own dead
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Protocol
 
 from yunpian_sms_server.delivery_state import DeliveryReport, SentMessage
+from yunpian_sms_server.errors import Reason, ServiceError
 from yunpian_sms_server.limits import Window
 from yunpian_sms_server.verification_state import VerificationState, VerificationStatus
 
@@ -31,6 +33,18 @@ DEFAULT_MAX_CONNECTIONS: Final = 64
 
 class StoreUnavailableError(Exception):
     """The store could not be reached or failed; the caller applies store.on_error."""
+
+
+@contextlib.contextmanager
+def store_required(what: str) -> Iterator[None]:
+    """Turns a store failure into UNAVAILABLE STORE_UNAVAILABLE: `what` (a sentence's end, such
+    as "nothing was checked") cannot be done without the store, whatever store.on_error says."""
+    try:
+        yield
+    except StoreUnavailableError:
+        raise ServiceError(
+            Reason.STORE_UNAVAILABLE, f"The store is unavailable; {what}. Retry later."
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +83,9 @@ class SavedReports:
 
     saved: tuple[SentMessage, ...] = ()  # the messages as they are now
     duplicates: int = 0  # reports of messages that had one already
-    unknown: int = 0  # reports of messages this service does not know (not kept)
+    # Reports of messages this service does not know (yet): each waits a while for its message
+    # to be recorded (a report can come first), then is dropped.
+    unknown: int = 0
 
 
 class CodeAdded(Enum):
@@ -200,9 +216,11 @@ class Store(Protocol):
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         """Ends a pending verification with `status` (its code hashes forgotten); an ended one
-        is left as it is. Returns the state after; None for an unknown id."""
+        is left as it is. Returns the state after, and whether this call ended it: of calls
+        racing to end one verification, exactly one is told it did. (None, False) for an
+        unknown id."""
         ...
 
     async def get_verification(

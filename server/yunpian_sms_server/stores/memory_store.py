@@ -10,7 +10,13 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
-from yunpian_sms_server.delivery_state import DeliveryReport, DeliveryState, SentMessage
+from yunpian_sms_server.delivery_state import (
+    EARLY_REPORT_S,
+    MAX_EARLY_REPORTS,
+    DeliveryReport,
+    DeliveryState,
+    SentMessage,
+)
 from yunpian_sms_server.limits import Window
 from yunpian_sms_server.stores.interface import (
     CheckUse,
@@ -231,7 +237,7 @@ class MemoryStore:
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         return self._verifications.end(verification_id, status, keep_s)
 
     async def get_verification(
@@ -354,7 +360,17 @@ class _Verifications:
         return self._states.get(verification_id)
 
     def find_pending(self, pending_key: str) -> str | None:
-        return self._pending.get(pending_key)
+        """The pending verification's id: not one past its expiry that nothing has looked at
+        since (as in Redis, where the pending key expires with it)."""
+        found = self._pending.get(pending_key)
+        state = None if found is None else self._states.get(found)
+        if (
+            state is None
+            or state.status is not VerificationStatus.PENDING
+            or self._now() >= state.expires_at
+        ):
+            return None
+        return found
 
     def use_check(
         self, verification_id: str, caller: str, keep_s: float
@@ -376,11 +392,12 @@ class _Verifications:
 
     def end(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         state = self._live(verification_id, keep_s)
         if state is not None and state.status is VerificationStatus.PENDING:
             self._end(state, status, self._now() + keep_s)
-        return _copy_or_none(state)
+            return _copy(state), True
+        return _copy_or_none(state), False
 
     def current(self, verification_id: str, keep_s: float) -> VerificationState | None:
         return _copy_or_none(self._live(verification_id, keep_s))
@@ -395,40 +412,47 @@ def _copy_or_none(state: VerificationState | None) -> VerificationState | None:
 
 
 class _Messages:
-    """Messages sent, for their delivery reports: by id, forgotten in the order they expire."""
+    """Messages sent, for their delivery reports: by id, forgotten in the order they expire; and
+    reports that came before their message was recorded, waiting EARLY_REPORT_S for it."""
 
     def __init__(self) -> None:
         self._messages: dict[str, SentMessage] = {}
-        self._forgetting: list[tuple[float, str]] = []  # (when, message id), a heap
+        self._early: dict[str, DeliveryReport] = {}
+        # (when, message id, whether it is an early report), a heap.
+        self._forgetting: list[tuple[float, str, bool]] = []
 
     def _forget_gone(self, now: float) -> None:
         while self._forgetting and self._forgetting[0][0] <= now:
-            _, message_id = heapq.heappop(self._forgetting)
-            self._messages.pop(message_id, None)
+            _, message_id, early = heapq.heappop(self._forgetting)
+            (self._early if early else self._messages).pop(message_id, None)
 
     def record(self, message: SentMessage, keep_s: float) -> None:
         now = time.time()
         self._forget_gone(now)
-        self._messages[message.message_id] = dataclasses.replace(message)
-        heapq.heappush(self._forgetting, (now + keep_s, message.message_id))
+        kept = self._messages[message.message_id] = dataclasses.replace(message)
+        heapq.heappush(self._forgetting, (now + keep_s, message.message_id, False))
+        report = self._early.pop(message.message_id, None)
+        if report is not None:
+            _apply(kept, report)
 
     def save(self, reports: Sequence[DeliveryReport]) -> SavedReports:
-        self._forget_gone(time.time())
+        now = time.time()
+        self._forget_gone(now)
         saved: list[SentMessage] = []
         duplicates = unknown = 0
         for report in reports:
             message = self._messages.get(report.message_id)
             if message is None:
                 unknown += 1
+                if len(self._early) < MAX_EARLY_REPORTS:
+                    self._early[report.message_id] = report
+                    heapq.heappush(
+                        self._forgetting, (now + EARLY_REPORT_S, report.message_id, True)
+                    )
             elif message.state is not DeliveryState.PENDING:
                 duplicates += 1
             else:
-                message.state = report.state
-                message.carrier_code, message.carrier_detail = (
-                    report.carrier_code,
-                    report.carrier_detail,
-                )
-                message.received_at = report.received_at
+                _apply(message, report)
                 saved.append(dataclasses.replace(message))
         return SavedReports(tuple(saved), duplicates, unknown)
 
@@ -436,3 +460,10 @@ class _Messages:
         self._forget_gone(time.time())
         found = self._messages.get(message_id)
         return None if found is None else dataclasses.replace(found)
+
+
+def _apply(message: SentMessage, report: DeliveryReport) -> None:
+    """A message as its report says it ended."""
+    message.state = report.state
+    message.carrier_code, message.carrier_detail = report.carrier_code, report.carrier_detail
+    message.received_at = report.received_at

@@ -10,7 +10,12 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from yunpian_sms_server.delivery_state import DeliveryReport, DeliveryState, SentMessage
+from yunpian_sms_server.delivery_state import (
+    EARLY_REPORT_S,
+    DeliveryReport,
+    DeliveryState,
+    SentMessage,
+)
 from yunpian_sms_server.limits import Window
 from yunpian_sms_server.stores.interface import (
     DEFAULT_MAX_CONNECTIONS,
@@ -108,44 +113,69 @@ return 0
 """
 
 # Messages sent, for their delivery reports: a hash at MESSAGE_PREFIX + sid (caller, sent_ms,
-# state, code, detail, received_ms), expiring with the time YunPian keeps reports.
+# state, code, detail, received_ms), expiring when its report is no longer of use. A report of a
+# message not recorded yet (YunPian can report before the sending replica has recorded it) waits
+# at EARLY_REPORT_PREFIX + sid for EARLY_REPORT_S, and recording the message takes it in.
 MESSAGE_PREFIX: Final = KEY_PREFIX + "msg:"
+EARLY_REPORT_PREFIX: Final = KEY_PREFIX + "msg-early:"
 LEASE_PREFIX: Final = KEY_PREFIX + "lease:"
+_MESSAGE_PRELUDE: Final = """
+-- Records a message sent (KEYS: the message, its early report), taking in a report that came
+-- first.
+local function record_message(message, early, caller, sent_ms, keep_ms)
+  redis.call('HSET', message, 'caller', caller, 'sent_ms', sent_ms, 'state', 'PENDING')
+  redis.call('PEXPIRE', message, tonumber(keep_ms))
+  local report = redis.call('HMGET', early, 'state', 'code', 'detail', 'received_ms')
+  if report[1] then
+    redis.call('HSET', message, 'state', report[1], 'code', report[2], 'detail', report[3],
+      'received_ms', report[4])
+    redis.call('DEL', early)
+  end
+end
+"""
 
-# KEYS[1]: the request_id's record, then (optionally) the message's key. ARGV: fingerprint,
-# record, ttl_ms, then (optionally) caller, sent_ms, keep_ms. Whoever holds the claim: an outcome
-# that may have sent an SMS is kept, always; and the message sent, for its report.
-_COMPLETE: Final = """
+# KEYS: the request_id's record, then (optionally) the message and its early report. ARGV:
+# fingerprint, record, ttl_ms, then (optionally) caller, sent_ms, keep_ms. Whoever holds the
+# claim: an outcome that may have sent an SMS is kept, always; and the message sent, for its
+# report.
+_COMPLETE: Final = (
+    _MESSAGE_PRELUDE
+    + """
 redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'record', ARGV[2])
 redis.call('HDEL', KEYS[1], 'holder')
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-if KEYS[2] then
-  redis.call('HSET', KEYS[2], 'caller', ARGV[4], 'sent_ms', ARGV[5], 'state', 'PENDING')
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]))
-end
+if KEYS[2] then record_message(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6]) end
 return 0
 """
+)
 
-# KEYS[1]: the message. ARGV: caller, sent_ms, keep_ms.
-_RECORD_MESSAGE: Final = """
-redis.call('HSET', KEYS[1], 'caller', ARGV[1], 'sent_ms', ARGV[2], 'state', 'PENDING')
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+# KEYS: the message, its early report. ARGV: caller, sent_ms, keep_ms.
+_RECORD_MESSAGE: Final = (
+    _MESSAGE_PRELUDE
+    + """
+record_message(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 0
 """
+)
 
-# KEYS: the reports' messages. ARGV: per report (state, code, detail, received_ms or '').
-# Returns per report: 'unknown', 'duplicate', or {caller, sent_ms} of a message saved now.
+# KEYS: per report, its message and its early report. ARGV: early_ms, then per report (state,
+# code, detail, received_ms or ''). Returns per report: 'early' (its message is not recorded:
+# the report waits for it), 'duplicate', or {caller, sent_ms} of a message saved now.
 _SAVE_REPORTS: Final = """
 local answers = {}
-for i, key in ipairs(KEYS) do
-  local r = redis.call('HMGET', key, 'state', 'caller', 'sent_ms')
-  local base = 4 * (i - 1)
+for i = 1, #KEYS / 2 do
+  local message, early = KEYS[2 * i - 1], KEYS[2 * i]
+  local r = redis.call('HMGET', message, 'state', 'caller', 'sent_ms')
+  local base = 1 + 4 * (i - 1)
   if not r[1] then
-    answers[i] = 'unknown'
+    redis.call('HSET', early, 'state', ARGV[base + 1], 'code', ARGV[base + 2],
+      'detail', ARGV[base + 3], 'received_ms', ARGV[base + 4])
+    redis.call('PEXPIRE', early, tonumber(ARGV[1]))
+    answers[i] = 'early'
   elseif r[1] ~= 'PENDING' then
     answers[i] = 'duplicate'
   else
-    redis.call('HSET', key, 'state', ARGV[base + 1], 'code', ARGV[base + 2],
+    redis.call('HSET', message, 'state', ARGV[base + 1], 'code', ARGV[base + 2],
       'detail', ARGV[base + 3], 'received_ms', ARGV[base + 4])
     answers[i] = {r[2], r[3]}
   end
@@ -280,15 +310,16 @@ return {'counted', redis.call('HGETALL', KEYS[1])}
 """
 )
 
-# KEYS[1]: the verification. ARGV: id, status, keep_ms. Returns {fields} or {} if unknown.
+# KEYS[1]: the verification. ARGV: id, status, keep_ms. Returns {'ended', fields} when this call
+# ended it, {'kept', fields} when it had ended already, {} if unknown.
 _END_VERIFICATION: Final = (
     _VERIFICATION_PRELUDE
     + """
 local now = now_ms()
 local fields, status = live(KEYS[1], ARGV[1], tonumber(ARGV[3]), now)
 if not fields then return {} end
-if status ~= 'PENDING' then return fields end
-return end_as(KEYS[1], ARGV[1], ARGV[2], now + tonumber(ARGV[3]))
+if status ~= 'PENDING' then return {'kept', fields} end
+return {'ended', end_as(KEYS[1], ARGV[1], ARGV[2], now + tonumber(ARGV[3]))}
 """
 )
 
@@ -322,6 +353,11 @@ def _verification_state(verification_id: str, flat: list[bytes]) -> Verification
         message_id=fields.get("message_id", ""),
         code_hashes=tuple(hashes.split(",")) if hashes else (),
     )
+
+
+def _message_keys(message_id: str) -> list[str]:
+    """The keys of a message sent and of a report of it that came early."""
+    return [MESSAGE_PREFIX + message_id, EARLY_REPORT_PREFIX + message_id]
 
 
 def _text(value: bytes | str) -> str:
@@ -443,28 +479,29 @@ class RedisStore:
         keys = [KEY_PREFIX + "idem:" + key]
         args: list[str | int | float | bytes] = [fingerprint, record, _ms(ttl_s)]
         if message is not None:
-            keys.append(MESSAGE_PREFIX + message.message_id)
+            keys += _message_keys(message.message_id)
             args += [message.caller, _ms(message.sent_at), _ms(message_keep_s)]
         await self._run(self._complete, keys, args)
 
     async def record_message(self, message: SentMessage, keep_s: float) -> None:
-        keys = [MESSAGE_PREFIX + message.message_id]
         await self._run(
-            self._record_message, keys, [message.caller, _ms(message.sent_at), _ms(keep_s)]
+            self._record_message,
+            _message_keys(message.message_id),
+            [message.caller, _ms(message.sent_at), _ms(keep_s)],
         )
 
     async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:
         if not reports:
             return SavedReports()
-        args: list[str | int | float | bytes] = []
+        args: list[str | int | float | bytes] = [_ms(EARLY_REPORT_S)]
         for report in reports:
             received = "" if report.received_at is None else str(_ms(report.received_at))
             args += [report.state.value, report.carrier_code, report.carrier_detail, received]
-        keys = [MESSAGE_PREFIX + report.message_id for report in reports]
+        keys = [key for report in reports for key in _message_keys(report.message_id)]
         answers = await self._run(self._save_reports, keys, args)
         saved, duplicates, unknown = [], 0, 0
         for report, answer in zip(reports, answers, strict=True):
-            if answer == b"unknown":
+            if answer == b"early":
                 unknown += 1
             elif answer == b"duplicate":
                 duplicates += 1
@@ -584,11 +621,13 @@ class RedisStore:
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         keys = [VERIFICATION_PREFIX + verification_id]
         args: list[str | int | float] = [verification_id, status.value, _ms(keep_s)]
-        flat = await self._run(self._end_verification, keys, args)
-        return _verification_state(verification_id, flat) if flat else None
+        answer = await self._run(self._end_verification, keys, args)
+        if not answer:
+            return None, False
+        return _verification_state(verification_id, answer[1]), answer[0] == b"ended"
 
     async def get_verification(
         self, verification_id: str, keep_s: float

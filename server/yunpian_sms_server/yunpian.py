@@ -161,6 +161,16 @@ def _parse_answer(status: int, body: bytes, subject: str, secrets: Sequence[str]
     return answer
 
 
+def answer_code(body: bytes) -> int | None:
+    """The `code` of an answer that is a JSON object with one (0: accepted); else None."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    code = answer.get("code") if isinstance(answer, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
 class YunpianClient:
     """Calls YunPian's API through one shared aiohttp session."""
 
@@ -226,15 +236,7 @@ class YunpianClient:
                 )
             started = loop.time()
             try:
-                async with self._session.post(
-                    url,
-                    data=body,
-                    timeout=aiohttp.ClientTimeout(total=budget),
-                ) as response:
-                    answer = await response.read()
-                    if self._on_latency is not None:
-                        self._on_latency(path, loop.time() - started)
-                    return _parse_answer(response.status, answer, subject, secrets)
+                status, answer = await self._exchange(path, url, body, budget, tries)
             except _TRANSPORT_ERRORS as error:
                 if attempt.connected:
                     raise self._lost(error) from None
@@ -244,8 +246,23 @@ class YunpianClient:
                         "YunPian could not be reached; nothing was sent.",
                         metadata={"error": type(error).__name__},
                     ) from None
+            else:
+                if self._on_latency is not None:
+                    self._on_latency(path, loop.time() - started)
+                return _parse_answer(status, answer, subject, secrets)
             await asyncio.sleep(min(CONNECT_RETRY_BACKOFF_S * tries, deadline - loop.time()))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(
+        self, path: str, url: str, body: bytes, budget_s: float, tries: int
+    ) -> tuple[int, bytes]:
+        """One POST of `body` to `url` (YunPian's `path`), the call's try number `tries`,
+        within `budget_s`: the HTTP status and the body of the answer. (traced_adapters makes
+        a span of it.)"""
+        async with self._session.post(
+            url, data=body, timeout=aiohttp.ClientTimeout(total=budget_s)
+        ) as response:
+            return response.status, await response.read()
 
     @staticmethod
     def _lost(error: BaseException) -> ServiceError:

@@ -381,12 +381,13 @@ async def start_verify_serve(start_serve: StartServe, config: dict[str, Any]) ->
     return VerifyServe(await start_serve(config, "--sandbox"))
 
 
-@pytest.fixture(scope="module")
-def verify_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifyServe]:
-    """One `serve --sandbox` for the module's tests; each test verifies a number of its own."""
+def module_serve(
+    tmp_path_factory: pytest.TempPathFactory, config: dict[str, Any]
+) -> Iterator[VerifyServe]:
+    """A `serve --sandbox` process with `config`, until the module's tests are done."""
     directory = tmp_path_factory.mktemp("serve")
     config_path = directory / "config.toml"
-    config_path.write_text(toml_text(VERIFY_CONFIG), encoding="utf-8")
+    config_path.write_text(toml_text(config), encoding="utf-8")
     process = ServeProcess.start(
         "--config", str(config_path), "--listen", "127.0.0.1:0", "--sandbox", directory=directory
     )
@@ -395,6 +396,12 @@ def verify_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifySer
         yield VerifyServe(process)
     finally:
         asyncio.run(process.kill())
+
+
+@pytest.fixture(scope="module")
+def verify_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifyServe]:
+    """One `serve --sandbox` for the module's tests; each test verifies a number of its own."""
+    yield from module_serve(tmp_path_factory, VERIFY_CONFIG)
 
 
 def wrong_code(code: str) -> str:
@@ -713,17 +720,7 @@ def settled_status(target: str, message_id: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def status_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifyServe]:
     """One `serve --sandbox` without a [delivery] table: it pulls its sandbox's reports."""
-    directory = tmp_path_factory.mktemp("serve")
-    config_path = directory / "config.toml"
-    config_path.write_text(toml_text(BASE_CONFIG), encoding="utf-8")
-    process = ServeProcess.start(
-        "--config", str(config_path), "--listen", "127.0.0.1:0", "--sandbox", directory=directory
-    )
-    try:
-        asyncio.run(process.next_event("serving"))
-        yield VerifyServe(process)
-    finally:
-        asyncio.run(process.kill())
+    yield from module_serve(tmp_path_factory, BASE_CONFIG)
 
 
 def test_status_says_pending_then_delivered_and_exits_0(status_serve: VerifyServe) -> None:

@@ -252,8 +252,7 @@ class SmsServer:
         self.sandbox: RunningSandbox | None = None
         self._session: aiohttp.ClientSession | None = None
         self._server: grpc.aio.Server | None = None
-        # grpc-stubs lags grpcio: it lacks the asyncio health servicer.
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health = health.aio.HealthServicer()
         self._shutdown = Shutdown()
         self._sending: SendProtocol | None = None
         self._verifications: Verifications | None = None
@@ -422,9 +421,11 @@ class SmsServer:
         self.metrics.child(self.metrics.upstream_latency, path).observe(seconds)
 
     async def _set_health(self, *, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING
-        if not serving:
-            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in ("", SERVICE_NAME):
             await self._health.set(service, status)
 

@@ -132,8 +132,7 @@ class RpcEnvelope:
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
         )
-        # grpc-stubs lags grpcio: it lacks the registered-method fast path.
-        server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
+        server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
     def wrap(self, rpc: str, handler: Handler) -> GrpcHandler:
         """The gRPC method `rpc`: `handler` served inside the envelope."""

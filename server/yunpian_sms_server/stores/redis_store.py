@@ -297,7 +297,8 @@ return 0
 # KEYS[1]: the verification. ARGV: id, keep_ms, caller, then the typed code's hashes. Returns
 # {'approved' | 'wrong' | 'ended' | 'expired_now', fields} or {'unknown'} (unknown, or another
 # caller's: nothing used). One check used and decided in one step: a right code approves, the
-# last wrong one ends it.
+# last wrong one ends it. The hashes are HMACs under a secret the store never sees, and Lua 5.1
+# interns every string, so `==` compares them in constant time.
 _USE_VERIFICATION_CHECK: Final = (
     _VERIFICATION_PRELUDE
     + """

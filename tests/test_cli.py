@@ -47,7 +47,7 @@ from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.auth import hash_token
 from yunpian_sms_server.cli import TARGET_ENV, TOKEN_ENV, main
-from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV
+from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV, KNOWN_KEYS
 from yunpian_sms_server.sandbox import SANDBOX_API_KEY, RunningSandbox
 from yunpian_sms_server.templates import yunpian_form
 
@@ -848,6 +848,65 @@ def test_check_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
         "config error: yunpian.timeout_seconds: must be more than 0 and at most 60",
     ]
     assert "Traceback" not in result.stderr
+
+
+STORE_KEYS: Final = ", ".join(sorted(KNOWN_KEYS["store"]))
+# A file's unknown name -> the line check-config prints about it.
+MISSPELT: Final = {
+    "key": ('[store]\nurll = "memory://"\n', "store.urll: is not a known key; did you mean url?"),
+    "dashed key": (
+        '[store]\non-error = "deny"\n',
+        "store.on-error: is not a known key; did you mean on_error?",
+    ),
+    "table": ('[stor]\nurl = "memory://"\n', "stor: is not a known key; did you mean store?"),
+    "nested table": ("[server.tsl]\n", "server.tsl: is not a known key; did you mean tls?"),
+    "usage type": (
+        "[templates]\nSignin = '{{code}}'\n",
+        "templates.Signin: is not a usage type; did you mean SignIn?",
+    ),
+    "templates option": (
+        "[templates]\nverify_onstart = true\n",
+        "templates.verify_onstart: is not a usage type; did you mean verify_on_start?",
+    ),
+    "no match": (
+        '[store]\nredis = "memory://"\n',
+        f"store.redis: is not a known key (known: {STORE_KEYS})",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "line"), MISSPELT.values(), ids=MISSPELT)
+def test_check_config_names_the_key_meant_for_an_unknown_one(
+    text: str, line: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[yunpian]\napi_key = "{API_KEY}"\n{text}', encoding="utf-8")
+
+    result = run_cli("check-config", "--config", str(path))
+
+    assert (result.returncode, result.stdout) == (2, ""), result
+    assert f"config error: {line}\n" in result.stderr
+
+
+def test_check_config_names_the_callers_variable_a_stray_one_is_like(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[yunpian]\napi_key = "{API_KEY}"\n[auth.callers.signin-service]\n')
+    env = {
+        "YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE": hash_token(TOKEN),
+        "YUNPIAN_SMS_TOKEN_SHA256_SINGIN_SERVICE": hash_token("another"),
+        "YUNPIAN_SMS_TOKEN_SHA256_OPS": hash_token("ops"),
+    }
+
+    result = run_cli("check-config", "--config", str(path), env=env)
+
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [
+        "config error: YUNPIAN_SMS_TOKEN_SHA256_OPS: names no caller of [auth.callers] (the "
+        "caller NAME reads YUNPIAN_SMS_TOKEN_SHA256_NAME, upper-cased, '-' and '.' as '_')",
+        "config error: YUNPIAN_SMS_TOKEN_SHA256_SINGIN_SERVICE: names no caller of "
+        "[auth.callers] (the caller NAME reads YUNPIAN_SMS_TOKEN_SHA256_NAME, upper-cased, '-' "
+        "and '.' as '_'); did you mean YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE?",
+    ]
 
 
 def test_check_config_accepts_a_valid_file(tmp_path: Path) -> None:

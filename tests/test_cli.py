@@ -5,15 +5,19 @@ against a `serve --sandbox` process)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import calendar
+import importlib.metadata
 import io
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +30,7 @@ import pytest
 from pki import Pki
 from support import (
     BASE_CONFIG,
+    CLI_TIMEOUT_S,
     FINGERPRINT_SECRET,
     GENERIC_ID,
     INTERNATIONAL_ID,
@@ -46,7 +51,7 @@ from support import (
 from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.auth import hash_token
-from yunpian_sms_server.cli import TARGET_ENV, TOKEN_ENV, main
+from yunpian_sms_server.cli import TARGET_ENV, TOKEN_ENV, build_parser, main
 from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV, KNOWN_KEYS
 from yunpian_sms_server.sandbox import SANDBOX_API_KEY, RunningSandbox
 from yunpian_sms_server.templates import yunpian_form
@@ -569,17 +574,6 @@ def undocumented(help_text: str) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("command", [(), ("start",), ("check",), ("cancel",)], ids=str)
-def test_every_option_of_verify_has_help(
-    command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
-) -> None:
-    status, out, _ = exit_of(("verify", *command, "--help"), capsys)
-
-    assert status == 0
-    assert undocumented(out) == []
-    assert command == () or "--target" in out
-
-
 def test_the_help_checker_finds_an_entry_without_help() -> None:
     text = "options:\n  -h, --help  show this\n  --bare BARE\n  --next N    described\n"
 
@@ -817,15 +811,6 @@ def test_a_wrong_status_command_line_exits_2_without_calling(
 
     assert (status, out) == (2, "")
     assert complaint in err
-
-
-def test_every_option_of_status_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, _ = exit_of(("status", "--help"), capsys)
-
-    assert status == 0
-    assert undocumented(out) == []
-    for option in ("MESSAGE_ID", "--target", "--tls-ca", "--tls-cert", "--tls-key"):
-        assert option in out
 
 
 def test_the_readme_lists_the_status_command() -> None:
@@ -1154,6 +1139,177 @@ async def test_the_sandbox_command_on_a_busy_port_exits_2_with_one_line(
     ]
     async with AsyncSmsClient(first.target, default_timeout=10.0) as client:
         assert (await client.send_code("13800138000", "123456")).message_id
+
+
+# --- every command: --version, help, the README ------------------------------------------------
+
+REPO: Final = Path(__file__).resolve().parent.parent
+
+
+def commands_of(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every command's parser by its words, the whole command line's (()) first."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                yield from commands_of(command, (*path, name))
+
+
+COMMANDS: Final = dict(commands_of(build_parser()))
+# The commands that call a server, each with the same connection options.
+CLIENT_COMMANDS: Final = [
+    ("send",),
+    ("verify", "start"),
+    ("verify", "check"),
+    ("verify", "cancel"),
+    ("status",),
+    ("validate-template",),
+]
+
+
+def has_default(action: argparse.Action) -> bool:
+    """Whether leaving the option out gives it a value of its own (not None or a flag's False)."""
+    return action.default not in (None, False, argparse.SUPPRESS)
+
+
+def help_problems(parser: argparse.ArgumentParser) -> list[str]:
+    """What a user asking --help would miss: a subcommand, option or argument without help, or
+    an option whose help does not say the default it takes when left out."""
+    problems = []
+    for action in parser._actions:
+        name = "/".join(action.option_strings) or action.metavar or action.dest
+        if isinstance(action, argparse._SubParsersAction):
+            # argparse lists a command among its choices' helps only when it was given one.
+            told = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            problems += [
+                f"command {command}: no help"
+                for command in action.choices
+                if not told.get(command, "").strip()
+            ]
+        elif action.help in (None, argparse.SUPPRESS) or not action.help.strip():
+            problems.append(f"{name}: no help")
+        elif has_default(action) and "default" not in action.help:
+            problems.append(f"{name}: its help does not say its default, {action.default!r}")
+    return problems
+
+
+def test_the_help_walk_finds_what_lacks_help() -> None:
+    parser = argparse.ArgumentParser(prog="p")
+    parser.add_argument("--bare")
+    parser.add_argument("--hidden", help=argparse.SUPPRESS)
+    parser.add_argument("--port", default=8080, help="where to listen")
+    parser.add_argument("--said", default=1, help="a number (default: %(default)s)")
+    parser.add_argument("--flag", action="store_true", help="a flag")
+    commands = parser.add_subparsers()
+    commands.add_parser("quiet")
+    commands.add_parser("told", help="a command")
+
+    assert help_problems(parser) == [
+        "--bare: no help",
+        "--hidden: no help",
+        "--port: its help does not say its default, 8080",
+        "command quiet: no help",
+    ]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda words: " ".join(words) or "(top)")
+def test_every_option_of_every_command_has_help(
+    command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert help_problems(COMMANDS[command]) == []
+
+    status, out, _ = exit_of((*command, "--help"), capsys)
+
+    assert status == 0
+    assert out.startswith(f"usage: {' '.join(('yunpian-sms', *command))}")
+    assert undocumented(out) == []
+
+
+@pytest.mark.parametrize("command", CLIENT_COMMANDS, ids=" ".join)
+def test_every_command_that_calls_a_server_takes_the_connection_options(
+    command: tuple[str, ...],
+) -> None:
+    options = {option for action in COMMANDS[command]._actions for option in action.option_strings}
+    assert {"--target", "--tls-ca", "--tls-cert", "--tls-key"} <= options
+
+
+def project(pyproject: Path) -> dict[str, Any]:
+    """The [project] table of a pyproject.toml."""
+    table: dict[str, Any] = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    return table
+
+
+def test_every_entry_point_prints_the_installed_versions_and_exits_0() -> None:
+    server = project(REPO / "pyproject.toml")
+    client = project(REPO / "client" / "pyproject.toml")
+    proto = (REPO / "protos/yunpian/sms/v1/sms_service.proto").read_text(encoding="utf-8")
+    package = re.search(r"^package ([\w.]+);", proto, re.M)
+    assert package is not None
+    runtime = ", ".join(
+        f"{name} {importlib.metadata.version(name)}" for name in ("grpcio", "protobuf")
+    )
+    expected = (
+        f"{server['name']} {server['version']} ({client['name']} {client['version']}, "
+        f"contract {package[1]}; Python {platform.python_version()}, {runtime})\n"
+    )
+    scripts = {**server.get("scripts", {}), **client.get("scripts", {})}
+    assert "yunpian-sms" in scripts
+
+    for script in scripts:
+        result = subprocess.run(
+            [Path(sys.executable).parent / script, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+            env={"COLUMNS": "40"},  # argparse would wrap a version to the terminal's width
+            check=False,
+        )
+        assert (result.returncode, result.stdout, result.stderr) == (0, expected, ""), script
+
+
+def readme_commands() -> str:
+    """The README's list of commands: its table and what follows it, up to the next heading."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("Commands (`yunpian-sms --help` for details):")
+    end = readme.index("\n## ", start)
+    return readme[start:end]
+
+
+def readme_command_rows() -> list[tuple[tuple[str, ...], str]]:
+    """Each command line of the README's table (`send PHONE CODE [--usage-type TYPE] …`): the
+    command it runs (its words, as in COMMANDS) and the line."""
+    rows = []
+    for line in readme_commands().splitlines():
+        if not line.startswith("| `"):
+            continue
+        first_cell = re.split(r"(?<!\\)\|", line)[1]
+        for usage in re.findall(r"`([^`]+)`", first_cell):
+            words: tuple[str, ...] = ()
+            for word in usage.split():
+                if (*words, word) not in COMMANDS:
+                    break
+                words = (*words, word)
+            rows.append((words, usage))
+    return rows
+
+
+def test_the_readme_lists_every_command_with_options_it_has() -> None:
+    rows = readme_command_rows()
+    leaves = {
+        words
+        for words, parser in COMMANDS.items()
+        if not any(isinstance(action, argparse._SubParsersAction) for action in parser._actions)
+    }
+
+    assert leaves - {words for words, _ in rows} == set(), "commands the README does not list"
+    for words, usage in rows:
+        options = {
+            option for action in COMMANDS[words]._actions for option in action.option_strings
+        }
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", usage))
+        assert named <= options, (usage, named - options)
 
 
 # --- argument errors --------------------------------------------------------------------------

@@ -51,14 +51,17 @@ from support import (
 from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.auth import hash_token
-from yunpian_sms_server.cli import TARGET_ENV, TOKEN_ENV, build_parser, main
+from yunpian_sms_server.cli import DEFAULT_TARGET, TARGET_ENV, TOKEN_ENV, build_parser, main
 from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV, KNOWN_KEYS
-from yunpian_sms_server.sandbox import SANDBOX_API_KEY, RunningSandbox
+from yunpian_sms_server.sandbox import SANDBOX_API_KEY, Fault, RunningSandbox
 from yunpian_sms_server.templates import yunpian_form
+from yunpian_sms_server.usage_types import USAGE_TYPE_VALUES
 
 API_KEY: Final = "0123456789abcdef0123456789abcdef"
 PHONE: Final = "13800138000"
 TOKEN: Final = "checkout-token"
+# The per-number window of the rate-limit test: short, since the test waits it out.
+RATE_WINDOW_S: Final = 2
 # Delivery reports pulled often, for in-process servers.
 PULL: Final = {"mode": "pull", "pull_interval_seconds": 0.05, "pull_lease_seconds": 5.0}
 # 登陆 where the approved SignIn template has 登录.
@@ -212,7 +215,78 @@ async def test_send_exits_1_with_the_refusal_on_stderr_and_nothing_on_stdout(
     assert ran.out == ""
     assert ran.err.startswith("error: ")
     assert "INVALID_PHONE_NUMBER" in ran.err
+    assert "retry after" not in ran.err  # no RetryInfo: no wait to tell
     assert sandbox.sandbox.messages == []
+
+
+async def test_send_refused_by_a_rate_limit_prints_a_wait_long_enough_and_exits_1(
+    start_server: StartServer,
+    sandbox: RunningSandbox,
+    yunpian_sms: InProcess,
+) -> None:
+    sandbox.sandbox.enforce_limits = False  # the service's own limit is the one under test
+    server = await start_server(make_config(limits={"per_phone": [f"1/{RATE_WINDOW_S}s"]}))
+    args = ("send", PHONE, "123456", "--target", target_of(server))
+
+    first = await yunpian_sms(*args)
+    again = await yunpian_sms(*args)
+
+    assert first.status == 0, first
+    assert (again.status, again.out) == (1, "")
+    refusal = re.fullmatch(
+        r"error: RESOURCE_EXHAUSTED RATE_LIMITED: .* \(retry after (?P<wait>\d+) s\)\n", again.err
+    )
+    assert refusal is not None, again.err
+    wait_s = int(refusal["wait"])
+    assert 1 <= wait_s <= RATE_WINDOW_S
+    # Rounded up, never down: waiting what it printed is enough.
+    await asyncio.sleep(wait_s)
+    after_the_wait = await yunpian_sms(*args)
+    assert after_the_wait.status == 0, after_the_wait
+    assert len(sandbox.sandbox.messages) == 2
+
+
+@pytest.mark.parametrize(
+    ("yunpian_code", "wait"),
+    [(33, "30 s"), (-4, "1 min"), (9, "5 min"), (22, "1 h"), (17, "24 h")],
+)
+async def test_send_refused_by_yunpian_with_a_retry_delay_prints_the_wait(
+    server: SmsServer,
+    sandbox: RunningSandbox,
+    yunpian_sms: InProcess,
+    yunpian_code: int,
+    wait: str,
+) -> None:
+    sandbox.sandbox.inject(Fault(kind="error", code=yunpian_code))
+
+    ran = await yunpian_sms("send", PHONE, "123456", "--target", target_of(server))
+
+    assert (ran.status, ran.out) == (1, "")
+    assert ran.err.startswith("error: RESOURCE_EXHAUSTED PROVIDER_"), ran.err
+    assert ran.err.endswith(f" (retry after {wait})\n"), ran.err
+
+
+async def test_verify_start_past_its_sends_prints_the_wait_until_it_expires(
+    start_server: StartServer, yunpian_sms: InProcess
+) -> None:
+    # A code lives 1 h 2 min 5 s: the wait for a new verification, once this one has had its
+    # only SMS, is that less the moment since the start.
+    verify = {
+        "enabled": True,
+        "secret": "verify-secret-0123456789abcdef-0123",
+        "max_sends": 1,
+        "code_ttl_seconds": 3725.0,
+    }
+    server = await start_server(make_config(verify=verify))
+    args = ("verify", "start", PHONE, "--target", target_of(server))
+
+    started = await yunpian_sms(*args)
+    again = await yunpian_sms(*args)
+
+    assert started.status == 0, started
+    assert (again.status, again.out) == (1, "")
+    assert again.err.startswith("error: RESOURCE_EXHAUSTED VERIFICATION_SEND_LIMIT: "), again.err
+    assert re.search(r" \(retry after 1 h 2 min [0-5] s\)\n\Z", again.err), again.err
 
 
 async def test_send_finds_its_server_and_bearer_token_in_the_environment(
@@ -1310,6 +1384,22 @@ def test_the_readme_lists_every_command_with_options_it_has() -> None:
         }
         named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", usage))
         assert named <= options, (usage, named - options)
+
+
+def test_the_readme_states_the_default_of_every_option_that_has_one() -> None:
+    text = " ".join(readme_commands().split())  # a `code span` may wrap onto the next line
+    missing = [
+        f"`{' '.join(words)} {action.option_strings[-1]} {action.default}`"
+        for words, parser in COMMANDS.items()
+        for action in parser._actions
+        if action.option_strings and has_default(action)
+        if f"`{' '.join(words)} {action.option_strings[-1]} {action.default}`" not in text
+    ]
+
+    assert missing == [], "README.md: state these defaults under the commands table"
+    assert f"`--target` is `${TARGET_ENV}`, else `{DEFAULT_TARGET}`" in text
+    usage_types = ", ".join(f"`{name}`" for name in USAGE_TYPE_VALUES)
+    assert f"`TYPE` is one of {usage_types}." in text
 
 
 # --- argument errors --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import gc
 import importlib.metadata
+import math
 import os
 import platform
 import signal
@@ -362,8 +363,22 @@ def _client(args: argparse.Namespace) -> SmsClient:
     return SmsClient(_target(args.target), credentials=credentials, metadata=metadata)
 
 
+def _duration(seconds: float) -> str:
+    """A wait as a person reads it, rounded up to whole seconds: "59 s", "1 h 2 min 5 s"."""
+    minutes, secs = divmod(max(math.ceil(seconds), 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else ""]
+    parts.append(f"{secs} s" if secs or not (hours or minutes) else "")
+    return " ".join(part for part in parts if part)
+
+
 def _report_error(error: SmsError) -> int:
-    print(f"error: {error}", file=sys.stderr)
+    """One line on stderr: the status, the reason, the message and, when the server said how
+    long to wait (RetryInfo: RATE_LIMITED and the like), that wait."""
+    line = f"error: {error}"
+    if error.retry_delay is not None:
+        line += f" (retry after {_duration(error.retry_delay)})"
+    print(line, file=sys.stderr)
     return EXIT_FAILED
 
 

@@ -268,6 +268,49 @@ def test_tls_files_that_are_not_files_are_a_problem(pki: Pki, tmp_path: Path) ->
     ]
 
 
+def test_telemetry_is_off_by_default_and_reads_its_keys() -> None:
+    default = parse_config({}, {}).telemetry
+    assert not default.enabled
+    assert (default.otlp_endpoint, default.service_name, default.sample_ratio) == (
+        "http://127.0.0.1:4317",
+        "yunpian-sms",
+        1.0,
+    )
+    table = {
+        "enabled": True,
+        "otlp_endpoint": "https://otel-collector.observability:4317/",
+        "service_name": "sms-eu",
+        "sample_ratio": 0,
+    }
+    telemetry = parse_config({"telemetry": table}, {}).telemetry
+    assert telemetry.enabled
+    assert telemetry.otlp_endpoint == "https://otel-collector.observability:4317"
+    assert (telemetry.service_name, telemetry.sample_ratio) == ("sms-eu", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("enabled", "yes", "must be true or false"),
+        ("otlp_endpoint", "127.0.0.1:4317", "URL and port of an OTLP/gRPC collector"),
+        ("otlp_endpoint", "grpc://collector:4317", "URL and port of an OTLP/gRPC collector"),
+        ("otlp_endpoint", "http://collector", "URL and port of an OTLP/gRPC collector"),
+        ("otlp_endpoint", "http://user:pw@collector:4317", "URL and port of an OTLP/gRPC"),
+        ("otlp_endpoint", "http://collector:4317/v1/traces", "URL and port of an OTLP/gRPC"),
+        ("service_name", " ", "must be 1 to 255 characters"),
+        ("sample_ratio", 1.5, "must be from 0 to 1"),
+        ("sample_ratio", -0.1, "must be from 0 to 1"),
+        ("sampling", 1, "is not a known key"),
+    ],
+)
+def test_telemetry_problems_are_reported_under_their_key(
+    key: str, value: object, message: str
+) -> None:
+    [problem] = problems_of({"telemetry": {key: value}})
+    assert problem.startswith(f"telemetry.{key}: ")
+    assert message in problem
+
+
 def test_grace_period_shorter_than_a_send_is_a_warning_not_a_problem() -> None:
     config = parse_config(
         {"server": {"grace_period_seconds": 5.5}, "yunpian": {"timeout_seconds": 5.0}}, {}

@@ -624,7 +624,7 @@ async def test_cancels_together_cancel_once(store: Store) -> None:
 
 
 class Stalling:
-    """A store whose `end_verification` waits until released (a slow store, a late answer)."""
+    """A store whose `use_verification_check` waits until released (a slow store)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -634,15 +634,15 @@ class Stalling:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def end_verification(self, *args: Any) -> Any:
+    async def use_verification_check(self, *args: Any) -> Any:
         self.reached.set()
         await self.release.wait()
-        return await self._store.end_verification(*args)
+        return await self._store.use_verification_check(*args)
 
 
 async def cut_off(stalling: Stalling, check: Awaitable[Checked]) -> None:
-    """Runs a check until it waits for the store to end the verification, then cancels it (its
-    client gave up, its deadline passed) and lets the store answer."""
+    """Runs a check until it waits for the store, then cancels it (its client gave up, its
+    deadline passed) and lets the store answer."""
     task = asyncio.ensure_future(check)
     await stalling.reached.wait()
     task.cancel()
@@ -654,33 +654,32 @@ async def cut_off(stalling: Stalling, check: Awaitable[Checked]) -> None:
 async def test_a_last_wrong_check_cut_off_still_ends_the_verification(store: Store) -> None:
     code = "482915"
     vid = await pending_verification(store, CodeHasher(SECRET.encode()), code)
+    for _ in range(MAX_CHECKS - 1):
+        await verifications_on(store).check("caller", vid, wrong_code(code))
     stalling = Stalling(store)
     verifications = verifications_on(stalling)
-    for _ in range(MAX_CHECKS - 1):
-        await verifications.check("caller", vid, wrong_code(code))
     await cut_off(stalling, verifications.check("caller", vid, wrong_code(code)))
+    await verifications.drain()
     # Otherwise it would stay pending with no check left: resends to it would go out with codes
     # that can never be checked, until it expires.
-    for _ in range(50):
-        state = await store.get_verification(vid, 60)
-        if state is not None and state.status is not VerificationStatus.PENDING:
-            break
-        await asyncio.sleep(0.01)
+    state = await store.get_verification(vid, 60)
     assert state is not None
-    assert state.status is VerificationStatus.MAX_ATTEMPTS_REACHED
+    assert (state.status, state.checks_used) == (VerificationStatus.MAX_ATTEMPTS_REACHED, 5)
 
 
-async def test_a_right_check_cut_off_approves_nothing_and_the_code_still_checks(
+async def test_a_right_check_cut_off_is_still_decided_and_a_retry_is_told_so(
     store: Store,
 ) -> None:
     code = "482915"
     vid = await pending_verification(store, CodeHasher(SECRET.encode()), code)
     stalling = Stalling(store)
-    await cut_off(stalling, verifications_on(stalling).check("caller", vid, code))
-    await asyncio.sleep(0.05)
+    verifications = verifications_on(stalling)
+    await cut_off(stalling, verifications.check("caller", vid, code))
+    await verifications.drain()
     state = await store.get_verification(vid, 60)
     assert state is not None
-    # The caller never heard an approval, so none happened: the check is used, the code is not.
-    assert (state.status, state.checks_used) == (VerificationStatus.PENDING, 1)
-    checked = await verifications_on(store).check("caller", vid, code)
-    assert checked.approved
+    # A check begun is decided whole, whatever its call became: never half-counted.
+    assert (state.status, state.checks_used) == (VerificationStatus.APPROVED, 1)
+    with pytest.raises(ServiceError) as retried:
+        await verifications_on(store).check("caller", vid, code)
+    assert retried.value.reason is Reason.VERIFICATION_APPROVED

@@ -52,7 +52,7 @@ from yunpian_sms_server.config import (
 from yunpian_sms_server.errors import ServiceError
 from yunpian_sms_server.listen_addresses import parse_listen
 from yunpian_sms_server.listeners import ListenError
-from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
+from yunpian_sms_server.logs import DEFAULT_LOG_LEVEL, LOG_FORMATS, LOG_LEVELS, configure_logging
 from yunpian_sms_server.stores import url_problem
 from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker
 from yunpian_sms_server.templates import configured_templates
@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT of the --sandbox's HTTP API (default: a free loopback port)",
     )
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="default: json unless a terminal")
+    serve.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=DEFAULT_LOG_LEVEL,
+        help=f"the least severe events logged (default: {DEFAULT_LOG_LEVEL}); libraries' "
+        "records from warning up, or all with debug",
+    )
 
     send = commands.add_parser("send", help="send one verification code")
     send.add_argument("phone", help=phone_help)
@@ -628,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if exposed is not None:
                 print(f"config error: {exposed}", file=sys.stderr)
                 return EXIT_USAGE
-        configure_logging(args.log_format)
+        configure_logging(args.log_format, level=args.log_level)
         return _run_listener(_serve(config, args))
     try:
         parse_listen(args.listen)

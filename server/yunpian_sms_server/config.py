@@ -84,6 +84,12 @@ MAX_STORE_MAX_CONNECTIONS: Final = 10_000
 MAX_REFUSAL_MESSAGE_LENGTH: Final = 500
 # YunPian's upstream deadline may not exceed this: a caller waiting longer has given up anyway.
 MAX_TIMEOUT_S: Final = 60.0
+# Tracing ([telemetry]): the OTLP/gRPC collector OpenTelemetry SDKs send to unless told, the
+# service.name of the spans, and the share of traces started here that are kept.
+DEFAULT_OTLP_ENDPOINT: Final = "http://127.0.0.1:4317"
+DEFAULT_SERVICE_NAME: Final = "yunpian-sms"
+DEFAULT_SAMPLE_RATIO: Final = 1.0
+MAX_SERVICE_NAME_LENGTH: Final = 255
 _API_KEY = re.compile(r"[0-9a-fA-F]{32}")
 # A shutdown should give a send already waiting on YunPian its whole timeout, plus this.
 SHUTDOWN_MARGIN_S: Final = 1.0
@@ -115,6 +121,7 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
             "auth",
             "verify",
             "delivery",
+            "telemetry",
         }
     ),
     "server": frozenset(
@@ -167,6 +174,7 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     "auth.callers.*": frozenset({"token_sha256", "usage_types"}),
+    "telemetry": frozenset({"enabled", "otlp_endpoint", "service_name", "sample_ratio"}),
 }
 
 
@@ -307,6 +315,19 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """The `[telemetry]` section: OpenTelemetry tracing, off unless enabled."""
+
+    enabled: bool = False
+    # Where spans go: an OTLP/gRPC collector, http:// (plaintext) or https:// (TLS).
+    otlp_endpoint: str = DEFAULT_OTLP_ENDPOINT
+    service_name: str = DEFAULT_SERVICE_NAME
+    # The share of traces this server starts that are kept (0-1); a caller's traceparent
+    # decides for the traces it continues (its sampled flag).
+    sample_ratio: float = DEFAULT_SAMPLE_RATIO
+
+
+@dataclass(frozen=True, slots=True)
 class TemplateCheckConfig:
     """How templates are checked at YunPian: `[templates]` options beside the templates."""
 
@@ -332,6 +353,7 @@ class Config:
     auth: AuthConfig | None = None
     verify: VerifyConfig = VerifyConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def authenticates(self) -> bool:
@@ -797,6 +819,9 @@ def parse_config(
     delivery_table = root.table("delivery")
     delivery_table.only(KNOWN_KEYS["delivery"])
     delivery = _read_delivery(delivery_table, env, configured="delivery" in root.data)
+    telemetry_table = root.table("telemetry")
+    telemetry_table.only(KNOWN_KEYS["telemetry"])
+    telemetry = _read_telemetry(telemetry_table)
     config = Config(
         server,
         yunpian,
@@ -808,6 +833,7 @@ def parse_config(
         auth,
         verify,
         delivery,
+        telemetry,
     )
     if not problems and (exposed := exposure_problem(server.listen, config)) is not None:
         problems.append(exposed)
@@ -904,6 +930,43 @@ def _read_delivery(table: _Reader, env: Mapping[str, str], *, configured: bool) 
             "must be longer than pull_interval_seconds: the puller renews it between pulls",
         )
     return delivery
+
+
+def _read_telemetry(table: _Reader) -> TelemetryConfig:
+    return TelemetryConfig(
+        enabled=table.boolean("enabled", False),
+        otlp_endpoint=table.string(
+            "otlp_endpoint", DEFAULT_OTLP_ENDPOINT, _check_otlp_endpoint
+        ).rstrip("/"),
+        service_name=table.string("service_name", DEFAULT_SERVICE_NAME, _check_service_name),
+        sample_ratio=table.number("sample_ratio", DEFAULT_SAMPLE_RATIO, 0.0, 1.0, allow_low=True),
+    )
+
+
+def _check_otlp_endpoint(value: str) -> None:
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not port
+        or parts.path.strip("/")
+        or parts.query
+        or parts.username
+        or parts.password
+    ):
+        raise ValueError(
+            "must be the http:// or https:// URL and port of an OTLP/gRPC collector, "
+            "e.g. http://127.0.0.1:4317"
+        )
+
+
+def _check_service_name(value: str) -> None:
+    if not value.strip() or len(value) > MAX_SERVICE_NAME_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_SERVICE_NAME_LENGTH} characters")
 
 
 def _check_delivery_mode(value: str) -> None:

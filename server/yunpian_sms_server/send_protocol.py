@@ -78,14 +78,15 @@ Outcome = pb.SendCodeResponse | ServiceError
 class SendStep(Protocol):
     """What a send does once its request_id is claimed and it is counted, before YunPian.
 
-    `prepare` makes the text to send (it may refuse with a ServiceError: nothing is sent);
+    `prepare` makes the text to send and the code in it (it may refuse with a ServiceError:
+    nothing is sent);
     `withdraw` undoes it when nothing was sent. `tag` (set by `prepare`) is recorded with the
     outcome, and a replay of the request_id hands it back.
     """
 
     tag: str
 
-    async def prepare(self) -> str: ...
+    async def prepare(self) -> tuple[str, str]: ...
 
     async def withdraw(self) -> None: ...
 
@@ -327,16 +328,16 @@ class SendProtocol:
             else:
                 await self._count(order, taken)
             # 4. Prepare the text.
-            text = order.text
+            text, code = order.text, order.code
             if order.step is not None:
                 taken.step = order.step  # from here, what it prepared is withdrawn if unsent
-                text = await order.step.prepare()
+                text, code = await order.step.prepare()
             # 5. Call YunPian.
             if self._shutdown.interrupting:
                 raise _shutting_down()
             if taken.store_failed and self._on_store_failure_allowed is not None:
                 self._on_store_failure_allowed()
-            outcome = await self._call_yunpian(order, text, taken, time_remaining)
+            outcome = await self._call_yunpian(order, text, code, taken, time_remaining)
         except ServiceError as refusal:
             outcome = refusal  # nothing was sent
         except Exception:
@@ -422,13 +423,19 @@ class SendProtocol:
             raise self._limiter.refusal_error(refusal, order.phone.masked)
 
     async def _call_yunpian(
-        self, order: SendOrder, text: str, taken: _Taken, time_remaining: float | None
+        self,
+        order: SendOrder,
+        text: str,
+        code: str,
+        taken: _Taken,
+        time_remaining: float | None,
     ) -> Outcome:
         """The one call to YunPian: its answer, or the error it failed with."""
         try:
             result = await self._yunpian.single_send(
                 order.phone.yunpian_mobile,
                 text,
+                code=code,
                 subject=order.phone.masked,
                 time_remaining=time_remaining,
                 attempt=taken.attempt,

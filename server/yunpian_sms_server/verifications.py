@@ -132,12 +132,13 @@ class _StartStep:
         self.tag = ""  # the verification's id, once prepared
         self.state: VerificationState | None = None
 
-    async def prepare(self) -> str:
-        """A code for the pending verification, its hash kept before it leaves; the SMS text."""
+    async def prepare(self) -> tuple[str, str]:
+        """A code for the pending verification, its hash kept before it leaves; the SMS text
+        and the code."""
         with store_required("nothing was sent"):
             return await self._prepare()
 
-    async def _prepare(self) -> str:
+    async def _prepare(self) -> tuple[str, str]:
         config, keep_s = self._config, self._config.code_ttl_seconds
         for _ in range(_OPEN_ATTEMPTS):
             state = await self._store.open_verification(
@@ -158,7 +159,7 @@ class _StartStep:
                 )
             if added is CodeAdded.ADDED and after is not None:
                 self.tag, self.state, self._code_hash = after.verification_id, after, code_hash
-                return render(self._template, code)
+                return render(self._template, code), code
         raise ServiceError(
             Reason.VERIFICATION_NOT_FOUND,
             "The verification ended while a code was made for it; start again.",
@@ -180,7 +181,7 @@ class Verifications:
         self._sending = sending
         self._config = config
         self._hasher = hasher
-        self._ending: set[asyncio.Task[tuple[VerificationState | None, bool]]] = set()
+        self._checking: set[asyncio.Task[tuple[CheckUse, VerificationState | None]]] = set()
 
     @property
     def code_length(self) -> int:
@@ -253,58 +254,35 @@ class Verifications:
         return found
 
     async def check(self, caller: str, verification_id: str, code: str) -> Checked:
-        """Uses one check and compares the code; approves (once) or counts a wrong guess."""
+        """Uses one check and compares the code, in one step of the store: approves (once) or
+        counts a wrong guess, the last ending the verification. A check begun is finished even
+        if its call is cancelled meanwhile (its client gave up): the store decides it whole."""
         check_typed_code(code, self._config.code_length)
+        candidates = self._hasher.candidates(verification_id, code)
+        task = asyncio.ensure_future(
+            self.store.use_verification_check(verification_id, caller, candidates, self._keep_s)
+        )
+        self._checking.add(task)
+        task.add_done_callback(self._checked)
         with store_required("the code was not checked"):
-            use, state = await self.store.use_verification_check(
-                verification_id, caller, self._keep_s
-            )
+            use, state = await asyncio.shield(task)
         if use is CheckUse.UNKNOWN or state is None:
             raise not_found()
         if use is CheckUse.EXPIRED_NOW:
             return Checked(state, approved=False, expired_now=True)
-        if use is CheckUse.EXHAUSTED:
-            state.status = VerificationStatus.MAX_ATTEMPTS_REACHED
-            raise ended(state)
         if use is CheckUse.ENDED:
             raise ended(state)
-        if self._hasher.matches(verification_id, code, state.code_hashes):
-            # Only the check that ends it approves it: parallel checks of the right code (on any
-            # replicas) were all counted while it was pending, and all compare true.
-            with store_required("the right code was not approved (the check was used)"):
-                after, approved = await self.store.end_verification(
-                    verification_id, VerificationStatus.APPROVED, self._keep_s
-                )
-            if after is None:
-                raise not_found()  # forgotten meanwhile
-            if not approved:
-                raise ended(after)  # another check approved it, or it just ended
-            return Checked(after, approved=True)
-        if state.checks_remaining == 0:
-            with store_required("the wrong code was counted; its verification's end was not"):
-                after, _ = await self._end_whatever_happens(
-                    verification_id, VerificationStatus.MAX_ATTEMPTS_REACHED
-                )
-            return Checked(after or state, approved=False)
-        return Checked(state, approved=False)
+        return Checked(state, approved=use is CheckUse.APPROVED)
 
-    async def _end_whatever_happens(
-        self, verification_id: str, status: VerificationStatus
-    ) -> tuple[VerificationState | None, bool]:
-        """Ends the verification even if this call is cancelled meanwhile (its client gave up):
-        the check that used the last check must end it, or it would stay pending with none left
-        and its resends would send codes that can never be checked."""
-        task = asyncio.ensure_future(
-            self.store.end_verification(verification_id, status, self._keep_s)
-        )
-        self._ending.add(task)
-        task.add_done_callback(self._ended)
-        return await asyncio.shield(task)
+    def _checked(self, task: asyncio.Task[tuple[CheckUse, VerificationState | None]]) -> None:
+        self._checking.discard(task)
+        if not task.cancelled():
+            task.exception()  # the call's to raise, when it is still waiting
 
-    def _ended(self, task: asyncio.Task[tuple[VerificationState | None, bool]]) -> None:
-        self._ending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            _log.warning("verification_not_ended", error=str(task.exception()))
+    async def drain(self) -> None:
+        """Waits for the checks whose calls were cancelled to be decided."""
+        if self._checking:
+            await asyncio.gather(*self._checking, return_exceptions=True)
 
     async def cancel(self, caller: str, verification_id: str) -> tuple[VerificationState, bool]:
         """Cancels the caller's pending verification; (its state, whether this call ended it)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import heapq
+import hmac
 import struct
 import time
 from collections.abc import Sequence
@@ -231,9 +232,9 @@ class MemoryStore:
         return self._verifications.find_pending(pending_key)
 
     async def use_verification_check(
-        self, verification_id: str, caller: str, keep_s: float
+        self, verification_id: str, caller: str, code_hashes: Sequence[str], keep_s: float
     ) -> tuple[CheckUse, VerificationState | None]:
-        return self._verifications.use_check(verification_id, caller, keep_s)
+        return self._verifications.use_check(verification_id, caller, code_hashes, keep_s)
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
@@ -373,7 +374,7 @@ class _Verifications:
         return found
 
     def use_check(
-        self, verification_id: str, caller: str, keep_s: float
+        self, verification_id: str, caller: str, code_hashes: Sequence[str], keep_s: float
     ) -> tuple[CheckUse, VerificationState | None]:
         found = self._states.get(verification_id)
         if found is None or found.caller != caller:
@@ -385,10 +386,18 @@ class _Verifications:
             return CheckUse.EXPIRED_NOW, _copy(state)
         if state.status is not VerificationStatus.PENDING:
             return CheckUse.ENDED, _copy(state)
-        if state.checks_used >= state.max_checks:
-            return CheckUse.EXHAUSTED, _copy(state)
         state.checks_used += 1
-        return CheckUse.COUNTED, _copy(state)
+        # Every typed hash is compared with every stored one, whatever matches first.
+        right = False
+        for typed in code_hashes:
+            for stored in state.code_hashes:
+                right |= hmac.compare_digest(typed.encode(), stored.encode())
+        if right:
+            self._end(state, VerificationStatus.APPROVED, self._now() + keep_s)
+            return CheckUse.APPROVED, _copy(state)
+        if state.checks_used >= state.max_checks:
+            self._end(state, VerificationStatus.MAX_ATTEMPTS_REACHED, self._now() + keep_s)
+        return CheckUse.WRONG, _copy(state)
 
     def end(
         self, verification_id: str, status: VerificationStatus, keep_s: float

@@ -294,19 +294,33 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'message_
 return 0
 """
 
-# KEYS[1]: the verification. ARGV: id, keep_ms, caller. Returns {'counted' | 'exhausted' |
-# 'ended' | 'expired_now', fields} or {'unknown'} (unknown, or another caller's: nothing used).
+# KEYS[1]: the verification. ARGV: id, keep_ms, caller, then the typed code's hashes. Returns
+# {'approved' | 'wrong' | 'ended' | 'expired_now', fields} or {'unknown'} (unknown, or another
+# caller's: nothing used). One check used and decided in one step: a right code approves, the
+# last wrong one ends it.
 _USE_VERIFICATION_CHECK: Final = (
     _VERIFICATION_PRELUDE
     + """
 if redis.call('HGET', KEYS[1], 'caller') ~= ARGV[3] then return {'unknown'} end
-local fields, status, expired_now = live(KEYS[1], ARGV[1], tonumber(ARGV[2]), now_ms())
+local now = now_ms()
+local fields, status, expired_now = live(KEYS[1], ARGV[1], tonumber(ARGV[2]), now)
 if expired_now then return {'expired_now', fields} end
 if status ~= 'PENDING' then return {'ended', fields} end
-local r = redis.call('HMGET', KEYS[1], 'checks', 'max_checks')
-if tonumber(r[1]) >= tonumber(r[2]) then return {'exhausted', fields} end
-redis.call('HINCRBY', KEYS[1], 'checks', 1)
-return {'counted', redis.call('HGETALL', KEYS[1])}
+local r = redis.call('HMGET', KEYS[1], 'checks', 'max_checks', 'hashes')
+local used = tonumber(r[1]) + 1
+redis.call('HSET', KEYS[1], 'checks', used)
+local right = false
+for stored in string.gmatch(r[3], '[^,]+') do
+  for i = 4, #ARGV do
+    if stored == ARGV[i] then right = true end
+  end
+end
+local keep_until = now + tonumber(ARGV[2])
+if right then return {'approved', end_as(KEYS[1], ARGV[1], 'APPROVED', keep_until)} end
+if used >= tonumber(r[2]) then
+  return {'wrong', end_as(KEYS[1], ARGV[1], 'MAX_ATTEMPTS_REACHED', keep_until)}
+end
+return {'wrong', redis.call('HGETALL', KEYS[1])}
 """
 )
 
@@ -610,10 +624,10 @@ class RedisStore:
         return None if found is None else found.decode() if isinstance(found, bytes) else found
 
     async def use_verification_check(
-        self, verification_id: str, caller: str, keep_s: float
+        self, verification_id: str, caller: str, code_hashes: Sequence[str], keep_s: float
     ) -> tuple[CheckUse, VerificationState | None]:
         keys = [VERIFICATION_PREFIX + verification_id]
-        args: list[str | int | float] = [verification_id, _ms(keep_s), caller]
+        args: list[str | int | float] = [verification_id, _ms(keep_s), caller, *code_hashes]
         answer = await self._run(self._use_verification_check, keys, args)
         if answer[0] == b"unknown":
             return CheckUse.UNKNOWN, None

@@ -82,6 +82,15 @@ def test_every_problem_is_reported_with_its_key() -> None:
     ]
 
 
+def test_an_unknown_key_far_longer_than_any_known_one_gets_the_list_not_a_suggestion() -> None:
+    # difflib turns a name down by its length before comparing it letter by letter.
+    [problem] = problems_of({"store": {"url" * 200_000: 1}})
+    assert problem.endswith(
+        " is not a known key (known: fingerprint_secret, "
+        "idempotency_ttl_seconds, max_connections, on_error, previous_fingerprint_secrets, url)"
+    )
+
+
 def test_problems_never_repeat_the_api_key() -> None:
     problems = problems_of({"yunpian": {"api_key": "secret-but-malformed"}})
     assert not any("secret-but-malformed" in problem for problem in problems)

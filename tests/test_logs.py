@@ -233,3 +233,25 @@ async def test_serve_with_json_writes_nothing_but_json_lines_library_tracebacks_
         "rpc",
         "stopped",
     ]
+
+
+async def test_secrets_repeated_in_another_case_or_inside_the_number_are_hidden_too(
+    log_output: io.StringIO, client: AsyncSmsClient, sandbox: RunningSandbox
+) -> None:
+    told = []
+    # The code is part of the number sent to: hiding it must not unmask the number.
+    sandbox.sandbox.inject(Fault(kind="error", code=2, detail="mobile={mobile} text={text}"))
+    with pytest.raises(SmsError) as inside:
+        await client.send_code("13812345678", "3812")
+    told.append(error_words(inside.value))
+    # The code and the key repeated in another case.
+    detail = f"code=ab3812cd key={SANDBOX_API_KEY.upper()}"
+    sandbox.sandbox.inject(Fault(kind="error", code=2, detail=detail))
+    with pytest.raises(SmsError) as cased:
+        await client.send_code("13900139000", "AB3812CD")
+    told.append(error_words(cased.value))
+    assert "mobile=138****5678 text=" in inside.value.metadata["yunpian_detail"]
+    assert cased.value.metadata["yunpian_detail"] == f"code={REDACTED} key={REDACTED}"
+    for secret in ("3812", "ab3812cd", SANDBOX_API_KEY.upper(), "13812345678"):
+        assert secret not in " ".join(told)
+        assert secret not in log_output.getvalue()

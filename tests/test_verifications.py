@@ -16,11 +16,14 @@ from typing import Any, Final
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from support import (
+    RedisServer,
     StartServer,
     log_events,
     make_config,
     scrape,
+    set_store,
     value,
 )
 from verification_support import (
@@ -46,7 +49,8 @@ from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.config import VerifyConfig
 from yunpian_sms_server.errors import Reason, ServiceError
 from yunpian_sms_server.sandbox import RunningSandbox
-from yunpian_sms_server.stores import Store
+from yunpian_sms_server.shutdown import Shutdown
+from yunpian_sms_server.stores import RedisStore, Store
 from yunpian_sms_server.verification_state import (
     CodeHasher,
     VerificationState,
@@ -593,10 +597,13 @@ async def pending_verification(store: Store, hasher: CodeHasher, code: str) -> s
     return vid
 
 
-def verifications_on(store: Any) -> Verifications:
+def verifications_on(store: Any, shutdown: Shutdown | None = None) -> Verifications:
     config = VerifyConfig(enabled=True, secret=SECRET)
     # Checks and cancels never send: no send protocol is needed.
-    return Verifications(store, None, config, CodeHasher(SECRET.encode()))  # type: ignore[arg-type]
+    hasher = CodeHasher(SECRET.encode())
+    return Verifications(  # type: ignore[arg-type]
+        store, None, config, hasher, shutdown or Shutdown()
+    )
 
 
 async def test_right_codes_counted_together_approve_once(store: Store) -> None:
@@ -683,3 +690,47 @@ async def test_a_right_check_cut_off_is_still_decided_and_a_retry_is_told_so(
     with pytest.raises(ServiceError) as retried:
         await verifications_on(store).check("caller", vid, code)
     assert retried.value.reason is Reason.VERIFICATION_APPROVED
+
+
+async def test_a_check_interrupted_by_a_shutdown_answers_what_the_store_decided(
+    store: Store,
+) -> None:
+    # The store decides the check whatever happens to the call; when the call was interrupted by
+    # the server's shutdown (not by its client), it can still answer: it answers that.
+    code = "482915"
+    vid = await pending_verification(store, CodeHasher(SECRET.encode()), code)
+    stalling, shutdown = Stalling(store), Shutdown()
+    verifications = verifications_on(stalling, shutdown)
+    rpc = asyncio.ensure_future(verifications.check("caller", vid, code))
+    shutdown.enter(rpc)  # type: ignore[arg-type]
+    await stalling.reached.wait()
+    assert shutdown.interrupt() == 1
+    await asyncio.sleep(0)
+    stalling.release.set()
+    checked = await rpc
+    assert checked.approved
+    assert checked.state.status is VerificationStatus.APPROVED
+
+
+async def test_a_check_cut_off_that_the_store_then_fails_is_logged(
+    faulty_redis: RedisServer, redis_admin: aioredis.Redis, log_output: io.StringIO
+) -> None:
+    # Nobody hears of the check's failure but the log: its call is gone.
+    store = RedisStore(faulty_redis.url)
+    try:
+        vid = await pending_verification(store, CodeHasher(SECRET.encode()), "482915")
+        stalling = Stalling(store)
+        verifications = verifications_on(stalling)
+        task = asyncio.ensure_future(verifications.check("caller", vid, "000000"))
+        await stalling.reached.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await set_store(redis_admin, "down")
+        stalling.release.set()
+        await verifications.drain()
+    finally:
+        await store.close()
+    [event] = log_events(log_output, "verification_check_failed")
+    assert event["level"] == "warning"
+    assert event["error"] == "StoreUnavailableError"

@@ -40,7 +40,7 @@ from yunpian_sms_server.config import (
     exposure_problem,
 )
 from yunpian_sms_server.delivery_reports import DeliveryReports, ReportPuller
-from yunpian_sms_server.delivery_state import KEPT_REPORT_WAITS
+from yunpian_sms_server.delivery_state import KEPT_REPORT_WAITS, SentMessage
 from yunpian_sms_server.errors import ServiceError
 from yunpian_sms_server.listen_addresses import join_listen, parse_listen
 from yunpian_sms_server.listeners import (
@@ -139,7 +139,9 @@ def open_yunpian_session(config: YunpianConfig) -> aiohttp.ClientSession:
     return open_session(config.timeout_seconds)
 
 
-def report_collection(delivery: DeliveryConfig) -> ReportCollection | None:
+def report_collection(
+    delivery: DeliveryConfig, on_taken_in: Callable[[SentMessage], None]
+) -> ReportCollection | None:
     """What the send protocol keeps for delivery reports (None: they are not collected)."""
     if not delivery.enabled:
         return None
@@ -147,7 +149,7 @@ def report_collection(delivery: DeliveryConfig) -> ReportCollection | None:
     if delivery.mode == "push" and delivery.public_url:
         url = callback_url(delivery.public_url, delivery.path_token)
     keep_s = delivery.report_wait_seconds * KEPT_REPORT_WAITS
-    return ReportCollection(keep_s=keep_s, callback_url=url)
+    return ReportCollection(keep_s=keep_s, callback_url=url, on_taken_in=on_taken_in)
 
 
 def sandbox_delivery(delivery: DeliveryConfig) -> DeliveryConfig:
@@ -341,7 +343,7 @@ class SmsServer:
             allow_on_store_error=config.store.on_error == "allow",
             shutdown=self._shutdown,
             on_store_failure_allowed=self.metrics.store_failures_allowed.inc,
-            reports=report_collection(delivery),
+            reports=report_collection(delivery, self.metrics.count_report_taken_in),
         )
         reports = None
         if delivery.enabled:
@@ -353,7 +355,7 @@ class SmsServer:
                 verify.secret.encode(), [old.encode() for old in verify.previous_secrets]
             )
             verifications = self._verifications = Verifications(
-                self._store, self._sending, verify, hasher
+                self._store, self._sending, verify, hasher, self._shutdown
             )
         servicer = SmsServicer(config, self._sending, self._checker, verifications, reports)
         authenticator = Authenticator(config.auth, required=config.authenticates)

@@ -29,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.metrics import MetricWrapperBase
 
-from yunpian_sms_server.delivery_state import report_latencies
+from yunpian_sms_server.delivery_state import SentMessage, report_latencies
 from yunpian_sms_server.listen_addresses import parse_listen
 from yunpian_sms_server.listeners import METRICS_LISTENER, start_tcp_site
 from yunpian_sms_server.stores import SavedReports
@@ -237,6 +237,11 @@ class Metrics:
             self.child(self.delivery_reports, "duplicate").inc(saved.duplicates)
         if saved.unknown:
             self.child(self.delivery_reports, "unknown").inc(saved.unknown)
+
+    def count_report_taken_in(self, message: SentMessage) -> None:
+        """Counts a report that came before its message was recorded (counted `unknown` then),
+        once the message took it in."""
+        self.count_saved_reports(SavedReports(saved=(message,)))
 
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """The metric's child for these label values, remembered: `labels()` costs per call."""

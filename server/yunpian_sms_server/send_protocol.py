@@ -108,10 +108,12 @@ class SendOrder:
 @dataclass(frozen=True, slots=True)
 class ReportCollection:
     """Delivery reports are collected: every message sent is kept this long for its report,
-    and, when YunPian pushes them, each send names where (its callback_url)."""
+    and, when YunPian pushes them, each send names where (its callback_url). A report that came
+    before its message was recorded is taken in then, and told to `on_taken_in`."""
 
     keep_s: float
     callback_url: str = ""
+    on_taken_in: Callable[[SentMessage], None] = lambda message: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,12 +494,15 @@ class SendProtocol:
             self._local.put(key, fingerprint, record, now)
         keep_s = self._reports.keep_s if self._reports else 0.0
         try:
-            await self._store.complete(
+            taken_in = await self._store.complete(
                 key, fingerprint, record, self._record_ttl_s, message, keep_s
             )
         except StoreUnavailableError as error:
             self._local.put(key, fingerprint, record, now)
             self._store_failed("record", error)
+            return
+        if taken_in is not None and self._reports is not None:
+            self._reports.on_taken_in(taken_in)
 
     def _message(self, caller: str, outcome: Outcome) -> SentMessage | None:
         """The message an accepted send keeps for its delivery report (if reports are kept)."""
@@ -508,9 +513,12 @@ class SendProtocol:
     async def _record_message(self, message: SentMessage) -> None:
         assert self._reports is not None
         try:
-            await self._store.record_message(message, self._reports.keep_s)
+            taken_in = await self._store.record_message(message, self._reports.keep_s)
         except StoreUnavailableError as error:
             self._store_failed("record_message", error)
+            return
+        if taken_in is not None:
+            self._reports.on_taken_in(taken_in)
 
     def _excuse(self, taken: _Taken, error: StoreUnavailableError, operation: str) -> None:
         """Lets a store failure pass under "allow"; raises STORE_UNAVAILABLE under "deny"."""

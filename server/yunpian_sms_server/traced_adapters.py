@@ -132,13 +132,15 @@ class TracedStore:
         ttl_s: float,
         message: SentMessage | None = None,
         message_keep_s: float = 0.0,
-    ) -> None:
+    ) -> SentMessage | None:
         with self._span("complete"):
-            await self._store.complete(key, fingerprint, record, ttl_s, message, message_keep_s)
+            return await self._store.complete(
+                key, fingerprint, record, ttl_s, message, message_keep_s
+            )
 
-    async def record_message(self, message: SentMessage, keep_s: float) -> None:
+    async def record_message(self, message: SentMessage, keep_s: float) -> SentMessage | None:
         with self._span("record_message"):
-            await self._store.record_message(message, keep_s)
+            return await self._store.record_message(message, keep_s)
 
     async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:
         with self._span("save_reports"):

@@ -23,6 +23,7 @@ from yunpian_sms_server.config import VerifyConfig
 from yunpian_sms_server.errors import Reason, ServiceError, invalid_argument
 from yunpian_sms_server.phone import PhoneNumber
 from yunpian_sms_server.send_protocol import SendOrder, SendProtocol
+from yunpian_sms_server.shutdown import Shutdown
 from yunpian_sms_server.stores import CheckUse, CodeAdded, Store, store_required
 from yunpian_sms_server.templates import render
 from yunpian_sms_server.verification_codes import check_typed_code, new_code
@@ -74,6 +75,12 @@ class Checked:
     state: VerificationState
     approved: bool
     expired_now: bool = False  # this check found its time had passed
+
+
+def _log_unheard_failure(task: asyncio.Task[tuple[CheckUse, VerificationState | None]]) -> None:
+    """Logs a check the store failed after its call was cancelled: nobody else hears of it."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        _log.warning("verification_check_failed", error=type(error).__name__)
 
 
 def pending_key(caller: str, phone: PhoneNumber, usage_type: str) -> str:
@@ -175,10 +182,16 @@ class Verifications:
     """Starts, checks and cancels verifications in a store, sending through the send protocol."""
 
     def __init__(
-        self, store: Store, sending: SendProtocol, config: VerifyConfig, hasher: CodeHasher
+        self,
+        store: Store,
+        sending: SendProtocol,
+        config: VerifyConfig,
+        hasher: CodeHasher,
+        shutdown: Shutdown,
     ) -> None:
         self.store = store
         self._sending = sending
+        self._shutdown = shutdown
         self._config = config
         self._hasher = hasher
         self._checking: set[asyncio.Task[tuple[CheckUse, VerificationState | None]]] = set()
@@ -265,7 +278,7 @@ class Verifications:
         self._checking.add(task)
         task.add_done_callback(self._checked)
         with store_required("the code was not checked"):
-            use, state = await asyncio.shield(task)
+            use, state = await self._decided(task)
         if use is CheckUse.UNKNOWN or state is None:
             raise not_found()
         if use is CheckUse.EXPIRED_NOW:
@@ -274,10 +287,23 @@ class Verifications:
             raise ended(state)
         return Checked(state, approved=use is CheckUse.APPROVED)
 
+    async def _decided(
+        self, task: asyncio.Task[tuple[CheckUse, VerificationState | None]]
+    ) -> tuple[CheckUse, VerificationState | None]:
+        """What the store decided of a check, even if the call is cancelled meanwhile: its
+        client then hears nothing, unless a shutdown interrupted it (it hears the decision)."""
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if self._shutdown.absorb_interrupt():
+                return await task
+            task.add_done_callback(_log_unheard_failure)
+            raise
+
     def _checked(self, task: asyncio.Task[tuple[CheckUse, VerificationState | None]]) -> None:
         self._checking.discard(task)
         if not task.cancelled():
-            task.exception()  # the call's to raise, when it is still waiting
+            task.exception()  # retrieved: the call raises it, or _log_unheard_failure logs it
 
     async def drain(self) -> None:
         """Waits for the checks whose calls were cancelled to be decided."""

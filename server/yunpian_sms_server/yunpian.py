@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -116,16 +117,27 @@ def _delivery_unknown(reason: Reason, message: str) -> ServiceError:
     return ServiceError(reason, message, metadata={"delivery": DELIVERY_UNKNOWN})
 
 
-def _without(text: str, secrets: Sequence[str]) -> str:
-    """`text` with every one of `secrets` (the API key, the code sent) replaced: YunPian's
-    words are passed on to callers and logs, and an answer may repeat the request."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
+@dataclass(frozen=True, slots=True)
+class _Scrub:
+    """Makes YunPian's words fit for a caller and the logs (an answer may repeat the request):
+    the number sent to, whole, becomes `masked`; the API key and the code sent, in any case,
+    become REDACTED; then any other number-like run is masked."""
+
+    secrets: Sequence[str]
+    mobile: str = ""
+    masked: str = ""
+
+    def __call__(self, text: str) -> str:
+        if self.mobile:
+            text = text.replace(self.mobile, self.masked)
+        present = sorted({secret for secret in self.secrets if secret}, key=len, reverse=True)
+        if present:
+            pattern = "|".join(re.escape(secret) for secret in present)
+            text = re.sub(pattern, REDACTED, text, flags=re.IGNORECASE)
+        return mask_numbers_in_text(text)
 
 
-def _parse_answer(status: int, body: bytes, subject: str, secrets: Sequence[str]) -> Any:
+def _parse_answer(status: int, body: bytes, subject: str, scrub: _Scrub) -> Any:
     """Parses an answer; raises the ServiceError of a YunPian refusal or a malformed answer.
 
     A list (tpl/get.json's answer) is returned as it is: only objects carry a `code`.
@@ -154,8 +166,8 @@ def _parse_answer(status: int, body: bytes, subject: str, secrets: Sequence[str]
         detail = answer.get("detail")
         raise provider_error(
             code,
-            mask_numbers_in_text(_without(msg if isinstance(msg, str) else "", secrets)),
-            mask_numbers_in_text(_without(detail if isinstance(detail, str) else "", secrets)),
+            scrub(msg if isinstance(msg, str) else ""),
+            scrub(detail if isinstance(detail, str) else ""),
             subject,
         )
     return answer
@@ -207,9 +219,9 @@ class YunpianClient:
     ) -> Any:
         attempt = attempt or SendAttempt()
         marking = _current_attempt.set(attempt)
+        scrub = _Scrub((self._api_key, code), form.get("mobile", ""), subject)
         try:
-            secrets = (self._api_key, code)
-            return await self._post_attempts(path, form, subject, time_remaining, attempt, secrets)
+            return await self._post_attempts(path, form, subject, time_remaining, attempt, scrub)
         finally:
             _current_attempt.reset(marking)
 
@@ -220,7 +232,7 @@ class YunpianClient:
         subject: str,
         time_remaining: float | None,
         attempt: SendAttempt,
-        secrets: Sequence[str],
+        scrub: _Scrub,
     ) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.budget_s(time_remaining)
@@ -249,7 +261,7 @@ class YunpianClient:
             else:
                 if self._on_latency is not None:
                     self._on_latency(path, loop.time() - started)
-                return _parse_answer(status, answer, subject, secrets)
+                return _parse_answer(status, answer, subject, scrub)
             await asyncio.sleep(min(CONNECT_RETRY_BACKOFF_S * tries, deadline - loop.time()))
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -147,13 +147,16 @@ class Store(Protocol):
         ttl_s: float,
         message: SentMessage | None = None,
         message_keep_s: float = 0.0,
-    ) -> None:
+    ) -> SentMessage | None:
         """Stores the outcome of a request_id for `ttl_s` seconds, whoever holds its claim (and,
-        in the same operation, the message sent, as `record_message` does)."""
+        in the same operation, the message sent, as `record_message` does: what that returns,
+        None without a message)."""
         ...
 
-    async def record_message(self, message: SentMessage, keep_s: float) -> None:
-        """Keeps a message sent, for its delivery report, `keep_s` seconds."""
+    async def record_message(self, message: SentMessage, keep_s: float) -> SentMessage | None:
+        """Keeps a message sent, for its delivery report, `keep_s` seconds (once: recording it
+        again changes nothing). A report of it that came first is taken in: the message as that
+        report says it ended is returned, else None."""
         ...
 
     async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:

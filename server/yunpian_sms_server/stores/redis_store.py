@@ -4,6 +4,7 @@ one round trip, atomic across replicas."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -121,31 +122,33 @@ EARLY_REPORT_PREFIX: Final = KEY_PREFIX + "msg-early:"
 LEASE_PREFIX: Final = KEY_PREFIX + "lease:"
 _MESSAGE_PRELUDE: Final = """
 -- Records a message sent (KEYS: the message, its early report), taking in a report that came
--- first.
+-- first: returns that report's fields (state, code, detail, received_ms), else false. Recording
+-- a message again changes nothing (a settle can run twice).
 local function record_message(message, early, caller, sent_ms, keep_ms)
+  if redis.call('EXISTS', message) == 1 then return false end
   redis.call('HSET', message, 'caller', caller, 'sent_ms', sent_ms, 'state', 'PENDING')
   redis.call('PEXPIRE', message, tonumber(keep_ms))
   local report = redis.call('HMGET', early, 'state', 'code', 'detail', 'received_ms')
-  if report[1] then
-    redis.call('HSET', message, 'state', report[1], 'code', report[2], 'detail', report[3],
-      'received_ms', report[4])
-    redis.call('DEL', early)
-  end
+  if not report[1] then return false end
+  redis.call('HSET', message, 'state', report[1], 'code', report[2], 'detail', report[3],
+    'received_ms', report[4])
+  redis.call('DEL', early)
+  return report
 end
 """
 
 # KEYS: the request_id's record, then (optionally) the message and its early report. ARGV:
 # fingerprint, record, ttl_ms, then (optionally) caller, sent_ms, keep_ms. Whoever holds the
 # claim: an outcome that may have sent an SMS is kept, always; and the message sent, for its
-# report.
+# report. Returns what record_message returns (false without a message).
 _COMPLETE: Final = (
     _MESSAGE_PRELUDE
     + """
 redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'record', ARGV[2])
 redis.call('HDEL', KEYS[1], 'holder')
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-if KEYS[2] then record_message(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6]) end
-return 0
+if KEYS[2] then return record_message(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6]) end
+return false
 """
 )
 
@@ -153,14 +156,13 @@ return 0
 _RECORD_MESSAGE: Final = (
     _MESSAGE_PRELUDE
     + """
-record_message(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
-return 0
+return record_message(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 """
 )
 
 # KEYS: per report, its message and its early report. ARGV: early_ms, then per report (state,
 # code, detail, received_ms or ''). Returns per report: 'early' (its message is not recorded:
-# the report waits for it), 'duplicate', or {caller, sent_ms} of a message saved now.
+# the first such report waits for it), 'duplicate', or {caller, sent_ms} of a message saved now.
 _SAVE_REPORTS: Final = """
 local answers = {}
 for i = 1, #KEYS / 2 do
@@ -168,9 +170,11 @@ for i = 1, #KEYS / 2 do
   local r = redis.call('HMGET', message, 'state', 'caller', 'sent_ms')
   local base = 1 + 4 * (i - 1)
   if not r[1] then
-    redis.call('HSET', early, 'state', ARGV[base + 1], 'code', ARGV[base + 2],
-      'detail', ARGV[base + 3], 'received_ms', ARGV[base + 4])
-    redis.call('PEXPIRE', early, tonumber(ARGV[1]))
+    if redis.call('EXISTS', early) == 0 then
+      redis.call('HSET', early, 'state', ARGV[base + 1], 'code', ARGV[base + 2],
+        'detail', ARGV[base + 3], 'received_ms', ARGV[base + 4])
+      redis.call('PEXPIRE', early, tonumber(ARGV[1]))
+    end
     answers[i] = 'early'
   elseif r[1] ~= 'PENDING' then
     answers[i] = 'duplicate'
@@ -370,6 +374,21 @@ def _verification_state(verification_id: str, flat: list[bytes]) -> Verification
     )
 
 
+def _with_report(message: SentMessage, report: list[bytes] | None) -> SentMessage | None:
+    """The message as the report that waited for it says it ended (the fields record_message
+    returns), or None when no report was waiting."""
+    if not report:
+        return None
+    received = _text(report[3])
+    return dataclasses.replace(
+        message,
+        state=DeliveryState(_text(report[0])),
+        carrier_code=_text(report[1]),
+        carrier_detail=_text(report[2]),
+        received_at=int(received) / 1000 if received else None,
+    )
+
+
 def _message_keys(message_id: str) -> list[str]:
     """The keys of a message sent and of a report of it that came early."""
     return [MESSAGE_PREFIX + message_id, EARLY_REPORT_PREFIX + message_id]
@@ -490,20 +509,22 @@ class RedisStore:
         ttl_s: float,
         message: SentMessage | None = None,
         message_keep_s: float = 0.0,
-    ) -> None:
+    ) -> SentMessage | None:
         keys = [KEY_PREFIX + "idem:" + key]
         args: list[str | int | float | bytes] = [fingerprint, record, _ms(ttl_s)]
         if message is not None:
             keys += _message_keys(message.message_id)
             args += [message.caller, _ms(message.sent_at), _ms(message_keep_s)]
-        await self._run(self._complete, keys, args)
+        taken_in = await self._run(self._complete, keys, args)
+        return None if message is None else _with_report(message, taken_in)
 
-    async def record_message(self, message: SentMessage, keep_s: float) -> None:
-        await self._run(
+    async def record_message(self, message: SentMessage, keep_s: float) -> SentMessage | None:
+        taken_in = await self._run(
             self._record_message,
             _message_keys(message.message_id),
             [message.caller, _ms(message.sent_at), _ms(keep_s)],
         )
+        return _with_report(message, taken_in)
 
     async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:
         if not reports:

@@ -59,7 +59,8 @@ class BareSmsServicer(pb_grpc.SmsServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Not part of the benchmark.")
 
     # The proto's other RPCs: the reference serves SendCode only.
-    ValidateTemplate = StartVerification = CheckVerification = CancelVerification = _not_benchmarked
+    ValidateTemplate = StartVerification = CheckVerification = _not_benchmarked
+    CancelVerification = GetDeliveryStatus = _not_benchmarked
 
 
 async def serve(listen: str, upstream: str) -> None:
@@ -72,7 +73,7 @@ async def serve(listen: str, upstream: str) -> None:
     pb_grpc.add_SmsServiceServicer_to_server(
         BareSmsServicer(session, upstream.rstrip("/") + SINGLE_SEND_PATH), server
     )
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(listen)
     await server.start()

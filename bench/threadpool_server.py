@@ -61,7 +61,8 @@ class ThreadPoolSmsServicer(pb_grpc.SmsServiceServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Not part of the benchmark.")
 
     # The proto's other RPCs: the reference serves SendCode only.
-    ValidateTemplate = StartVerification = CheckVerification = CancelVerification = _not_benchmarked
+    ValidateTemplate = StartVerification = CheckVerification = _not_benchmarked
+    CancelVerification = GetDeliveryStatus = _not_benchmarked
 
 
 def serve(listen: str, upstream: str, workers: int) -> None:

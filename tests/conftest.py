@@ -4,30 +4,40 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import AsyncIterator, Iterator, Mapping
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 import structlog
+from opentelemetry.sdk.trace.export import SpanExporter
+from pki import Pki, make_pki
 from support import (
+    CLIENT_KINDS,
+    FINGERPRINT_SECRET,
     REDIS_ADMIN_PASSWORD,
     REDIS_ADMIN_USER,
+    Client,
     RedisServer,
     ServeProcess,
     StartServe,
     StartServer,
+    ThreadedClient,
+    fresh_database,
     make_config,
     set_store,
+    target_of,
     toml_text,
 )
 
-from yunpian_sms_client import AsyncSmsClient
+from yunpian_sms_client import AsyncSmsClient, SmsClient
 from yunpian_sms_server.app import SmsServer, sandbox_for
 from yunpian_sms_server.config import Config
-from yunpian_sms_server.logs import configure_logging
+from yunpian_sms_server.logs import LibraryHandler, configure_logging
 from yunpian_sms_server.sandbox import RunningSandbox, start_sandbox
+from yunpian_sms_server.stores import MemoryStore, RedisStore, Store
 
 
 @pytest.fixture
@@ -44,13 +54,21 @@ async def sandbox(config: Config) -> AsyncIterator[RunningSandbox]:
 
 @pytest.fixture
 async def start_server(sandbox: RunningSandbox) -> AsyncIterator[StartServer]:
-    """Starts servers on 127.0.0.1:0 that send through the sandbox; stops them afterwards."""
+    """Starts servers on 127.0.0.1:0 that send through the sandbox (their spans, with
+    [telemetry] enabled, to `span_exporter`); stops them afterwards."""
     started: list[SmsServer] = []
 
-    async def start(config: Config | None = None, *, base_url: str | None = None) -> SmsServer:
+    async def start(
+        config: Config | None = None,
+        *,
+        base_url: str | None = None,
+        span_exporter: SpanExporter | None = None,
+    ) -> SmsServer:
         config = config or make_config()
         yunpian = dataclasses.replace(config.yunpian, base_url=base_url or sandbox.url)
-        server = SmsServer(dataclasses.replace(config, yunpian=yunpian))
+        server = SmsServer(
+            dataclasses.replace(config, yunpian=yunpian), span_exporter=span_exporter
+        )
         await server.start(listen="127.0.0.1:0")
         started.append(server)
         return server
@@ -71,6 +89,41 @@ async def client(server: SmsServer) -> AsyncIterator[AsyncSmsClient]:
         yield sms_client
 
 
+@pytest.fixture(params=CLIENT_KINDS)
+async def sms(request: pytest.FixtureRequest, server: SmsServer) -> AsyncIterator[Client]:
+    """Each SDK client in turn (a threaded SmsClient behind the async interface), on `server`."""
+    target = target_of(server)
+    if request.param == "async":
+        async with AsyncSmsClient(target, default_timeout=5.0) as client:
+            yield client
+    else:
+        with SmsClient(target, default_timeout=5.0) as sync_client:
+            yield ThreadedClient(sync_client)
+
+
+@pytest.fixture
+async def open_client() -> AsyncIterator[Callable[..., Client]]:
+    """open_client(kind, target, **options): an AsyncSmsClient or a threaded SmsClient, closed
+    after the test."""
+    opened: list[AsyncSmsClient | SmsClient] = []
+
+    def open_(kind: str, target: str, **options: Any) -> Client:
+        if kind == "async":
+            client = AsyncSmsClient(target, **options)
+            opened.append(client)
+            return client
+        sync_client = SmsClient(target, **options)
+        opened.append(sync_client)
+        return ThreadedClient(sync_client)
+
+    yield open_
+    for client in opened:
+        if isinstance(client, AsyncSmsClient):
+            await client.close()
+        else:
+            client.close()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real redis-server for the session; tests flush what they use by key prefix."""
@@ -78,6 +131,31 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store_table(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """The [store] table of a test's server, once on each store: memory, then database 9 of
+    the session's real redis-server, emptied for the test."""
+    if request.param == "memory":
+        yield {"url": "memory://"}
+        return
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    url = await fresh_database(redis_server, 9)
+    yield {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """Each store in turn: in memory, then on database 9 of the session's real redis-server,
+    emptied for the test."""
+    if request.param == "memory":
+        opened: Store = MemoryStore()
+    else:
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        opened = RedisStore(await fresh_database(redis_server, 9))
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +210,31 @@ async def start_serve(tmp_path: Path) -> AsyncIterator[StartServe]:
         await process.kill()
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA and a server certificate for 127.0.0.1/localhost; client certificates on demand."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def garbage(tmp_path: Path) -> Path:
+    """A file that looks like a PEM certificate and is none."""
+    path = tmp_path / "garbage.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    return path
+
+
 @pytest.fixture
 def log_output() -> Iterator[io.StringIO]:
-    """Every structlog event, rendered as the production JSON lines, into a buffer."""
+    """Every structlog event, rendered as the production JSON lines, into a buffer (and the
+    standard library's records as JSON on stderr; undone afterwards)."""
+    root = logging.getLogger()
+    level = root.level
     stream = io.StringIO()
     configure_logging("json", stream, cache=False)
     yield stream
     structlog.reset_defaults()
+    for handler in [h for h in root.handlers if isinstance(h, LibraryHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)

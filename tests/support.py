@@ -13,26 +13,72 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
 import grpc
+import grpc.aio
 import redis.asyncio as aioredis
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
+from yunpian_sms_client import AsyncSmsClient, SmsClient
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.config import Config, parse_config
-from yunpian_sms_server.sandbox import SANDBOX_API_KEY
+from yunpian_sms_server.errors import Reason
+from yunpian_sms_server.sandbox import SANDBOX_API_KEY, RunningSandbox
+from yunpian_sms_server.yunpian import SINGLE_SEND_PATH, TEMPLATES_PATH
 
 SIGN_IN_TEMPLATE = "您的登录验证码是{{code}}，5分钟内有效。"
 GENERIC_TEMPLATE = "您的验证码是{{code}}。如非本人操作，请忽略本短信"
 INTERNATIONAL_TEMPLATE = "Your verification code is {{code}}."
+# The sandbox of conftest.py approves the templates of BASE_CONFIG with these tpl_ids.
+SIGN_IN_ID, GENERIC_ID, INTERNATIONAL_ID = 1, 2, 3
 # The fingerprint secret of the tests' shared (Redis) stores: every replica of a test uses it.
 FINGERPRINT_SECRET = "test-fingerprint-secret-0123456789abcdef"
+
+# YunPian's answer codes as the service must answer them, written out apart from yunpian.py's
+# own table: code -> (reason, RetryInfo delay in seconds or None).
+YUNPIAN_CODE_TABLE: Final[dict[int, tuple[Reason, float | None]]] = {
+    **dict.fromkeys((5, 7, 60), (Reason.PROVIDER_TEMPLATE_REJECTED, None)),
+    **dict.fromkeys((15, 16, 18, -57), (Reason.PROVIDER_SIGNATURE_REJECTED, None)),
+    **dict.fromkeys((20, 23), (Reason.PROVIDER_REGION_NOT_SUPPORTED, None)),
+    3: (Reason.PROVIDER_INSUFFICIENT_BALANCE, None),
+    **dict.fromkeys((-1, -2, -3), (Reason.PROVIDER_AUTH_FAILED, None)),
+    **dict.fromkeys((13, 27, 40, 55, -11, -62), (Reason.PROVIDER_ACCOUNT_ERROR, None)),
+    **dict.fromkeys((4, 52), (Reason.PROVIDER_CONTENT_BLOCKED, None)),
+    10: (Reason.PROVIDER_RECIPIENT_BLOCKED, None),
+    56: (Reason.PROVIDER_PHONE_REJECTED, None),
+    **dict.fromkeys((8, 33), (Reason.PROVIDER_RATE_LIMITED, 30.0)),
+    9: (Reason.PROVIDER_RATE_LIMITED, 300.0),
+    **dict.fromkeys((22, 53), (Reason.PROVIDER_RATE_LIMITED, 3600.0)),
+    **dict.fromkeys((17, 43), (Reason.PROVIDER_RATE_LIMITED, 86400.0)),
+    **dict.fromkeys((-4, -5), (Reason.PROVIDER_QUOTA_EXCEEDED, 60.0)),
+    **dict.fromkeys((-50, -51, -53), (Reason.PROVIDER_UNAVAILABLE, None)),
+    **dict.fromkeys(
+        (1, 11, 12, 14, 19, 21, 48, 58, 28, -7), (Reason.PROVIDER_REJECTED_REQUEST, None)
+    ),
+}
+# The gRPC status of each reason of YUNPIAN_CODE_TABLE.
+PROVIDER_STATUS_CODES: Final[dict[Reason, grpc.StatusCode]] = {
+    Reason.PROVIDER_TEMPLATE_REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_SIGNATURE_REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_REGION_NOT_SUPPORTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_INSUFFICIENT_BALANCE: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_AUTH_FAILED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_ACCOUNT_ERROR: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_CONTENT_BLOCKED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_RECIPIENT_BLOCKED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_PHONE_REJECTED: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.PROVIDER_RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.PROVIDER_QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.PROVIDER_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.PROVIDER_REJECTED_REQUEST: grpc.StatusCode.INTERNAL,
+}
 
 # The config the end-to-end tests start from; make_config replaces whole tables.
 BASE_CONFIG: dict[str, Any] = {
@@ -56,8 +102,62 @@ def make_config(**sections: dict[str, Any]) -> Config:
     return parse_config(data, env={})
 
 
-# start_server(config=None, *, base_url=None) -> a started SmsServer on 127.0.0.1:<port>.
+# start_server(config=None, *, base_url=None, span_exporter=None) -> a started SmsServer on
+# 127.0.0.1:<port>.
 StartServer = Callable[..., Awaitable[SmsServer]]
+
+
+def target_of(server: SmsServer) -> str:
+    """The gRPC address of a server started by `start_server`."""
+    return f"127.0.0.1:{server.port}"
+
+
+async def client_for(start_server: StartServer, **sections: dict[str, Any]) -> AsyncSmsClient:
+    """An SDK client, without retries, of a new server on make_config(**sections)."""
+    server = await start_server(make_config(**sections))
+    return AsyncSmsClient(target_of(server), retry=None)
+
+
+# The SDK's two clients, as tests name them: AsyncSmsClient and SmsClient.
+CLIENT_KINDS: Final = ["async", "sync"]
+
+
+class ThreadedClient:
+    """An SmsClient whose calls run in a thread: the server shares the test's event loop."""
+
+    def __init__(self, client: SmsClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self._client, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        return call
+
+
+# Either client, behind the async client's interface.
+Client = AsyncSmsClient | ThreadedClient
+
+
+def rpcs(server: SmsServer, method: str, grpc_code: str) -> int:
+    """How many `method` calls the server answered with `grpc_code` (its own metric)."""
+    value = server.metrics.registry.get_sample_value(
+        "yunpian_sms_rpcs_total", {"method": method, "grpc_code": grpc_code, "caller": ""}
+    )
+    return int(value or 0)
+
+
+async def wait_until_not_serving(target: str) -> None:
+    """Returns once the server's health says NOT_SERVING (it has begun to drain)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="yunpian.sms.v1.SmsService")
+        )
+        while (await watch.read()).status != health_pb2.HealthCheckResponse.NOT_SERVING:
+            pass
+        watch.cancel()
 
 
 class RedisServer:
@@ -121,13 +221,50 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@contextlib.contextmanager
+def unreachable_yunpian() -> Iterator[str]:
+    """A loopback URL whose connections never complete: a listener with a full accept queue.
+
+    The kernel drops the SYNs of further connections, so a client waits in connect() the way it
+    does behind a firewall that drops packets: nothing of a request can have left.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        queued.append(filler)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for filler in queued:
+            filler.close()
+        listener.close()
+
+
+def single_sends(sandbox: RunningSandbox) -> int:
+    """How many single_send.json requests the sandbox has received (faults included)."""
+    return sandbox.sandbox.request_counts[SINGLE_SEND_PATH]
+
+
+def tpl_gets(sandbox: RunningSandbox) -> int:
+    """How many tpl/get.json requests (template lists) the sandbox has received."""
+    return sandbox.sandbox.request_counts[TEMPLATES_PATH]
+
+
 # The console script of the installed server, beside the interpreter running the tests.
 CLI: Final = str(Path(sys.executable).parent / "yunpian-sms")
 SERVE_START_TIMEOUT_S: Final = 30.0
 # A command that does not serve (check-config, a refused serve) is done well within this.
 CLI_TIMEOUT_S: Final = 60.0
-# Environment variables that would override a test's config file.
-_CONFIG_ENV: Final = ("YUNPIAN_API_KEY", "YUNPIAN_SMS_CONFIG")
+# Environment variables that would override a test's config file: YUNPIAN_API_KEY,
+# YUNPIAN_SMS_CONFIG and every other YUNPIAN_SMS_* (config.example.toml lists them).
+_CONFIG_ENV_PREFIXES: Final = ("YUNPIAN_API_KEY", "YUNPIAN_SMS_")
 
 
 def run_cli(
@@ -187,7 +324,7 @@ class ServeProcess:
         """Runs `yunpian-sms serve *args`, logging as JSON into files in `directory`."""
         directory.mkdir(parents=True, exist_ok=True)
         if env is None:
-            env = {k: v for k, v in os.environ.items() if k not in _CONFIG_ENV}
+            env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_ENV_PREFIXES)}
         with (
             (directory / "stdout.jsonl").open("wb") as stdout,
             (directory / "stderr.txt").open("wb") as stderr,

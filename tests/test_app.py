@@ -17,8 +17,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from support import ServeProcess, StartServer, make_config
 
-from yunpian_sms_client import AsyncSmsClient, UnavailableError
-from yunpian_sms_server.app import SmsServer
+from yunpian_sms_client import AsyncSmsClient, DeliveryState, UnavailableError
+from yunpian_sms_server.app import SANDBOX_PULL_INTERVAL_S, SmsServer, sandbox_delivery
+from yunpian_sms_server.config import parse_config
 
 SERVICE = "yunpian.sms.v1.SmsService"
 
@@ -51,6 +52,7 @@ async def test_reflection_lists_and_describes_the_service(server: SmsServer) -> 
         "StartVerification",
         "CheckVerification",
         "CancelVerification",
+        "GetDeliveryStatus",
     ]
 
 
@@ -113,3 +115,62 @@ async def test_sigterm_lets_in_flight_rpcs_finish_then_exits_0(serve_process: Se
     assert "Traceback" not in serve_process.stderr
     [rpc] = [event for event in serve_process.events if event["event"] == "rpc"]
     assert rpc["grpc_code"] == "OK"
+
+
+# --- serve --sandbox --------------------------------------------------------------------------
+
+
+async def test_serving_on_the_sandbox_pulls_its_delivery_reports() -> None:
+    # No [delivery] table: GetDeliveryStatus works out of the box, as with `make run`.
+    server = SmsServer(make_config())
+    await server.start(listen="127.0.0.1:0", sandbox=True)
+    try:
+        async with AsyncSmsClient(f"127.0.0.1:{server.port}", default_timeout=5.0) as client:
+            sent = await client.send_code("13800138000", "123456")
+            first = await client.get_delivery_status(sent.message_id)
+            started = await client.start_verification("13900139000")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10.0
+            while (await client.get_delivery_status(sent.message_id)).state == first.state:
+                assert loop.time() < deadline, "the report was never pulled"
+                await asyncio.sleep(0.05)
+            settled = await client.get_delivery_status(sent.message_id)
+    finally:
+        await server.stop()
+
+    assert first.state == DeliveryState.DELIVERY_STATE_PENDING
+    assert settled.state == DeliveryState.DELIVERY_STATE_DELIVERED
+    assert started.delivery == DeliveryState.DELIVERY_STATE_PENDING
+    assert server.sandbox is not None
+    assert server.sandbox.sandbox.report_stats.pulled >= 1
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {},
+        {"mode": "off"},
+        {"mode": "pull", "pull_interval_seconds": 30.0, "pull_lease_seconds": 90.0},
+        {"report_wait_seconds": 60.0},
+    ],
+    ids=str,
+)
+def test_serving_on_the_sandbox_keeps_a_delivery_table_of_the_config(
+    table: dict[str, object],
+) -> None:
+    delivery = make_config(delivery=table).delivery
+
+    assert delivery.configured
+    assert sandbox_delivery(delivery) == delivery
+
+
+def test_serving_on_the_sandbox_without_a_delivery_table_pulls_often() -> None:
+    delivery = parse_config({}, env={}).delivery
+
+    pulled = sandbox_delivery(delivery)
+
+    assert not delivery.configured
+    assert (delivery.mode, pulled.mode) == ("off", "pull")
+    assert pulled.pull_interval_seconds == SANDBOX_PULL_INTERVAL_S
+    assert pulled.pull_lease_seconds > pulled.pull_interval_seconds
+    assert (pulled.listen, pulled.public_url) == ("", "")

@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pki import Pki, make_pki
-from support import StartServer, log_events, make_config, run_cli
+from pki import Pki
+from support import StartServer, log_events, make_config
 
 from yunpian_sms_client import (
     AsyncSmsClient,
@@ -107,11 +107,6 @@ async def test_rate_limits_and_request_ids_are_scoped_per_caller(
     assert first.message_id != second.message_id
     assert caught.value.metadata["scope"] == "caller"
     assert len(sandbox.sandbox.messages) == 2
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def mtls_sections(pki: Pki) -> dict[str, Any]:
@@ -221,15 +216,3 @@ def test_auth_config_problems_are_reported_by_key(tmp_path: Path) -> None:
         "the caller could never authenticate",
         "auth.callers.bad name!: must be 1-64 letters, digits, '.', '_' or '-'",
     ]
-
-
-def test_serve_refuses_a_non_loopback_listen_override_without_auth() -> None:
-    result = run_cli("serve", "--sandbox", "--listen", "0.0.0.0:0")
-    assert result.returncode == 2
-    assert "config error: server.listen:" in result.stderr
-
-
-def test_hash_token_prints_the_sha256_of_standard_input() -> None:
-    result = run_cli("hash-token", stdin="my-token\n")
-    assert result.returncode == 0
-    assert result.stdout.strip() == hash_token("my-token")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-import socket
 import time
 import types
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -19,6 +18,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from support import free_port
 
 import yunpian_sms_client
 from yunpian.sms.v1 import sms_service_pb2 as pb
@@ -43,6 +43,8 @@ from yunpian_sms_client import (
     from_rpc_error,
     new_request_id,
 )
+from yunpian_sms_server.errors import Reason
+from yunpian_sms_server.statuses import STATUS_CODES
 
 DOMAIN = "yunpian.sms.v1"
 PHONE = "+8613800138000"
@@ -193,14 +195,6 @@ async def target(service: FakeSmsService) -> AsyncIterator[str]:
     await server.start()
     yield f"127.0.0.1:{port}"
     await server.stop(None)
-
-
-@pytest.fixture
-def unused_port() -> int:
-    """A loopback port nothing listens on (it was free a moment ago)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -539,8 +533,8 @@ async def test_a_template_check_that_times_out_sent_nothing(
     assert not caught.value.delivery_unknown
 
 
-async def test_an_unreachable_server_raises_unavailable(unused_port: int) -> None:
-    async with AsyncSmsClient(f"127.0.0.1:{unused_port}", retry=None) as client:
+async def test_an_unreachable_server_raises_unavailable() -> None:
+    async with AsyncSmsClient(f"127.0.0.1:{free_port()}", retry=None) as client:
         with pytest.raises(UnavailableError) as caught:
             await client.send_code(PHONE, "123456", timeout=2.0)
 
@@ -957,9 +951,12 @@ def test_all_lists_exactly_the_public_names_sorted() -> None:
     assert public == {
         "AsyncSmsClient",
         "CallCancelledError",
+        "CheckVerificationResponse",
         "DEFAULT_RETRY_POLICY",
         "DEFAULT_TIMEOUT_S",
         "DeadlineExceededError",
+        "DeliveryState",
+        "DeliveryStatus",
         "FailedPreconditionError",
         "InternalError",
         "InvalidArgumentError",
@@ -978,9 +975,21 @@ def test_all_lists_exactly_the_public_names_sorted() -> None:
         "UnknownError",
         "UsageType",
         "ValidateTemplateResponse",
+        "Verification",
+        "VerificationStatus",
         "from_rpc_error",
         "new_request_id",
     }
+
+
+def test_the_exported_messages_are_the_generated_ones() -> None:
+    # The results are the contract's own messages, not copies: callers can pass them on.
+    assert yunpian_sms_client.Verification is pb.Verification
+    assert yunpian_sms_client.CheckVerificationResponse is pb.CheckVerificationResponse
+    assert yunpian_sms_client.VerificationStatus is pb.VerificationStatus
+    assert yunpian_sms_client.SendCodeResponse is pb.SendCodeResponse
+    assert yunpian_sms_client.DeliveryStatus is pb.DeliveryStatus
+    assert yunpian_sms_client.DeliveryState is pb.DeliveryState
 
 
 def test_every_error_class_is_an_sms_error() -> None:
@@ -992,3 +1001,35 @@ def test_every_error_class_is_an_sms_error() -> None:
 
     assert len(errors) == 13
     assert all(issubclass(error, SmsError) for error in errors)
+
+
+# The reasons of the verification and delivery-report RPCs: each error class names those of its
+# status code, so that a caller reading `help(NotFoundError)` learns what it may mean.
+DOCUMENTED_REASONS = [
+    reason
+    for reason in STATUS_CODES
+    if "VERIFICATION" in reason.value
+    or reason.value in ("INVALID_MESSAGE_ID", "MESSAGE_NOT_FOUND", "DELIVERY_REPORTS_DISABLED")
+]
+
+
+@pytest.mark.parametrize("reason", DOCUMENTED_REASONS, ids=lambda reason: reason.value)
+def test_each_error_class_documents_the_reasons_of_its_status(reason: Reason) -> None:
+    classes = {
+        error.default_code: error
+        for name in yunpian_sms_client.__all__
+        if name.endswith("Error") and (error := getattr(yunpian_sms_client, name)) is not SmsError
+    }
+
+    error_class = classes[STATUS_CODES[reason]]
+
+    assert reason.value in (error_class.__doc__ or ""), error_class.__name__
+
+
+def test_the_documented_reasons_include_the_delivery_reports() -> None:
+    assert {reason.value for reason in DOCUMENTED_REASONS} >= {
+        "INVALID_MESSAGE_ID",
+        "MESSAGE_NOT_FOUND",
+        "DELIVERY_REPORTS_DISABLED",
+        "VERIFICATION_NOT_FOUND",
+    }

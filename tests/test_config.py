@@ -1,19 +1,19 @@
-"""Config validation : every problem listed, exit status 2, no traceback."""
+"""Config validation (config.py): every problem listed under its key, warnings, loading a file;
+what the check-config and serve commands make of them is in test_cli.py."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from pki import Pki, make_pki
+from pki import Pki
 from support import (
-    BASE_CONFIG,
     FINGERPRINT_SECRET,
     ServeProcess,
-    StartServe,
     free_port,
     run_cli,
     toml_text,
@@ -21,14 +21,16 @@ from support import (
 
 from yunpian_sms_server.config import (
     DEFAULT_TEMPLATE,
+    EXAMPLE_TOKEN_HASHES,
+    EXAMPLE_TOKENS,
     FINGERPRINT_SECRET_ENV,
+    STORE_URL_ENV,
     ConfigError,
     config_warnings,
     load_config,
     parse_config,
+    token_hash_env,
 )
-from yunpian_sms_server.limits import MAX_LIMIT_COUNT, MAX_LIMIT_PERIOD_S, Limit, parse_limit
-from yunpian_sms_server.listen_addresses import parse_listen
 
 API_KEY = "0123456789abcdef0123456789abcdef"
 ENV_KEY = "fedcba9876543210fedcba9876543210"
@@ -80,6 +82,15 @@ def test_every_problem_is_reported_with_its_key() -> None:
     ]
 
 
+def test_an_unknown_key_far_longer_than_any_known_one_gets_the_list_not_a_suggestion() -> None:
+    # difflib turns a name down by its length before comparing it letter by letter.
+    [problem] = problems_of({"store": {"url" * 200_000: 1}})
+    assert problem.endswith(
+        " is not a known key (known: fingerprint_secret, "
+        "idempotency_ttl_seconds, max_connections, on_error, previous_fingerprint_secrets, url)"
+    )
+
+
 def test_problems_never_repeat_the_api_key() -> None:
     problems = problems_of({"yunpian": {"api_key": "secret-but-malformed"}})
     assert not any("secret-but-malformed" in problem for problem in problems)
@@ -108,87 +119,11 @@ def test_api_key_is_not_in_the_config_repr() -> None:
     assert API_KEY not in repr(config)
 
 
-@pytest.mark.parametrize(
-    ("text", "limit"),
-    [
-        ("1/60s", Limit(1, 60.0, "1/60s")),
-        ("5/1h", Limit(5, 3600.0, "5/1h")),
-        ("10/d", Limit(10, 86400.0, "10/d")),
-        ("10/1d", Limit(10, 86400.0, "10/1d")),
-        ("2/m", Limit(2, 60.0, "2/m")),
-        ("3/5m", Limit(3, 300.0, "3/5m")),
-        ("1000000000/366d", Limit(MAX_LIMIT_COUNT, float(MAX_LIMIT_PERIOD_S), "1000000000/366d")),
-    ],
-)
-def test_parse_limit_reads_count_and_period(text: str, limit: Limit) -> None:
-    assert parse_limit(text) == limit
-
-
-@pytest.mark.parametrize("text", ["", "5", "5/1w", "-1/1s", "a/1s", "1/1.5s"])
-def test_parse_limit_rejects_malformed_limits(text: str) -> None:
-    with pytest.raises(ValueError, match="COUNT/PERIOD"):
-        parse_limit(text)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("0/1s", "'0/1s': COUNT must be 1 to 1000000000"),
-        ("99999999999/1s", "'99999999999/1s': COUNT must be 1 to 1000000000"),
-        ("1/0s", "'1/0s': PERIOD must be more than 0 and at most 366 days"),
-        ("1/00s", "'1/00s': PERIOD must be more than 0 and at most 366 days"),
-        ("1/367d", "'1/367d': PERIOD must be more than 0 and at most 366 days"),
-        (
-            "1/9999999999999999d",
-            "'1/9999999999999999d': PERIOD must be more than 0 and at most 366 days",
-        ),
-    ],
-)
-def test_parse_limit_rejects_counts_and_periods_out_of_bounds(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        parse_limit(text)
-
-
-def test_a_limit_with_thousands_of_digits_is_out_of_bounds_not_a_crash() -> None:
-    with pytest.raises(ValueError, match="PERIOD must be more than 0"):
-        parse_limit("1/" + "9" * 5000 + "s")
-
-
 def test_limits_out_of_bounds_are_reported_under_their_key() -> None:
     assert problems_of({"limits": {"per_caller": ["1/00s"], "global": ["0/1s"]}}) == [
         "limits.per_caller: '1/00s': PERIOD must be more than 0 and at most 366 days",
         "limits.global: '0/1s': COUNT must be 1 to 1000000000",
     ]
-
-
-@pytest.mark.parametrize(
-    ("text", "address"),
-    [
-        ("127.0.0.1:50051", ("127.0.0.1", 50051)),
-        ("[::1]:0", ("::1", 0)),
-        ("localhost:9", ("localhost", 9)),
-    ],
-)
-def test_parse_listen_splits_host_and_port(text: str, address: tuple[str, int]) -> None:
-    assert parse_listen(text) == address
-
-
-@pytest.mark.parametrize("text", ["", "50051", "host:", ":50051", "host:70000", "host:x"])
-def test_parse_listen_rejects_malformed_addresses(text: str) -> None:
-    with pytest.raises(ValueError, match=r"HOST:PORT|port"):
-        parse_listen(text)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("::1:50051", "an IPv6 host goes in brackets, e.g. [::1]:50051"),
-        ("[localhost]:50051", "brackets hold an IPv6 address, e.g. [::1]:50051"),
-    ],
-)
-def test_parse_listen_rejects_what_grpc_would_misread(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        parse_listen(text)
 
 
 @pytest.mark.parametrize("metrics", ["127.0.0.1:50051", "0.0.0.0:50051"])
@@ -290,18 +225,6 @@ def test_the_drain_may_be_off() -> None:
     assert parse_config({"server": {"drain_seconds": 0}}, {}).server.drain_seconds == 0.0
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def garbage(tmp_path: Path) -> Path:
-    path = tmp_path / "garbage.pem"
-    path.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
-    return path
-
-
 def tls_problems(**files: Path) -> list[str]:
     return problems_of({"server": {"tls": {name: str(path) for name, path in files.items()}}})
 
@@ -345,6 +268,49 @@ def test_tls_files_that_are_not_files_are_a_problem(pki: Pki, tmp_path: Path) ->
     ]
 
 
+def test_telemetry_is_off_by_default_and_reads_its_keys() -> None:
+    default = parse_config({}, {}).telemetry
+    assert not default.enabled
+    assert (default.otlp_endpoint, default.service_name, default.sample_ratio) == (
+        "http://127.0.0.1:4317",
+        "yunpian-sms",
+        1.0,
+    )
+    table = {
+        "enabled": True,
+        "otlp_endpoint": "https://otel-collector.observability:4317/",
+        "service_name": "sms-eu",
+        "sample_ratio": 0,
+    }
+    telemetry = parse_config({"telemetry": table}, {}).telemetry
+    assert telemetry.enabled
+    assert telemetry.otlp_endpoint == "https://otel-collector.observability:4317"
+    assert (telemetry.service_name, telemetry.sample_ratio) == ("sms-eu", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("enabled", "yes", "must be true or false"),
+        ("otlp_endpoint", "127.0.0.1:4317", "URL and port of an OTLP/gRPC collector"),
+        ("otlp_endpoint", "grpc://collector:4317", "URL and port of an OTLP/gRPC collector"),
+        ("otlp_endpoint", "http://collector", "URL and port of an OTLP/gRPC collector"),
+        ("otlp_endpoint", "http://user:pw@collector:4317", "URL and port of an OTLP/gRPC"),
+        ("otlp_endpoint", "http://collector:4317/v1/traces", "URL and port of an OTLP/gRPC"),
+        ("service_name", " ", "must be 1 to 255 characters"),
+        ("sample_ratio", 1.5, "must be from 0 to 1"),
+        ("sample_ratio", -0.1, "must be from 0 to 1"),
+        ("sampling", 1, "is not a known key"),
+    ],
+)
+def test_telemetry_problems_are_reported_under_their_key(
+    key: str, value: object, message: str
+) -> None:
+    [problem] = problems_of({"telemetry": {key: value}})
+    assert problem.startswith(f"telemetry.{key}: ")
+    assert message in problem
+
+
 def test_grace_period_shorter_than_a_send_is_a_warning_not_a_problem() -> None:
     config = parse_config(
         {"server": {"grace_period_seconds": 5.5}, "yunpian": {"timeout_seconds": 5.0}}, {}
@@ -378,145 +344,6 @@ def test_load_config_reads_the_path_from_the_environment(tmp_path: Path) -> None
     )
 
 
-def test_check_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text('[server]\nlisten = "nowhere"\n[yunpian]\ntimeout_seconds = -1\n')
-    result = run_cli("check-config", "--config", str(path))
-    assert result.returncode == 2
-    lines = result.stderr.splitlines()
-    assert lines == [
-        "config error: server.listen: must be HOST:PORT, e.g. 127.0.0.1:50051",
-        "config error: yunpian.timeout_seconds: must be more than 0 and at most 60",
-    ]
-    assert "Traceback" not in result.stderr
-
-
-def test_serve_with_a_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text("[templates]\nSignIn = 'no code here'\n")
-    result = run_cli("serve", "--config", str(path), "--sandbox")
-    assert result.returncode == 2
-    assert "config error: templates.SignIn:" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_serve_without_an_api_key_exits_2_unless_on_the_sandbox() -> None:
-    result = run_cli("serve")
-    assert result.returncode == 2
-    assert "yunpian.api_key: is required" in result.stderr
-
-
-def test_check_config_accepts_a_valid_file(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(f'[yunpian]\napi_key = "{API_KEY}"\n')
-    result = run_cli("check-config", "--config", str(path))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("config OK")
-    assert API_KEY not in result.stdout
-
-
-def test_check_config_reports_an_unreadable_file(tmp_path: Path) -> None:
-    result = run_cli("check-config", "--config", str(tmp_path / "missing.toml"))
-    assert result.returncode == 2
-    assert "cannot be read" in result.stderr
-
-
-def test_check_config_warns_when_a_shutdown_could_cut_a_send_short(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'[server]\ngrace_period_seconds = 2.0\n[yunpian]\napi_key = "{API_KEY}"\n'
-        "timeout_seconds = 5.0\n"
-    )
-    result = run_cli("check-config", "--config", str(path))
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == [
-        "warning: server.grace_period_seconds: 2 is less than yunpian.timeout_seconds + 1 (6): "
-        "a shutdown could cut short a send already on its way to YunPian"
-    ]
-    assert result.stdout.startswith("config OK")
-
-
-async def test_serve_logs_the_same_warning_at_start(start_serve: StartServe) -> None:
-    server = await start_serve({**BASE_CONFIG, "server": {"grace_period_seconds": 1.0}})
-    [warning] = server.events_named("config_warning")
-    assert warning["key"] == "server.grace_period_seconds"
-    assert warning["message"].startswith("1 is less than yunpian.timeout_seconds + 1 (3)")
-
-
-# Configs that passed check-config and then failed (or misbehaved) once served, each with the
-# key its problem names; the ports are filled in by bad_config.
-BAD_CONFIGS: Final = {
-    "tls cert not a certificate": ("server.tls.cert", {"tls": ("garbage", "server_key", None)}),
-    "tls key of another cert": ("server.tls.key", {"tls": ("server_cert", "other_key", None)}),
-    "tls client_ca not a certificate": (
-        "server.tls.client_ca",
-        {"tls": ("server_cert", "server_key", "garbage")},
-    ),
-    "limit period too long": ("limits.per_phone", {"per_phone": ["1/9999999999999999d"]}),
-    "limit period of zero": ("limits.per_phone", {"per_phone": ["1/00s"]}),
-    "limit count too large": ("limits.per_caller", {"per_caller": ["99999999999/1s"]}),
-    "redis url without host": ("store.url", {"store": "redis://"}),
-    "redis without a fingerprint secret": (
-        "store.fingerprint_secret",
-        {"store": "redis://127.0.0.1:{port}/0", "secret": ""},
-    ),
-    "redis url with unknown option": ("store.url", {"store": "redis://127.0.0.1:{port}/0?x=1"}),
-    "metrics on the grpc port": ("server.metrics_listen", {"metrics_listen": "127.0.0.1:{port}"}),
-    "ipv6 listen without brackets": ("server.listen", {"listen": "::1:{port}"}),
-    "listen beyond loopback without auth": ("server.listen", {"listen": "0.0.0.0:{port}"}),
-}
-
-
-def bad_config(case: str, pki: Pki, garbage: Path) -> dict[str, Any]:
-    """The BAD_CONFIGS case as a config: otherwise valid, on a free loopback port."""
-    port = free_port()
-    _, spec = BAD_CONFIGS[case]
-    files = {"garbage": garbage, "other_key": pki.client("other")[1]}
-    files |= {"server_cert": pki.server_cert, "server_key": pki.server_key}
-    server: dict[str, Any] = {"listen": f"127.0.0.1:{port}"}
-    limits: dict[str, Any] = {"per_phone": []}
-    store = {"url": "memory://", "fingerprint_secret": FINGERPRINT_SECRET}
-    for name, value in spec.items():
-        if name == "tls":
-            tls = dict(zip(("cert", "key", "client_ca"), value, strict=True))
-            server["tls"] = {key: str(files[file]) for key, file in tls.items() if file}
-        elif name in ("per_phone", "per_caller"):
-            limits[name] = value
-        elif name == "store":
-            store["url"] = value.format(port=free_port())
-        elif name == "secret":
-            store["fingerprint_secret"] = value
-        else:
-            server[name] = value.format(port=port)
-    return {
-        "server": server,
-        "yunpian": {"api_key": API_KEY, "base_url": f"http://127.0.0.1:{free_port()}"},
-        "limits": limits,
-        "store": store,
-    }
-
-
-@pytest.mark.parametrize("case", BAD_CONFIGS)
-async def test_check_config_refuses_whatever_serve_would_refuse(
-    case: str, pki: Pki, garbage: Path, tmp_path: Path
-) -> None:
-    key, _ = BAD_CONFIGS[case]
-    path = tmp_path / "config.toml"
-    path.write_text(toml_text(bad_config(case, pki, garbage)))
-    serve = ServeProcess.start("--config", str(path), directory=tmp_path / "serve")
-    checked, served = await asyncio.gather(
-        asyncio.to_thread(run_cli, "check-config", "--config", str(path)), serve.exit_status()
-    )
-    for command, status, stderr in (
-        ("check-config", checked.returncode, checked.stderr),
-        ("serve", served, serve.stderr),
-    ):
-        assert status == 2, f"{command} did not refuse the config: {stderr}"
-        assert "Traceback" not in stderr
-        assert f"config error: {key}: " in stderr, f"{command}: {stderr}"
-        assert all(line.startswith("config error: ") for line in stderr.splitlines())
-
-
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 
 
@@ -539,3 +366,262 @@ def test_the_example_config_documents_every_key() -> None:
         if key not in written and key not in table_parts
     ]
     assert missing == [], f"config.example.toml does not document {missing}"
+
+
+# Secrets by environment: every secret-bearing key has a variable that overrides it.
+REDIS_URL = "redis://:s3cret-password@redis.internal:6379/0"
+CALLERS: Final = {
+    "signin-service": {"usage_types": ["SignIn"]},
+    "ops.team": {"token_sha256": "b" * 64},
+}
+
+
+def with_callers(callers: dict[str, Any] = CALLERS) -> dict[str, Any]:
+    return {"auth": {"callers": callers}}
+
+
+def test_token_hash_variables_are_named_for_their_callers() -> None:
+    assert token_hash_env("signin-service") == "YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE"
+    assert token_hash_env("ops.team") == "YUNPIAN_SMS_TOKEN_SHA256_OPS_TEAM"
+    assert token_hash_env("Billing_2") == "YUNPIAN_SMS_TOKEN_SHA256_BILLING_2"
+
+
+def test_a_token_hash_from_the_environment_overrides_the_file() -> None:
+    env = {
+        "YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE": "A" * 64,
+        "YUNPIAN_SMS_TOKEN_SHA256_OPS_TEAM": "c" * 64,
+    }
+    config = parse_config(with_callers(), env)
+    assert config.auth is not None
+    hashes = {caller.name: caller.token_sha256 for caller in config.auth.callers}
+    assert hashes == {"signin-service": "a" * 64, "ops.team": "c" * 64}
+    # Without it, a caller with no token_sha256 in the file cannot authenticate.
+    [missing] = problems_of(with_callers())
+    assert missing.startswith("auth.callers.signin-service.token_sha256: is missing")
+
+
+def test_a_bad_token_hash_from_the_environment_is_named_by_its_variable() -> None:
+    variable = "YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE"
+    [wrong] = problems_of(with_callers(), {variable: "not-a-hash-but-maybe-a-token"})
+    assert wrong == f"{variable}: must be 64 hexadecimal characters (SHA-256 of the token)"
+    ops = "YUNPIAN_SMS_TOKEN_SHA256_OPS_TEAM"
+    [same] = problems_of(with_callers(), {variable: "c" * 64, ops: "c" * 64})
+    assert same == f"{ops}: is the same as another caller's"
+
+
+def test_callers_whose_names_give_one_variable_cannot_use_it() -> None:
+    callers = {"a-b": {"token_sha256": "1" * 64}, "a.b": {"token_sha256": "2" * 64}}
+    assert parse_config(with_callers(callers), {}).auth is not None
+    [alike] = problems_of(with_callers(callers), {"YUNPIAN_SMS_TOKEN_SHA256_A_B": "3" * 64})
+    assert alike == (
+        "YUNPIAN_SMS_TOKEN_SHA256_A_B: is the variable of callers 'a-b' and 'a.b' alike: "
+        "rename one of them"
+    )
+
+
+def test_a_token_hash_variable_that_names_no_caller_is_refused() -> None:
+    env = {"YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE": "a" * 64}
+    env["YUNPIAN_SMS_TOKEN_SHA256_SINGIN_SERVICE"] = "d" * 64  # a typo
+    [stray] = problems_of(with_callers(), env)
+    assert stray.startswith("YUNPIAN_SMS_TOKEN_SHA256_SINGIN_SERVICE: names no caller")
+    [no_auth] = problems_of({}, {"YUNPIAN_SMS_TOKEN_SHA256_OPS": "d" * 64})
+    assert no_auth.startswith("YUNPIAN_SMS_TOKEN_SHA256_OPS: names no caller")
+    # Empty is unset, like every other variable; the CLI's own token is another variable.
+    assert parse_config({}, {"YUNPIAN_SMS_TOKEN_SHA256_OPS": "", "YUNPIAN_SMS_TOKEN": "t"})
+
+
+@pytest.mark.parametrize("token", EXAMPLE_TOKENS)
+def test_the_hashes_of_example_tokens_are_refused(token: str) -> None:
+    example = hashlib.sha256(token.encode()).hexdigest()
+    callers = {"ops.team": {"token_sha256": example.upper()}}
+    [from_file] = problems_of(with_callers(callers))
+    assert from_file.startswith("auth.callers.ops.team.token_sha256: is the SHA-256 of ")
+    assert "yunpian-sms hash-token" in from_file
+    assert example not in from_file
+    variable = "YUNPIAN_SMS_TOKEN_SHA256_OPS_TEAM"
+    [from_env] = problems_of(with_callers(callers), {variable: example})
+    assert from_env.startswith(f"{variable}: is the SHA-256 of ")
+
+
+def test_the_deploy_example_hashes_are_refused() -> None:
+    # deploy/kubernetes/secret.example.yaml ships these: they must never authenticate anyone.
+    assert set(EXAMPLE_TOKEN_HASHES) >= {
+        "542ac29c4532a1c22f9f60d75d74f8169bd9c7cbee86bf8bfbbc37e31fd776eb",
+        "a57dc21a5a080e90e7df96108954414da40039b3f7f9235ca63435938c0c1159",
+    }
+
+
+def test_the_store_url_from_the_environment_overrides_the_file() -> None:
+    store = {"url": "memory://", "fingerprint_secret": FINGERPRINT_SECRET}
+    config = parse_config({"store": store}, {STORE_URL_ENV: REDIS_URL})
+    assert config.store.url == REDIS_URL
+    assert config.store.url_source == STORE_URL_ENV
+    assert "s3cret" not in repr(config)
+    assert config_warnings(config) == []
+    # A shared store from the environment needs the fingerprint secret, like one from the file.
+    [missing] = problems_of({}, {STORE_URL_ENV: REDIS_URL})
+    assert missing.startswith("store.fingerprint_secret: is required with a shared store")
+
+
+def test_a_bad_store_url_from_the_environment_is_named_by_its_variable() -> None:
+    store = {"fingerprint_secret": FINGERPRINT_SECRET}
+    [wrong] = problems_of({"store": store}, {STORE_URL_ENV: "redis://:s3cret@:0/x"})
+    assert wrong.startswith(f"{STORE_URL_ENV}: must name the Redis host")
+    assert "s3cret" not in wrong
+
+
+@pytest.mark.parametrize("password", ["change-me", "changeme", "change%2Dme"])
+def test_the_example_redis_password_is_refused(password: str) -> None:
+    url = f"redis://:{password}@redis.internal:6379/0"
+    store = {"fingerprint_secret": FINGERPRINT_SECRET}
+    [from_env] = problems_of({"store": store}, {STORE_URL_ENV: url})
+    assert from_env.startswith(f"{STORE_URL_ENV}: its password is an example value")
+    assert password not in from_env
+    [from_file] = problems_of({"store": {**store, "url": url}})
+    assert from_file.startswith("store.url: its password is an example value")
+
+
+def test_a_password_in_the_files_store_url_is_warned_about() -> None:
+    config = parse_config({"store": {"url": REDIS_URL, "fingerprint_secret": "f" * 32}}, {})
+    [warning] = config_warnings(config)
+    assert warning.key == "store.url"
+    assert STORE_URL_ENV in warning.problem
+    assert "s3cret" not in warning.problem
+
+
+async def test_check_config_and_serve_refuse_the_example_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    callers = {"ops": {"token_sha256": hashlib.sha256(b"change-me-ops").hexdigest()}}
+    data = {
+        "server": {"listen": f"127.0.0.1:{free_port()}"},
+        "yunpian": {"api_key": API_KEY},
+        "store": {"fingerprint_secret": FINGERPRINT_SECRET},
+        **with_callers(callers),
+    }
+    path.write_text(toml_text(data))
+    env = {
+        STORE_URL_ENV: "redis://:change-me@127.0.0.1:6379/0",
+        "YUNPIAN_SMS_TOKEN_SHA256_SIGNIN": hashlib.sha256(b"change-me-signin").hexdigest(),
+    }
+    serve = ServeProcess.start("--config", str(path), directory=tmp_path / "serve", env=env)
+    checked, served = await asyncio.gather(
+        asyncio.to_thread(run_cli, "check-config", "--config", str(path), env=env),
+        serve.exit_status(),
+    )
+    for command, status, stderr in (
+        ("check-config", checked.returncode, checked.stderr),
+        ("serve", served, serve.stderr),
+    ):
+        assert status == 2, f"{command} did not refuse the config: {stderr}"
+        assert stderr.splitlines() == [
+            "config error: auth.callers.ops.token_sha256: is the SHA-256 of the example token "
+            '"change-me-ops", which anyone can read in this project: make a token of your own '
+            '(`openssl rand -hex 32`) and give its hash (`echo -n "$TOKEN" | yunpian-sms '
+            "hash-token`)",
+            "config error: YUNPIAN_SMS_TOKEN_SHA256_SIGNIN: names no caller of [auth.callers] "
+            "(the caller NAME reads YUNPIAN_SMS_TOKEN_SHA256_NAME, upper-cased, '-' and '.' as "
+            "'_')",
+            f"config error: {STORE_URL_ENV}: its password is an example value anyone can read "
+            "in this project: set a Redis password of your own (`openssl rand -hex 32`)",
+        ], command
+
+
+def test_every_environment_override_is_documented() -> None:
+    import yunpian_sms_server.config as config_module
+
+    variables = [
+        value
+        for name, value in vars(config_module).items()
+        if name.endswith(("_ENV", "_ENV_PREFIX")) and isinstance(value, str)
+    ]
+    assert len(variables) >= 6
+    readme = (EXAMPLE.parent / "README.md").read_text()
+    for variable in variables:
+        assert variable in EXAMPLE.read_text(), f"config.example.toml does not name {variable}"
+        assert variable in readme, f"README.md does not name {variable}"
+
+
+DELIVERY_TOKEN = "report-token-0123456789abcdef0123456789"
+
+
+def test_push_needs_a_listen_address_and_a_path_token() -> None:
+    assert [p.split(":")[0] for p in problems_of({"delivery": {"mode": "push"}})] == [
+        "delivery.listen",
+        "delivery.path_token",
+    ]
+    [token] = problems_of({"delivery": {"mode": "push", "listen": "127.0.0.1:8080"}})
+    assert token.startswith('delivery.path_token: is required with mode = "push"')
+    assert "YUNPIAN_SMS_DELIVERY_TOKEN" in token
+    push = {"mode": "push", "listen": "127.0.0.1:8080"}
+    from_env = parse_config({"delivery": push}, {"YUNPIAN_SMS_DELIVERY_TOKEN": DELIVERY_TOKEN})
+    assert from_env.delivery.path_token == DELIVERY_TOKEN
+
+
+def test_a_short_path_token_is_a_problem_never_repeated() -> None:
+    push = {"mode": "push", "listen": "127.0.0.1:8080", "path_token": "hunter2"}
+    [short] = problems_of({"delivery": push})
+    assert short.startswith("delivery.path_token: must be at least 32 characters")
+    [short_env] = problems_of(
+        {"delivery": {"mode": "push", "listen": "127.0.0.1:8080"}},
+        {"YUNPIAN_SMS_DELIVERY_TOKEN": "hunter2"},
+    )
+    assert short_env.startswith("YUNPIAN_SMS_DELIVERY_TOKEN: must be at least 32 characters")
+    assert "hunter2" not in short + short_env
+
+
+@pytest.mark.parametrize("bad", ["/", "?", "#", "%", " ", "+", "=", "令"], ids=repr)
+def test_a_path_token_must_stand_in_a_url_path_as_it_is(bad: str) -> None:
+    # It is the last segment of /yunpian/reports/<path_token> and of every send's callback_url:
+    # `openssl rand -base64 32` makes '/', '+' and '=', which would break both.
+    token = DELIVERY_TOKEN[:20] + bad + DELIVERY_TOKEN[20:]
+    push = {"mode": "push", "listen": "127.0.0.1:8080", "path_token": token}
+    [problem] = problems_of({"delivery": push})
+    assert problem.startswith("delivery.path_token: must be letters, digits")
+    assert token not in problem
+
+
+@pytest.mark.parametrize("interval", [15.0, 20.0])
+def test_a_pull_lease_no_longer_than_the_interval_is_a_problem(interval: float) -> None:
+    pull = {"mode": "pull", "pull_interval_seconds": interval, "pull_lease_seconds": 15.0}
+    [problem] = problems_of({"delivery": pull})
+    assert problem.startswith("delivery.pull_lease_seconds: must be longer than")
+
+
+def test_delivery_settings_out_of_range_are_problems_under_their_key() -> None:
+    problems = problems_of(
+        {
+            "delivery": {
+                "mode": "both",
+                "report_wait_seconds": -1,
+                "page_size": 101,
+                "public_url": "ftp://example.com",
+            }
+        }
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "delivery.mode",
+        "delivery.report_wait_seconds",
+        "delivery.page_size",
+        "delivery.public_url",
+    ]
+
+
+def test_a_valid_delivery_section_is_read() -> None:
+    config = parse_config(
+        {
+            "delivery": {
+                "mode": "push",
+                "listen": "127.0.0.1:8080",
+                "path_token": DELIVERY_TOKEN,
+                "public_url": "https://sms.example.com",
+                "report_wait_seconds": 3600,
+            }
+        },
+        {},
+    )
+    assert config.delivery.enabled
+    assert (config.delivery.path_token, config.delivery.report_wait_seconds) == (
+        DELIVERY_TOKEN,
+        3600.0,
+    )
+    assert DELIVERY_TOKEN not in repr(config)

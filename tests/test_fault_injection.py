@@ -51,7 +51,7 @@ SEED = 20240401
 
 @dataclass(frozen=True)
 class Scenario:
-    """A fault injected for one call's number, and the answer §6 names for it."""
+    """A fault injected for one call's number, and the answer the error table gives it."""
 
     name: str
     share: int  # calls out of CALLS
@@ -222,7 +222,7 @@ async def drive(
 
 
 def expected(answer: Answer) -> tuple[grpc.StatusCode, str, bool]:
-    """(code, reason, replayed) that §6 and §7 name for an answer."""
+    """(code, reason, replayed) that the error table and the idempotency rules give an answer."""
     scenario = answer.scenario
     if answer.attempt == 1:
         return scenario.code, scenario.reason, False
@@ -295,7 +295,7 @@ async def test_faults_under_load_end_as_the_error_table_says_and_send_exactly_on
         f"({(rss_after - rss_before) / 2**20:+.1f} MiB)"
     )
 
-    # Every call ends with the status and reason §6 names for its fault, in time.
+    # Every call ends with the status and reason the error table gives its fault, in time.
     firsts = {answer.mobile: answer for answer in answers if answer.attempt == 1}
     wrong = []
     for answer in answers:
@@ -308,7 +308,9 @@ async def test_faults_under_load_end_as_the_error_table_says_and_send_exactly_on
             assert error.delivery_unknown == answer.scenario.stored, answer
             if answer.scenario.retry_delay is not None:
                 assert error.retry_delay == answer.scenario.retry_delay, answer
-    assert not wrong, f"{len(wrong)} calls ended otherwise than §6 says, e.g. {wrong[:5]}"
+    assert not wrong, (
+        f"{len(wrong)} calls ended otherwise than the error table says, e.g. {wrong[:5]}"
+    )
     assert lateness < DEADLINE_SLACK_S
     # An unanswered send ends when the server's upstream timeout expires, not before.
     timed_out = [a for a in answers if a.reason == "PROVIDER_TIMEOUT" and not a.replayed]

@@ -1,12 +1,12 @@
-"""Idempotent SendCode and local rate limits, end to end on the in-memory store."""
+"""Idempotent SendCode end to end on the in-memory store, and how replays and refusals meet
+the rate limits."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from google.rpc import error_details_pb2
-from support import StartServer, make_config
+from support import StartServer, client_for, single_sends
 
 from yunpian_sms_client import (
     AsyncSmsClient,
@@ -17,11 +17,6 @@ from yunpian_sms_client import (
 from yunpian_sms_server.sandbox import Fault, RunningSandbox
 
 PHONE = "13800138000"
-
-
-async def client_for(start_server: StartServer, **sections: dict[str, object]) -> AsyncSmsClient:
-    server = await start_server(make_config(**sections))
-    return AsyncSmsClient(f"127.0.0.1:{server.port}", retry=None)
 
 
 async def test_a_retried_request_id_replays_the_outcome_and_sends_nothing(
@@ -79,7 +74,7 @@ async def test_an_unknown_delivery_is_stored_and_replayed_as_the_same_error(
     assert first.value.reason == again.value.reason == "PROVIDER_CONNECTION_LOST"
     assert again.value.delivery_unknown
     assert again.value.metadata["replayed"] == "true"
-    assert sandbox.sandbox.request_counts["/v2/sms/single_send.json"] == 1
+    assert single_sends(sandbox) == 1
 
 
 async def test_records_expire_after_the_ttl(
@@ -93,50 +88,6 @@ async def test_records_expire_after_the_ttl(
         again = await client.send_code(PHONE, "123456", request_id="short-lived")
     assert not again.replayed
     assert len(sandbox.sandbox.messages) == 2
-
-
-async def test_the_per_phone_limit_counts_normalised_numbers_and_says_when_to_retry(
-    start_server: StartServer, sandbox: RunningSandbox
-) -> None:
-    sandbox.sandbox.enforce_limits = False  # YunPian's own 1-per-30-s rule is not under test
-    client = await client_for(start_server, limits={"per_phone": ["2/60s"]})
-    async with client:
-        await client.send_code("13800138000", "123456")
-        await client.send_code("+86 138-0013-8000", "123456")
-        with pytest.raises(ResourceExhaustedError) as caught:
-            await client.send_code("8613800138000", "123456")
-        await client.send_code("13900139000", "123456")  # another number has its own budget
-    error = caught.value
-    assert error.reason == "RATE_LIMITED"
-    assert error.retry_delay is not None
-    assert 59.0 < error.retry_delay <= 60.0
-    [quota] = [d for d in error.details if isinstance(d, error_details_pb2.QuotaFailure)]
-    assert quota.violations[0].subject == "phone:138****8000"
-    assert len(sandbox.sandbox.messages) == 3
-
-
-async def test_the_global_limit_covers_every_number(
-    start_server: StartServer, sandbox: RunningSandbox
-) -> None:
-    client = await client_for(start_server, limits={"per_phone": [], "global": ["2/1h"]})
-    async with client:
-        await client.send_code("13800138000", "123456")
-        await client.send_code("13900139000", "123456")
-        with pytest.raises(ResourceExhaustedError) as caught:
-            await client.send_code("13700137000", "123456")
-    assert caught.value.metadata["scope"] == "global"
-    assert len(sandbox.sandbox.messages) == 2
-
-
-async def test_the_per_caller_limit_applies_to_unauthenticated_callers_together(
-    start_server: StartServer,
-) -> None:
-    client = await client_for(start_server, limits={"per_phone": [], "per_caller": ["1/1h"]})
-    async with client:
-        await client.send_code("13800138000", "123456")
-        with pytest.raises(ResourceExhaustedError) as caught:
-            await client.send_code("13900139000", "123456")
-    assert caught.value.metadata["scope"] == "caller"
 
 
 async def test_a_send_that_yunpian_refused_gives_its_slot_back(

@@ -16,7 +16,6 @@ from support import (
     StartServe,
     free_port,
     make_config,
-    run_cli,
     toml_text,
 )
 
@@ -151,19 +150,3 @@ async def test_a_second_serve_on_a_busy_port_exits_2_with_one_line(
         f"error: cannot listen on {busy_address} ({busy}): address already in use"
     ]
     await assert_still_serving(first, metrics_port)
-
-
-async def test_the_sandbox_command_on_a_busy_port_exits_2_with_one_line(
-    start_serve: StartServe,
-) -> None:
-    sandbox_port = free_port()
-    first = await start_serve(
-        BASE_CONFIG, "--sandbox", "--sandbox-listen", f"127.0.0.1:{sandbox_port}"
-    )
-    result = run_cli("sandbox", "--listen", f"{LOOPBACK}:{sandbox_port}")
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        f"error: cannot listen on {LOOPBACK}:{sandbox_port} (sandbox): address already in use"
-    ]
-    async with AsyncSmsClient(first.target, default_timeout=10.0) as client:
-        assert (await client.send_code("13800138000", "123456")).message_id

@@ -842,6 +842,8 @@ async def test_messages_endpoint_lists_filters_and_clears(sandbox, url, http):
         "code": "1111",
         "tpl_id": DOMESTIC_ID,
         "at": START_TIME,
+        "uid": None,
+        "callback_url": None,
     }
 
     async with http.get(url + "/sandbox/messages", params={"mobile": US_MOBILE}) as resp:

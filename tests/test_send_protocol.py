@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import socket
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any, Final
 
 import grpc
@@ -21,18 +20,15 @@ from support import (
     BASE_CONFIG,
     FINGERPRINT_SECRET,
     RedisServer,
-    ServeProcess,
-    StartServe,
     StartServer,
-    error_info,
     eventually,
     free_port,
     fresh_database,
     log_events,
     make_config,
-    scrape,
     set_store,
-    value,
+    single_sends,
+    unreachable_yunpian,
 )
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
@@ -41,7 +37,6 @@ from yunpian_sms_client import (
     AsyncSmsClient,
     DeadlineExceededError,
     ResourceExhaustedError,
-    SmsError,
     UnavailableError,
 )
 from yunpian_sms_server.app import SmsServer
@@ -50,22 +45,9 @@ from yunpian_sms_server.sandbox import Fault, RunningSandbox
 PHONE: Final = "13800138000"
 CODE: Final = "123456"
 # Store calls a burst of one request_id may make at most: far fewer than its 1,000 calls.
-COALESCED_STORE_CALLS: Final = 50
+COALESCED_STORE_CALLS: Final = 10
 # The Redis database of this module's tests, emptied before each.
 REDIS_DB: Final = 9
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store_table(
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[dict[str, Any]]:
-    """The [store] table of a test's server: memory, or an emptied Redis database."""
-    if request.param == "memory":
-        yield {"url": "memory://"}
-        return
-    redis_server: RedisServer = request.getfixturevalue("redis_server")
-    url = await fresh_database(redis_server, REDIS_DB)
-    yield {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
 
 
 @pytest.fixture
@@ -73,32 +55,6 @@ def quiet_sandbox(sandbox: RunningSandbox) -> RunningSandbox:
     """The sandbox without YunPian's own per-number limits: ours are under test."""
     sandbox.sandbox.enforce_limits = False
     return sandbox
-
-
-@contextlib.contextmanager
-def unreachable_yunpian() -> Iterator[str]:
-    """A loopback URL whose connections never complete: a listener with a full accept queue.
-
-    The kernel drops the SYNs of further connections, so a client waits in connect() the way it
-    does behind a firewall that drops packets: nothing of a request can have left.
-    """
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    queued = []
-    for _ in range(4):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        queued.append(filler)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        for filler in queued:
-            filler.close()
-        listener.close()
 
 
 async def cancel_after(call: Awaitable[Any], seconds: float) -> None:
@@ -169,7 +125,7 @@ async def test_a_call_cancelled_after_yunpian_answered_replays_that_answer(
     admin = None
     async with client_of(server) as client:
         call = asyncio.ensure_future(client.send_code(PHONE, CODE, request_id="order-42"))
-        await eventually(lambda: sandbox.request_counts["/v2/sms/single_send.json"] == 1)
+        await eventually(lambda: single_sends(quiet_sandbox) == 1)
         if store_table["url"].startswith("redis"):
             # Redis holds every write for 0.6 s, past YunPian's answer: the server is waiting
             # to record the outcome when its call is cancelled.
@@ -232,8 +188,13 @@ async def test_a_thousand_calls_with_one_request_id_send_one_sms_on_redis(
     admin = aioredis.Redis.from_url(url)
     await admin.config_resetstat()
     store = {"url": url, "on_error": on_error, "fingerprint_secret": FINGERPRINT_SECRET}
-    server = await start_server(make_config(limits={"per_phone": ["1/60s"]}, store=store))
-    quiet_sandbox.sandbox.inject(Fault(kind="delay", seconds=0.5))
+    yunpian = {**BASE_CONFIG["yunpian"], "timeout_seconds": 10.0}
+    server = await start_server(
+        make_config(limits={"per_phone": ["1/60s"]}, store=store, yunpian=yunpian)
+    )
+    # YunPian answers the first call late enough that the other 999 reach the server while it
+    # is in flight, however busy the machine (and within the server's own timeout).
+    quiet_sandbox.sandbox.inject(Fault(kind="delay", seconds=3.0))
     request = pb.SendCodeRequest(phone_number=PHONE, code=CODE, request_id="order-42")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.SmsServiceStub(channel)
@@ -249,8 +210,8 @@ async def test_a_thousand_calls_with_one_request_id_send_one_sms_on_redis(
     }
     assert sum(not a.replayed for a in answers if isinstance(a, pb.SendCodeResponse)) == 1
     # Coalesced in the server: the store was asked about this request_id a few times (the
-    # leader's claim and count; a call the loop reached only after the leader had finished
-    # claims again and replays), never once per call as without coalescing.
+    # leader's claim and count, and its record), never once per call as without coalescing;
+    # a call the loop reaches only after the leader finished replays what this server kept.
     assert evalsha <= COALESCED_STORE_CALLS
 
 
@@ -335,40 +296,6 @@ async def test_records_made_under_a_previous_fingerprint_secret_still_replay(
     assert retried.message_id == sent.message_id
 
 
-async def test_malformed_request_bytes_are_invalid_argument_with_an_event_and_a_metric(
-    start_server: StartServer, log_output: Any, capfd: pytest.CaptureFixture[str]
-) -> None:
-    server = await start_server(make_config(server={"metrics_listen": "127.0.0.1:0"}))
-    not_utf8 = b"\x0a\x02\xff\xfe"  # phone_number: two bytes that are not UTF-8
-    corrupt = b"\x0a\x80"  # a length that runs past the end
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        send_raw = channel.unary_unary(
-            "/yunpian.sms.v1.SmsService/SendCode",
-            request_serializer=lambda raw: raw,
-            response_deserializer=lambda raw: raw,
-        )
-        errors = []
-        for body in (not_utf8, corrupt):
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await send_raw(body, timeout=5.0)
-            errors.append(caught.value)
-    for error in errors:
-        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert error_info(error).reason == "MALFORMED_REQUEST"
-        assert "DecodeError" not in (error.details() or "")
-    events = log_events(log_output, "rpc")
-    assert [(e["grpc_code"], e["reason"]) for e in events] == [
-        ("INVALID_ARGUMENT", "MALFORMED_REQUEST")
-    ] * 2
-    samples = await scrape(server)
-    rpcs = "yunpian_sms_rpcs_total"
-    assert (
-        value(samples, rpcs, method="SendCode", grpc_code="INVALID_ARGUMENT", caller="anonymous")
-        == 2
-    )
-    assert "Traceback" not in capfd.readouterr().err
-
-
 async def test_an_oversized_yunpian_answer_keeps_its_status_and_details(
     client: AsyncSmsClient, sandbox: RunningSandbox
 ) -> None:
@@ -401,19 +328,35 @@ async def test_draining_reports_not_serving_and_refuses_calls_while_the_port_is_
     assert refused.value.reason == "SHUTTING_DOWN"
 
 
-async def test_the_rpc_event_is_written_before_the_answer_leaves(start_serve: StartServe) -> None:
-    """Whoever receives an answer finds its event already in the log, OK or not."""
-    serving: ServeProcess = await start_serve({"limits": {"per_phone": []}}, "--sandbox")
-    async with AsyncSmsClient(serving.target, retry=None) as client:
-        for n in range(30):
-            request_id = f"ordering-{n}"
-            metadata = [("x-request-id", request_id)]
-            with contextlib.suppress(SmsError):
-                if n % 2:
-                    await client.send_code("1380013800", CODE, metadata=metadata)  # invalid
-                else:
-                    await client.validate_template(
-                        content="{{code}}", skip_remote=True, metadata=metadata
-                    )
-            logged = {e["request_id"] for e in serving.read_events() if e["event"] == "rpc"}
-            assert request_id in logged, f"no event for {request_id} when its answer arrived"
+async def test_a_send_with_a_request_id_is_two_redis_round_trips_and_a_replay_one(
+    start_server: StartServer, quiet_sandbox: RunningSandbox, redis_server: RedisServer
+) -> None:
+    url = await fresh_database(redis_server, REDIS_DB)
+    config = make_config(
+        limits={"per_phone": ["1/60s", "5/1h"]},
+        store={"url": url, "fingerprint_secret": FINGERPRINT_SECRET},
+    )
+    first, second = await start_server(config), await start_server(config)
+    admin = aioredis.Redis.from_url(url)
+
+    async def commands_during(call: Awaitable[Any]) -> dict[str, int]:
+        # Every operation of the store is one script: Redis's own count of the commands a
+        # client can send on their own (besides the scripts' inner ones) is the round trips.
+        await admin.config_resetstat()
+        await call
+        stats = await admin.info("commandstats")
+        sent_by_clients = {"cmdstat_evalsha", "cmdstat_eval", "cmdstat_script|load"}
+        sent_by_clients |= {"cmdstat_multi", "cmdstat_exec", "cmdstat_get", "cmdstat_set"}
+        return {name: stats[name]["calls"] for name in sent_by_clients & set(stats)}
+
+    async with client_of(first) as at_first, client_of(second) as at_second:
+        # Redis learns each script on its first use (NOSCRIPT, then load): not per call.
+        await at_first.send_code("13900139000", CODE, request_id="warm-up")
+        await at_second.send_code("13900139000", CODE, request_id="warm-up")
+        sent = await commands_during(at_first.send_code(PHONE, CODE, request_id="order-42"))
+        elsewhere = await commands_during(at_second.send_code(PHONE, CODE, request_id="order-42"))
+        here = await commands_during(at_first.send_code(PHONE, CODE, request_id="order-42"))
+    await admin.aclose()
+    assert sent == {"cmdstat_evalsha": 2}  # claim and count; record
+    assert elsewhere == {"cmdstat_evalsha": 1}  # a retry at another replica: the claim replays
+    assert here == {}  # a retry just after, at the same replica: it kept the outcome

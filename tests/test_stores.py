@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from support import RedisServer
 
+from yunpian_sms_server.delivery_state import DeliveryReport, DeliveryState, SentMessage
 from yunpian_sms_server.limits import Window, parse_limit
 from yunpian_sms_server.stores import (
     ClaimState,
@@ -19,17 +20,6 @@ from yunpian_sms_server.stores import (
     open_store,
     url_problem,
 )
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        opened: Store = MemoryStore()
-    else:
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        opened = RedisStore(redis_server.url)
-    yield opened
-    await opened.close()
 
 
 def window(limit: str, subject: str | None = None, scope: str = "phone") -> Window:
@@ -206,3 +196,121 @@ async def test_a_burst_beyond_the_redis_connections_waits_its_turn(
     failures = [result for result in results if isinstance(result, BaseException)]
     assert failures == []
     assert results[:150] == [None] * 150
+
+
+async def test_claim_and_acquire_claims_and_counts_together_or_neither(store: Store) -> None:
+    key, per_minute = uuid.uuid4().hex, window("1/60s")
+    counted = await store.claim_and_acquire(key, ["fp"], "first", 5.0, [per_minute])
+    assert (counted.claim.state, counted.refusal) == (ClaimState.NEW, None)
+    # The window is full now: a new claim is refused and given up, nothing counted.
+    other = uuid.uuid4().hex
+    refused = await store.claim_and_acquire(other, ["fp"], "second", 5.0, [per_minute])
+    assert refused.claim.state is ClaimState.NEW
+    assert refused.refusal is not None
+    assert refused.refusal.window == per_minute
+    assert (await store.claim(other, ["fp"], "third", 5.0)).state is ClaimState.NEW
+    # A claim that is not new counts nothing.
+    again = await store.claim_and_acquire(key, ["fp"], "fourth", 5.0, [window("1/60s")])
+    assert (again.claim.state, again.refusal) == (ClaimState.PENDING, None)
+    await store.complete(key, "fp", b"sent", 60.0)
+    done = await store.claim_and_acquire(key, ["fp"], "fifth", 5.0, [per_minute])
+    assert (done.claim.state, done.claim.record, done.refusal) == (ClaimState.DONE, b"sent", None)
+    mismatch = await store.claim_and_acquire(key, ["other"], "sixth", 5.0, [per_minute])
+    assert mismatch.claim.state is ClaimState.MISMATCH
+
+
+async def test_release_gives_a_token_back_from_every_window(store: Store) -> None:
+    subject = uuid.uuid4().hex
+    windows = [window("1/60s", subject), window("2/1h", subject)]
+    assert await store.acquire(windows, "sent-nothing") is None
+    await store.release(windows, "sent-nothing")
+    assert await store.acquire(windows, "next") is None
+
+
+def sent(caller: str = "alice") -> SentMessage:
+    # A fresh sid per test keeps tests apart on the shared Redis.
+    return SentMessage(str(uuid.uuid4().int % 10**18), caller, sent_at=time.time() - 2.0)
+
+
+def report_of(
+    message: SentMessage, state: DeliveryState = DeliveryState.DELIVERED
+) -> DeliveryReport:
+    return DeliveryReport(message.message_id, state, "DELIVRD", "", received_at=time.time() - 1.0)
+
+
+async def test_a_report_is_saved_once_and_read_back_with_its_caller(store: Store) -> None:
+    message = sent()
+    await store.record_message(message, keep_s=60.0)
+    first = report_of(message)
+    saved = await store.save_reports([first], keep_s=60.0)
+    again = await store.save_reports([report_of(message, DeliveryState.FAILED)], keep_s=60.0)
+    found = await store.get_message(message.message_id)
+    assert [m.message_id for m in saved.saved] == [message.message_id]
+    assert (saved.duplicates, saved.unknown) == (0, 0)
+    assert (again.saved, again.duplicates, again.unknown) == ((), 1, 0)
+    assert found is not None
+    assert (found.caller, found.state, found.carrier_code) == ("alice", first.state, "DELIVRD")
+    assert found.received_at == pytest.approx(first.received_at, abs=0.001)
+    assert found.sent_at == pytest.approx(message.sent_at, abs=0.001)
+
+
+@pytest.mark.parametrize("recorded_by", ["record_message", "complete"])
+async def test_a_report_that_comes_before_its_message_is_taken_in_when_it_is_recorded(
+    store: Store, recorded_by: str
+) -> None:
+    # YunPian can report before the replica that sent the SMS has recorded it: the report waits.
+    message, other = sent(), sent()
+    early = report_of(message, DeliveryState.FAILED)
+    saved = await store.save_reports([early, report_of(other)], keep_s=60.0)
+    assert (saved.saved, saved.duplicates, saved.unknown) == ((), 0, 2)
+    assert await store.get_message(message.message_id) is None
+    if recorded_by == "record_message":
+        await store.record_message(message, keep_s=60.0)
+    else:
+        key = uuid.uuid4().hex
+        await store.complete(key, "fp", b"record", 60.0, message=message, message_keep_s=60.0)
+    found = await store.get_message(message.message_id)
+    assert found is not None
+    assert (found.caller, found.state) == ("alice", DeliveryState.FAILED)
+    assert found.received_at == pytest.approx(early.received_at, abs=0.001)
+    # Taken in once: a later report of it is a duplicate, and the other report still waits.
+    later = await store.save_reports([report_of(message)], keep_s=60.0)
+    assert (later.saved, later.duplicates) == ((), 1)
+    assert await store.get_message(other.message_id) is None
+
+
+async def test_recording_a_message_again_keeps_the_report_it_took_in(store: Store) -> None:
+    # A settle interrupted after the store ran it runs again: the second recording is a no-op.
+    message = sent()
+    early = report_of(message, DeliveryState.FAILED)
+    await store.save_reports([early], keep_s=60.0)
+    first = await store.record_message(message, keep_s=60.0)
+    again = await store.record_message(message, keep_s=60.0)
+    key = uuid.uuid4().hex
+    by_complete = await store.complete(key, "fp", b"r", 60.0, message=message, message_keep_s=60.0)
+    found = await store.get_message(message.message_id)
+    assert first is not None
+    assert (first.message_id, first.caller, first.state) == (
+        message.message_id,
+        "alice",
+        DeliveryState.FAILED,
+    )
+    assert first.received_at == pytest.approx(early.received_at, abs=0.001)
+    assert (again, by_complete) == (None, None)
+    assert found is not None
+    assert found.state is DeliveryState.FAILED
+    # Without a waiting report, recording returns nothing, and the message stays pending.
+    plain = sent()
+    assert await store.record_message(plain, keep_s=60.0) is None
+    assert await store.complete(uuid.uuid4().hex, "fp", b"r", 60.0) is None
+
+
+async def test_of_reports_that_come_before_their_message_the_first_waits(store: Store) -> None:
+    message = sent()
+    first, second = report_of(message, DeliveryState.FAILED), report_of(message)
+    one = await store.save_reports([first], keep_s=60.0)
+    two = await store.save_reports([second], keep_s=60.0)
+    taken_in = await store.record_message(message, keep_s=60.0)
+    assert (one.unknown, two.unknown) == (1, 1)
+    assert taken_in is not None
+    assert taken_in.state is DeliveryState.FAILED  # as for a recorded message: the first wins

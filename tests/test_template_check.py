@@ -10,12 +10,16 @@ from typing import Any
 import aiohttp
 import pytest
 from support import (
+    GENERIC_ID,
     GENERIC_TEMPLATE,
+    INTERNATIONAL_ID,
     INTERNATIONAL_TEMPLATE,
+    SIGN_IN_ID,
     SIGN_IN_TEMPLATE,
     FakeClock,
     free_port,
     make_config,
+    tpl_gets,
 )
 
 from yunpian_sms_server.account_templates import ApprovalStatus, parse_account_templates
@@ -38,8 +42,6 @@ from yunpian_sms_server.templates import (
     yunpian_form,
 )
 
-# The sandbox of conftest.py approves the templates of support.BASE_CONFIG with these ids.
-SIGN_IN_ID, GENERIC_ID, INTERNATIONAL_ID = 1, 2, 3
 TYPO_TEMPLATE = "您的登陆验证码是{{code}}，5分钟内有效。"  # 登陆 where the approved one has 登录
 
 
@@ -75,10 +77,6 @@ async def checker(
     checker = make_checker(session, sandbox.url, clock)
     yield checker
     await checker.close()
-
-
-def tpl_gets(sandbox: RunningSandbox) -> int:
-    return sandbox.sandbox.request_counts[TPL_GET_PATH]
 
 
 def reasons(result: TemplateCheck) -> list[ProblemReason]:

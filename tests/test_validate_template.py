@@ -1,13 +1,11 @@
-"""ValidateTemplate end to end (SDK -> gRPC server -> sandbox), verify_on_start, and the CLI."""
+"""ValidateTemplate end to end (SDK -> gRPC server -> sandbox) and verify_on_start; the
+validate-template command is in test_cli.py."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import io
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,14 +14,18 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import (
     BASE_CONFIG,
-    CLI,
+    GENERIC_ID,
     GENERIC_TEMPLATE,
+    INTERNATIONAL_ID,
     INTERNATIONAL_TEMPLATE,
+    SIGN_IN_ID,
     SIGN_IN_TEMPLATE,
     StartServer,
     free_port,
     log_events,
     make_config,
+    target_of,
+    tpl_gets,
 )
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
@@ -35,8 +37,7 @@ from yunpian_sms_client import (
     from_rpc_error,
 )
 from yunpian_sms_server.app import SmsServer
-from yunpian_sms_server.cli import main
-from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV, ConfigError
+from yunpian_sms_server.config import ConfigError
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
     SANDBOX_API_KEY,
@@ -48,20 +49,11 @@ from yunpian_sms_server.service import MAX_TEMPLATE_CONTENT_LENGTH
 from yunpian_sms_server.templates import TemplateBook, yunpian_form
 
 SERVICE = "yunpian.sms.v1.SmsService"
-SIGN_IN_ID, GENERIC_ID, INTERNATIONAL_ID = "1", "2", "3"
 TYPO_TEMPLATE = "您的登陆验证码是{{code}}，5分钟内有效。"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Quick re-checks, so verify_on_start notices an approval within a test's patience.
 FAST_RECHECK_S = 0.05
-
-
-def target_of(server: SmsServer) -> str:
-    return f"127.0.0.1:{server.port}"
-
-
-def tpl_gets(sandbox: RunningSandbox) -> int:
-    return sandbox.sandbox.request_counts[TPL_GET_PATH]
 
 
 def templates_with(**options: object) -> dict[str, Any]:
@@ -80,7 +72,7 @@ async def test_a_configured_usage_type_is_approved_with_every_field(
         content=SIGN_IN_TEMPLATE,
         yunpian_content=yunpian_form(SIGN_IN_TEMPLATE),
         status=pb.TEMPLATE_STATUS_APPROVED,
-        template_id=SIGN_IN_ID,
+        template_id=str(SIGN_IN_ID),
         estimated_segments=1,
     )
 
@@ -88,9 +80,11 @@ async def test_a_configured_usage_type_is_approved_with_every_field(
 @pytest.mark.parametrize(
     ("usage_type", "international", "content", "template_id"),
     [
-        ("SignIn", True, INTERNATIONAL_TEMPLATE, INTERNATIONAL_ID),  # the international Generic
-        ("BindMfa", False, GENERIC_TEMPLATE, GENERIC_ID),  # no BindMfa template: Generic
-        (pb.USAGE_TYPE_UNSPECIFIED, False, GENERIC_TEMPLATE, GENERIC_ID),
+        # the international Generic
+        ("SignIn", True, INTERNATIONAL_TEMPLATE, str(INTERNATIONAL_ID)),
+        # no BindMfa template: Generic
+        ("BindMfa", False, GENERIC_TEMPLATE, str(GENERIC_ID)),
+        (pb.USAGE_TYPE_UNSPECIFIED, False, GENERIC_TEMPLATE, str(GENERIC_ID)),
     ],
 )
 async def test_a_usage_type_is_checked_with_the_template_sendcode_would_use(
@@ -166,7 +160,7 @@ async def test_templates_in_review_or_rejected_are_reported_so(
     await post_template(
         sandbox,
         {
-            "tpl_id": int(SIGN_IN_ID),
+            "tpl_id": SIGN_IN_ID,
             "tpl_content": DEFAULT_SIGNATURE + yunpian_form(SIGN_IN_TEMPLATE),
             "check_status": check_status,
             "reason": reason,
@@ -174,7 +168,7 @@ async def test_templates_in_review_or_rejected_are_reported_so(
     )
     report = await client.validate_template(usage_type="SignIn")
     assert not report.valid
-    assert (report.status, report.template_id) == (status, SIGN_IN_ID)
+    assert (report.status, report.template_id) == (status, str(SIGN_IN_ID))
     assert report.status_reason == (reason or "")
     assert [p.reason for p in report.problems] == [problem]
 
@@ -304,7 +298,7 @@ async def test_verify_on_start_serves_when_every_template_is_approved(
 async def test_verify_on_start_holds_not_serving_until_yunpian_approves(
     start_server: StartServer, sandbox: RunningSandbox, log_output: io.StringIO
 ) -> None:
-    sandbox.sandbox.set_template_status(int(SIGN_IN_ID), "CHECKING")
+    sandbox.sandbox.set_template_status(SIGN_IN_ID, "CHECKING")
     config = make_config(
         templates=templates_with(verify_on_start=True, remote_cache_seconds=FAST_RECHECK_S)
     )
@@ -313,14 +307,14 @@ async def test_verify_on_start_holds_not_serving_until_yunpian_approves(
     [failing, *_] = log_events(log_output, "template_not_approved")
     assert failing["usage_type"] == "SignIn"
     assert failing["international"] is False
-    assert (failing["status"], failing["template_id"]) == ("PENDING", SIGN_IN_ID)
+    assert (failing["status"], failing["template_id"]) == ("PENDING", str(SIGN_IN_ID))
     assert "still reviewing" in failing["why"]
     async with grpc.aio.insecure_channel(target_of(server)) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=SERVICE)
         )
         assert (await watch.read()).status == NOT_SERVING
-        sandbox.sandbox.set_template_status(int(SIGN_IN_ID), "SUCCESS")
+        sandbox.sandbox.set_template_status(SIGN_IN_ID, "SUCCESS")
         assert (await asyncio.wait_for(watch.read(), 2.0)).status == SERVING
         watch.cancel()
     assert await health_of(server) == [SERVING, SERVING]
@@ -332,7 +326,7 @@ async def test_verify_on_start_holds_not_serving_until_yunpian_approves(
 async def test_verify_on_start_checks_international_templates_too(
     start_server: StartServer, sandbox: RunningSandbox, log_output: io.StringIO
 ) -> None:
-    sandbox.sandbox.set_template_status(int(INTERNATIONAL_ID), "FAIL", "Wrong language")
+    sandbox.sandbox.set_template_status(INTERNATIONAL_ID, "FAIL", "Wrong language")
     server = await start_server(make_config(templates=templates_with(verify_on_start=True)))
     assert await health_of(server) == [NOT_SERVING, NOT_SERVING]
     [failing] = log_events(log_output, "template_not_approved")
@@ -374,7 +368,7 @@ async def test_verify_on_start_logs_a_yunpian_error_and_recovers(
 async def test_stopping_ends_the_re_checks(
     start_server: StartServer, sandbox: RunningSandbox
 ) -> None:
-    sandbox.sandbox.set_template_status(int(GENERIC_ID), "CHECKING")
+    sandbox.sandbox.set_template_status(GENERIC_ID, "CHECKING")
     config = make_config(
         templates=templates_with(verify_on_start=True, remote_cache_seconds=FAST_RECHECK_S)
     )
@@ -405,226 +399,3 @@ def test_the_options_are_not_usage_types_and_default_sensibly() -> None:
     defaults = make_config()
     assert not defaults.template_checks.verify_on_start
     assert defaults.template_checks.remote_cache_seconds == 60.0
-
-
-# --- the command line -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for name in (API_KEY_ENV, CONFIG_ENV, "YUNPIAN_SMS_TARGET"):
-        monkeypatch.delenv(name, raising=False)
-    return dict(os.environ)
-
-
-async def run_main(*args: str) -> int:
-    # main() blocks (the sync SDK, asyncio.run): a thread keeps this loop serving.
-    return await asyncio.to_thread(main, list(args))
-
-
-async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        CLI,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 30.0)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
-
-
-async def test_validate_template_command_prints_a_report_and_exits_0_when_valid(
-    log_output: io.StringIO,
-    server: SmsServer,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
-) -> None:
-    status = await run_main(
-        "validate-template", "--usage-type", "SignIn", "--target", target_of(server)
-    )
-    assert status == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[:3] == ["valid: yes", "status: APPROVED", f"template_id: {SIGN_IN_ID}"]
-    assert f"register at YunPian as: {yunpian_form(SIGN_IN_TEMPLATE)}" in out
-    assert "estimated segments: 1" in out
-
-
-async def test_validate_template_command_exits_1_and_lists_problems_when_invalid(
-    log_output: io.StringIO,
-    server: SmsServer,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
-) -> None:
-    status = await run_main(
-        "validate-template", "--content", TYPO_TEMPLATE, "--target", target_of(server)
-    )
-    assert status == 1
-    out = capsys.readouterr().out
-    assert "valid: no\nstatus: NOT_FOUND\n" in out
-    assert "problem NO_MATCHING_TEMPLATE: " in out
-
-
-async def test_validate_template_command_shows_yunpians_reason(
-    log_output: io.StringIO,
-    server: SmsServer,
-    sandbox: RunningSandbox,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
-) -> None:
-    sandbox.sandbox.set_template_status(int(SIGN_IN_ID), "FAIL", "签名不规范")
-    status = await run_main(
-        "validate-template", "--usage-type", "SignIn", "--target", target_of(server)
-    )
-    assert status == 1
-    out = capsys.readouterr().out
-    assert "status: REJECTED\n" in out
-    assert "YunPian's reason: 签名不规范\n" in out
-
-
-async def test_validate_template_console_script_exit_codes(
-    server: SmsServer, sandbox: RunningSandbox, cli_env: dict[str, str]
-) -> None:
-    sandbox.sandbox.set_template_status(int(GENERIC_ID), "CHECKING")
-    target = target_of(server)
-    approved, pending, unreachable = await asyncio.gather(
-        run_cli("validate-template", "--usage-type", "SignIn", "--target", target, env=cli_env),
-        run_cli("validate-template", "--usage-type", "Register", "--target", target, env=cli_env),
-        run_cli(
-            "validate-template",
-            "--content",
-            "{{code}}",
-            "--skip-remote",
-            "--target",
-            f"127.0.0.1:{free_port()}",
-            env=cli_env,
-        ),
-    )
-    assert approved[0] == 0, approved
-    assert "status: APPROVED" in approved[1]
-    assert pending[0] == 1, pending
-    assert "status: PENDING" in pending[1]
-    assert "problem TEMPLATE_PENDING: " in pending[1]
-    assert unreachable[0] == 1
-    assert unreachable[2].startswith("error: ")
-    assert "Traceback" not in approved[2] + pending[2] + unreachable[2]
-
-
-def write_config(
-    path: Path, sandbox_url: str, *, api_key: str = SANDBOX_API_KEY, extra: str = ""
-) -> Path:
-    lines = [
-        "[yunpian]",
-        f'api_key = "{api_key}"',
-        f'base_url = "{sandbox_url}"',
-        "timeout_seconds = 2.0",
-        "[international]",
-        "enabled = true",
-        "[templates]",
-        *(
-            f"{name} = {json.dumps(content, ensure_ascii=False)}"
-            for name, content in BASE_CONFIG["templates"].items()
-            if isinstance(content, str)
-        ),
-        "[templates.international]",
-        f"Generic = {json.dumps(INTERNATIONAL_TEMPLATE)}",
-        extra,
-    ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def status_lines(out: str) -> dict[str, str]:
-    """check-config --remote's lines by label, without the "config OK" header."""
-    lines = out.splitlines()[1:]
-    return {line.split("  ")[0].strip(): line for line in lines}
-
-
-async def test_check_config_remote_exits_0_when_every_template_is_approved(
-    log_output: io.StringIO,
-    sandbox: RunningSandbox,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
-) -> None:
-    config = write_config(tmp_path / "config.toml", sandbox.url)
-    assert await run_main("check-config", "--remote", "--config", str(config)) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("config OK")
-    lines = status_lines(out)
-    assert list(lines) == [
-        "SignIn",
-        "Register",
-        "ForgotPassword",
-        "Generic",
-        "international Generic",
-    ]
-    assert lines["SignIn"].split() == ["SignIn", "APPROVED", f"tpl_id={SIGN_IN_ID}"]
-    assert lines["international Generic"].split()[2:] == ["APPROVED", f"tpl_id={INTERNATIONAL_ID}"]
-    assert tpl_gets(sandbox) == 1
-    assert SANDBOX_API_KEY not in out
-
-
-async def test_check_config_remote_exits_1_naming_each_template_not_approved(
-    log_output: io.StringIO,
-    sandbox: RunningSandbox,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
-) -> None:
-    sandbox.sandbox.set_template_status(int(SIGN_IN_ID), "CHECKING")
-    sandbox.sandbox.remove_template(int(INTERNATIONAL_ID))
-    config = write_config(tmp_path / "config.toml", sandbox.url)
-    assert await run_main("check-config", "--remote", "--config", str(config)) == 1
-    lines = status_lines(capsys.readouterr().out)
-    assert lines["SignIn"].split()[1:3] == ["PENDING", f"tpl_id={SIGN_IN_ID}"]
-    assert "TEMPLATE_PENDING: " in lines["SignIn"]
-    assert lines["Generic"].split()[1] == "APPROVED"
-    assert lines["international Generic"].split()[2] == "NOT_FOUND"
-    assert "NO_MATCHING_TEMPLATE: " in lines["international Generic"]
-
-
-async def test_check_config_remote_exits_1_when_yunpian_is_unreachable(
-    log_output: io.StringIO,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
-) -> None:
-    config = write_config(tmp_path / "config.toml", f"http://127.0.0.1:{free_port()}")
-    assert await run_main("check-config", "--remote", "--config", str(config)) == 1
-    lines = status_lines(capsys.readouterr().out)
-    assert len(lines) == 5
-    assert all(" NOT_CHECKED " in line for line in lines.values())
-    assert "could not be reached" in lines["SignIn"]
-
-
-async def test_check_config_remote_console_script_exit_codes(
-    log_output: io.StringIO, sandbox: RunningSandbox, tmp_path: Path, cli_env: dict[str, str]
-) -> None:
-    wrong_key = "f" * 32
-    good = write_config(tmp_path / "good.toml", sandbox.url)
-    bad_key = write_config(tmp_path / "bad.toml", sandbox.url, api_key=wrong_key)
-    ok, refused = await asyncio.gather(
-        run_cli("check-config", "--remote", "--config", str(good), env=cli_env),
-        run_cli("check-config", "--remote", "--config", str(bad_key), env=cli_env),
-    )
-    assert ok[0] == 0, ok
-    assert " APPROVED " in ok[1]
-    assert refused[0] == 1
-    assert "error: YunPian refused the API key" in refused[2]
-    assert wrong_key not in refused[1] + refused[2]
-    assert "Traceback" not in ok[2] + refused[2]
-
-
-async def test_check_config_without_remote_does_not_ask_yunpian(
-    log_output: io.StringIO,
-    sandbox: RunningSandbox,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    cli_env: dict[str, str],
-) -> None:
-    config = write_config(tmp_path / "config.toml", sandbox.url)
-    assert await run_main("check-config", "--config", str(config)) == 0
-    assert "APPROVED" not in capsys.readouterr().out
-    assert tpl_gets(sandbox) == 0

@@ -3,6 +3,17 @@
 //   node examples/node/sms_client.js HOST:PORT send PHONE CODE [USAGE_TYPE]
 //   node examples/node/sms_client.js HOST:PORT validate USAGE_TYPE
 //
+// A verification: the service makes the code and sends it; the user types it; you check it.
+//   node examples/node/sms_client.js HOST:PORT start PHONE [USAGE_TYPE [REQUEST_ID]]
+//   node examples/node/sms_client.js HOST:PORT check VERIFICATION_ID CODE
+//   node examples/node/sms_client.js HOST:PORT check-number PHONE CODE [USAGE_TYPE]
+//   node examples/node/sms_client.js HOST:PORT cancel VERIFICATION_ID
+//
+// Whether an SMS reached the phone, from YunPian's delivery report (the server must collect
+// them: [delivery] mode "pull" or "push"; `serve --sandbox` pulls them from its sandbox):
+//   node examples/node/sms_client.js HOST:PORT status MESSAGE_ID
+//
+// USAGE_TYPE is the proto's name, e.g. USAGE_TYPE_SIGN_IN (default USAGE_TYPE_GENERIC).
 // Prints one JSON line: {"ok": true, "response": {...}} or {"ok": false, "code": <gRPC code>,
 // "message": "...", "error_info": {"reason", "domain", "metadata"}} decoded from the rich status.
 "use strict";
@@ -88,8 +99,28 @@ async function main(argv) {
     result = await call(client, "SendCode", { phone_number, code, usage_type });
   } else if (command === "validate") {
     result = await call(client, "ValidateTemplate", { usage_type: args[0] });
+  } else if (command === "start") {
+    // With a request_id, a repeat answers with the same verification (replayed) and sends
+    // nothing: the one safe way to retry a start whose outcome is unknown.
+    const [phone_number, usage_type = "USAGE_TYPE_GENERIC", request_id = ""] = args;
+    result = await call(client, "StartVerification", { phone_number, usage_type, request_id });
+  } else if (command === "check") {
+    // A wrong code is not an error: approved is false and checks_remaining says what is left.
+    const [verification_id, code] = args;
+    result = await call(client, "CheckVerification", { verification_id, code });
+  } else if (command === "check-number") {
+    const [phone_number, code, usage_type = "USAGE_TYPE_GENERIC"] = args;
+    result = await call(client, "CheckVerification", { phone_number, usage_type, code });
+  } else if (command === "cancel") {
+    result = await call(client, "CancelVerification", { verification_id: args[0] });
+  } else if (command === "status") {
+    // Every state is an answer: DELIVERY_STATE_PENDING (no report yet), _DELIVERED, _FAILED
+    // (carrier_code, carrier_detail say why) or _UNKNOWN. An unknown id is NOT_FOUND.
+    result = await call(client, "GetDeliveryStatus", { message_id: args[0] });
   } else {
-    throw new Error(`unknown command ${command}: use send or validate`);
+    throw new Error(
+      `unknown command ${command}: use send, validate, start, check, check-number, cancel or status`,
+    );
   }
   client.close();
   process.stdout.write(JSON.stringify(result) + "\n");

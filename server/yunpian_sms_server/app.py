@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import secrets
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import grpc
@@ -33,11 +33,14 @@ from yunpian_sms_server.auth import Authenticator
 from yunpian_sms_server.config import (
     Config,
     ConfigError,
+    DeliveryConfig,
     TlsConfig,
     YunpianConfig,
     config_warnings,
     exposure_problem,
 )
+from yunpian_sms_server.delivery_reports import DeliveryReports, ReportPuller
+from yunpian_sms_server.delivery_state import KEPT_REPORT_WAITS, SentMessage
 from yunpian_sms_server.errors import ServiceError
 from yunpian_sms_server.listen_addresses import join_listen, parse_listen
 from yunpian_sms_server.listeners import (
@@ -50,6 +53,7 @@ from yunpian_sms_server.listeners import (
 from yunpian_sms_server.loop_lag import LoopLagMonitor
 from yunpian_sms_server.metrics import Metrics, start_metrics_endpoint
 from yunpian_sms_server.rate_limits import RateLimiter
+from yunpian_sms_server.report_endpoint import callback_url, start_report_endpoint
 from yunpian_sms_server.rpc_envelope import RpcEnvelope
 from yunpian_sms_server.sandbox import (
     DEFAULT_SIGNATURE,
@@ -59,7 +63,7 @@ from yunpian_sms_server.sandbox import (
     SandboxTemplate,
     start_sandbox,
 )
-from yunpian_sms_server.send_protocol import Fingerprints, SendProtocol
+from yunpian_sms_server.send_protocol import Fingerprints, ReportCollection, SendProtocol
 from yunpian_sms_server.service import SmsServicer
 from yunpian_sms_server.shutdown import Shutdown
 from yunpian_sms_server.stores import Store, StoreUnavailableError, open_store
@@ -68,6 +72,11 @@ from yunpian_sms_server.templates import configured_templates, yunpian_form
 from yunpian_sms_server.verification_state import CodeHasher
 from yunpian_sms_server.verifications import Verifications
 from yunpian_sms_server.yunpian import YunpianClient, open_session
+
+if TYPE_CHECKING:  # OpenTelemetry is imported only when tracing is on
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from yunpian_sms_server.telemetry import Tracing
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["SmsService"].full_name
 # The health "service" of liveness probes: SERVING while the process runs, even while the
@@ -82,6 +91,9 @@ SANDBOX_ALL_REGIONS: Final = "ALL"
 SHUTDOWN_ANSWER_MARGIN_S: Final = 0.5
 # The random verification secret of `serve --sandbox`.
 SANDBOX_SECRET_BYTES: Final = 32
+# How often `serve --sandbox` pulls its sandbox's delivery reports (each is ready 0.5 s after
+# its send), unless the config has a [delivery] table of its own.
+SANDBOX_PULL_INTERVAL_S: Final = 0.5
 # gRPC sets SO_REUSEPORT by default: a second server on a port in use would then share it,
 # each process with its own memory store, and a phone number would get twice its limit.
 GRPC_SERVER_OPTIONS: Final = (("grpc.so_reuseport", 0),)
@@ -125,6 +137,28 @@ async def serve_sandbox(config: Config, listen: str) -> RunningSandbox:
 def open_yunpian_session(config: YunpianConfig) -> aiohttp.ClientSession:
     """The one HTTP session to YunPian, with the configured timeout."""
     return open_session(config.timeout_seconds)
+
+
+def report_collection(
+    delivery: DeliveryConfig, on_taken_in: Callable[[SentMessage], None]
+) -> ReportCollection | None:
+    """What the send protocol keeps for delivery reports (None: they are not collected)."""
+    if not delivery.enabled:
+        return None
+    url = ""
+    if delivery.mode == "push" and delivery.public_url:
+        url = callback_url(delivery.public_url, delivery.path_token)
+    keep_s = delivery.report_wait_seconds * KEPT_REPORT_WAITS
+    return ReportCollection(keep_s=keep_s, callback_url=url, on_taken_in=on_taken_in)
+
+
+def sandbox_delivery(delivery: DeliveryConfig) -> DeliveryConfig:
+    """The delivery reports of `serve --sandbox`: the config's own when its file has a
+    [delivery] table; else pulled from the in-process sandbox every SANDBOX_PULL_INTERVAL_S
+    (no token or public URL is needed for pulling)."""
+    if delivery.configured:
+        return delivery
+    return dataclasses.replace(delivery, mode="pull", pull_interval_seconds=SANDBOX_PULL_INTERVAL_S)
 
 
 def fingerprints_for(config: Config) -> Fingerprints:
@@ -210,16 +244,20 @@ async def verify_templates(config: Config, checker: TemplateChecker) -> bool:
 class SmsServer:
     """A running yunpian-sms server: start it, read its port, stop it."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, span_exporter: SpanExporter | None = None) -> None:
+        """`span_exporter`: where spans go, as each ends, instead of [telemetry]'s collector
+        (tests: the SDK's InMemorySpanExporter); only with [telemetry] enabled."""
         self.config = config
+        self._span_exporter = span_exporter
+        self._tracing: Tracing | None = None
         self.port = 0
         self.sandbox: RunningSandbox | None = None
         self._session: aiohttp.ClientSession | None = None
         self._server: grpc.aio.Server | None = None
-        # grpc-stubs lags grpcio: it lacks the asyncio health servicer.
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health = health.aio.HealthServicer()
         self._shutdown = Shutdown()
         self._sending: SendProtocol | None = None
+        self._verifications: Verifications | None = None
         self._checker: TemplateChecker | None = None
         self._store: Store | None = None
         self._verifier: asyncio.Task[None] | None = None
@@ -227,6 +265,10 @@ class SmsServer:
         self.metrics_port = 0
         self._loop_lag = LoopLagMonitor(self.metrics.loop_lag.observe)
         self._metrics_runner: web.AppRunner | None = None
+        # Delivery reports: pulled by a task, or pushed to an endpoint (whichever is configured).
+        self._puller: ReportPuller | None = None
+        self._report_runner: web.AppRunner | None = None
+        self.report_port = 0
 
     async def start(
         self,
@@ -265,19 +307,33 @@ class SmsServer:
                     enabled=True,
                     secret=config.verify.secret or secrets.token_hex(SANDBOX_SECRET_BYTES),
                 ),
+                # Delivery reports too, pulled from the sandbox, unless the config says otherwise.
+                delivery=sandbox_delivery(config.delivery),
             )
+        if config.telemetry.enabled:
+            from yunpian_sms_server.telemetry import Tracing
+
+            self._tracing = Tracing(config.telemetry, SERVICE_NAME, self._span_exporter)
         self._session = open_yunpian_session(config.yunpian)
-        yunpian = yunpian_client(
-            self._session, config.yunpian, on_latency=self._observe_upstream_latency
-        )
+        if self._tracing is None:
+            yunpian = yunpian_client(
+                self._session, config.yunpian, on_latency=self._observe_upstream_latency
+            )
+        else:
+            yunpian = self._tracing.yunpian_client(
+                self._session, config.yunpian, on_latency=self._observe_upstream_latency
+            )
         self._checker = TemplateChecker(
             yunpian, cache_ttl_s=config.template_checks.remote_cache_seconds
         )
         self._store = open_store(config.store.url, config.store.max_connections)
+        if self._tracing is not None:
+            self._store = self._tracing.store(self._store, config.store.url)
         try:
             await self._store.ping()
         except StoreUnavailableError as error:
             _log.warning("store_unavailable", operation="start", error=str(error))
+        delivery = config.delivery
         self._sending = SendProtocol(
             self._store,
             RateLimiter(self._store, config.limits),
@@ -287,18 +343,25 @@ class SmsServer:
             allow_on_store_error=config.store.on_error == "allow",
             shutdown=self._shutdown,
             on_store_failure_allowed=self.metrics.store_failures_allowed.inc,
+            reports=report_collection(delivery, self.metrics.count_report_taken_in),
         )
-        verifications = None
+        reports = None
+        if delivery.enabled:
+            reports = DeliveryReports(self._store, delivery, self.metrics.count_saved_reports)
+        verifications = self._verifications = None
         if config.verify.enabled:
             verify = config.verify
             hasher = CodeHasher(
                 verify.secret.encode(), [old.encode() for old in verify.previous_secrets]
             )
-            verifications = Verifications(self._store, self._sending, verify, hasher)
-        servicer = SmsServicer(config, self._sending, self._checker, verifications)
+            verifications = self._verifications = Verifications(
+                self._store, self._sending, verify, hasher, self._shutdown
+            )
+        servicer = SmsServicer(config, self._sending, self._checker, verifications, reports)
         authenticator = Authenticator(config.auth, required=config.authenticates)
         server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
-        RpcEnvelope(authenticator, self.metrics, self._shutdown).add_service(servicer, server)
+        envelope = RpcEnvelope(authenticator, self.metrics, self._shutdown, self._tracing)
+        envelope.add_service(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -319,6 +382,13 @@ class SmsServer:
             self._metrics_runner, self.metrics_port = await start_metrics_endpoint(
                 self.metrics, config.server.metrics_listen
             )
+        if reports is not None and delivery.mode == "push":
+            self._report_runner, self.report_port = await start_report_endpoint(
+                reports, delivery.path_token, delivery.listen, self._count_push
+            )
+        if reports is not None and delivery.mode == "pull":
+            self._puller = ReportPuller(self._store, yunpian, reports, delivery, self._count_pull)
+            self._puller.start()
         await self._set_health(serving=False)
         await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         # Bound last and started at once: grpc keeps the port of a server never started.
@@ -343,13 +413,21 @@ class SmsServer:
             health="SERVING" if serving else "NOT_SERVING",
         )
 
+    def _count_pull(self, result: str) -> None:
+        self.metrics.child(self.metrics.delivery_pulls, result).inc()
+
+    def _count_push(self, result: str) -> None:
+        self.metrics.child(self.metrics.delivery_pushes, result).inc()
+
     def _observe_upstream_latency(self, path: str, seconds: float) -> None:
         self.metrics.child(self.metrics.upstream_latency, path).observe(seconds)
 
     async def _set_health(self, *, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING
-        if not serving:
-            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in ("", SERVICE_NAME):
             await self._health.set(service, status)
 
@@ -371,6 +449,8 @@ class SmsServer:
         """Drains, lets in-flight RPCs finish within the grace period, closes everything."""
         settings = self.config.server
         self._shutdown.draining = True
+        if self._puller is not None:
+            await self._puller.stop()  # at once: another replica takes the pull over
         if self._verifier is not None:
             self._verifier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -387,9 +467,15 @@ class SmsServer:
     async def _close(self) -> None:
         """Closes the parts other than the gRPC server, those start got to (after the records
         of calls that outlived their RPC are written)."""
+        if self._puller is not None:
+            await self._puller.stop()
         if self._sending is not None:
             await self._sending.drain()
+        if self._verifications is not None:
+            await self._verifications.drain()
         await self._loop_lag.stop()
+        if self._report_runner is not None:
+            await self._report_runner.cleanup()
         if self._checker is not None:
             await self._checker.close()
         if self._session is not None:
@@ -398,6 +484,9 @@ class SmsServer:
             await self._store.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        if self._tracing is not None:
+            # Sends the spans not yet exported: blocking, so off the event loop.
+            await asyncio.to_thread(self._tracing.shutdown)
         if self.sandbox is not None:
             await self.sandbox.close()
 

@@ -6,16 +6,18 @@ at start-up.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import math
 import os
 import re
 import ssl
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import phonenumbers
 
@@ -29,6 +31,29 @@ CONFIG_ENV: Final = "YUNPIAN_SMS_CONFIG"
 API_KEY_ENV: Final = "YUNPIAN_API_KEY"
 FINGERPRINT_SECRET_ENV: Final = "YUNPIAN_SMS_FINGERPRINT_SECRET"  # noqa: S105 - a variable's name
 VERIFY_SECRET_ENV: Final = "YUNPIAN_SMS_VERIFY_SECRET"  # noqa: S105 - a variable's name
+DELIVERY_TOKEN_ENV: Final = "YUNPIAN_SMS_DELIVERY_TOKEN"  # noqa: S105 - a variable's name
+DELIVERY_MODES: Final = ("off", "pull", "push")
+# YunPian keeps unread delivery reports 72 hours: a message with none by then never gets one.
+DEFAULT_REPORT_WAIT_S: Final = 259200.0
+MAX_REPORT_WAIT_S: Final = 30 * 86400.0
+DEFAULT_PULL_INTERVAL_S: Final = 5.0
+MAX_PULL_INTERVAL_S: Final = 3600.0
+# How long the replica that pulls keeps the pull to itself without renewing it: if it dies,
+# another takes over within this.
+DEFAULT_PULL_LEASE_S: Final = 15.0
+MAX_PULL_LEASE_S: Final = 600.0
+# Reports per pull request: YunPian's maximum.
+MAX_PULL_PAGE_SIZE: Final = 100
+STORE_URL_ENV: Final = "YUNPIAN_SMS_STORE_URL"
+# YUNPIAN_SMS_TOKEN_SHA256_<CALLER> gives [auth.callers.<caller>] token_sha256: see token_hash_env.
+TOKEN_HASH_ENV_PREFIX: Final = "YUNPIAN_SMS_TOKEN_SHA256_"  # noqa: S105 - a variable's name
+# Tokens and secrets the repository ships as examples (config.example.toml, deploy/kubernetes):
+# anyone who read them could use them, so the config refuses them (a token by its SHA-256).
+EXAMPLE_TOKENS: Final = ("change-me-signin", "change-me-ops", "change-me", "changeme", "")
+EXAMPLE_SECRETS: Final = frozenset({"change-me", "changeme"})
+EXAMPLE_TOKEN_HASHES: Final[Mapping[str, str]] = {
+    hashlib.sha256(token.encode()).hexdigest(): token for token in EXAMPLE_TOKENS
+}
 DEFAULT_VERIFY_CODE_LENGTH: Final = 6
 DEFAULT_VERIFY_CODE_TTL_S: Final = 600.0
 MAX_VERIFY_CODE_TTL_S: Final = 86400.0
@@ -59,6 +84,12 @@ MAX_STORE_MAX_CONNECTIONS: Final = 10_000
 MAX_REFUSAL_MESSAGE_LENGTH: Final = 500
 # YunPian's upstream deadline may not exceed this: a caller waiting longer has given up anyway.
 MAX_TIMEOUT_S: Final = 60.0
+# Tracing ([telemetry]): the OTLP/gRPC collector OpenTelemetry SDKs send to unless told, the
+# service.name of the spans, and the share of traces started here that are kept.
+DEFAULT_OTLP_ENDPOINT: Final = "http://127.0.0.1:4317"
+DEFAULT_SERVICE_NAME: Final = "yunpian-sms"
+DEFAULT_SAMPLE_RATIO: Final = 1.0
+MAX_SERVICE_NAME_LENGTH: Final = 255
 _API_KEY = re.compile(r"[0-9a-fA-F]{32}")
 # A shutdown should give a send already waiting on YunPian its whole timeout, plus this.
 SHUTDOWN_MARGIN_S: Final = 1.0
@@ -68,13 +99,30 @@ DEFAULT_REMOTE_CACHE_S: Final = 60.0
 MAX_REMOTE_CACHE_S: Final = 86400.0
 # Keys of [templates] that are options, not usage types.
 _CALLER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The report endpoint's path token is a segment of its URL and of every send's callback_url,
+# written as it is: only the characters a URL path never encodes or splits on (RFC 3986's
+# unreserved ones).
+_PATH_TOKEN = re.compile(r"[A-Za-z0-9._~-]+")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _TEMPLATE_OPTIONS: Final = frozenset({"international", "verify_on_start", "remote_cache_seconds"})
+# How alike (difflib's ratio, 0 to 1) an unknown name must be to a known one to be suggested.
+SUGGESTION_CUTOFF: Final = 0.6
 # Every key of every table (besides usage type names): anything else is reported as unknown.
 # "auth.callers.*" stands for each caller's table. config.example.toml documents them all.
 KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "": frozenset(
-        {"server", "yunpian", "international", "templates", "limits", "store", "auth", "verify"}
+        {
+            "server",
+            "yunpian",
+            "international",
+            "templates",
+            "limits",
+            "store",
+            "auth",
+            "verify",
+            "delivery",
+            "telemetry",
+        }
     ),
     "server": frozenset(
         {
@@ -102,6 +150,18 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     "auth": frozenset({"callers"}),
+    "delivery": frozenset(
+        {
+            "mode",
+            "report_wait_seconds",
+            "pull_interval_seconds",
+            "pull_lease_seconds",
+            "page_size",
+            "listen",
+            "path_token",
+            "public_url",
+        }
+    ),
     "verify": frozenset(
         {
             "enabled",
@@ -114,6 +174,7 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     "auth.callers.*": frozenset({"token_sha256", "usage_types"}),
+    "telemetry": frozenset({"enabled", "otlp_endpoint", "service_name", "sample_ratio"}),
 }
 
 
@@ -198,7 +259,10 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    url: str = DEFAULT_STORE_URL
+    # May hold the Redis password: never in a repr.
+    url: str = field(default=DEFAULT_STORE_URL, repr=False)
+    # Where the url came from: "store.url", or STORE_URL_ENV (for messages about it).
+    url_source: str = "store.url"
     on_error: str = "deny"
     idempotency_ttl_seconds: float = DEFAULT_IDEMPOTENCY_TTL_S
     # Store operations in flight at once (Redis connections); more wait their turn.
@@ -228,6 +292,42 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """The `[delivery]` section: collecting YunPian's delivery reports, by pull or push."""
+
+    mode: str = "off"
+    report_wait_seconds: float = DEFAULT_REPORT_WAIT_S
+    pull_interval_seconds: float = DEFAULT_PULL_INTERVAL_S
+    pull_lease_seconds: float = DEFAULT_PULL_LEASE_S
+    page_size: int = MAX_PULL_PAGE_SIZE
+    # Push: where the report endpoint listens, the secret in its path, and the public base URL
+    # YunPian reaches it at (then passed as each send's callback_url).
+    listen: str = ""
+    path_token: str = field(default="", repr=False)
+    public_url: str = ""
+    # Whether the file has a [delivery] table: `serve --sandbox` turns reports on (pulled from
+    # its sandbox) only when it has none, and otherwise leaves the file's settings as they are.
+    configured: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """The `[telemetry]` section: OpenTelemetry tracing, off unless enabled."""
+
+    enabled: bool = False
+    # Where spans go: an OTLP/gRPC collector, http:// (plaintext) or https:// (TLS).
+    otlp_endpoint: str = DEFAULT_OTLP_ENDPOINT
+    service_name: str = DEFAULT_SERVICE_NAME
+    # The share of traces this server starts that are kept (0-1); a caller's traceparent
+    # decides for the traces it continues (its sampled flag).
+    sample_ratio: float = DEFAULT_SAMPLE_RATIO
+
+
+@dataclass(frozen=True, slots=True)
 class TemplateCheckConfig:
     """How templates are checked at YunPian: `[templates]` options beside the templates."""
 
@@ -252,6 +352,8 @@ class Config:
     template_checks: TemplateCheckConfig = TemplateCheckConfig()
     auth: AuthConfig | None = None
     verify: VerifyConfig = VerifyConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def authenticates(self) -> bool:
@@ -283,7 +385,7 @@ class _Reader:
 
     def only(self, allowed: set[str] | frozenset[str]) -> None:
         for name in sorted(set(self.data) - allowed):
-            self.problem(name, "is not a known key")
+            self.problem(name, _unknown("is not a known key", name, sorted(allowed)))
 
     def string(self, name: str, default: str, check: Callable[[str], None] | None = None) -> str:
         value = self.data.get(name, default)
@@ -348,6 +450,31 @@ class _Reader:
         return tuple(parsed)
 
 
+def closest_name(name: str, known: Collection[str]) -> str | None:
+    """The known name that `name` most likely misspells, or None when none is alike.
+
+    Case and '-' for '_' count for nothing (TOML takes `on-error`; the key is `on_error`).
+    difflib compares lengths before letters, so a name far longer than every known one is turned
+    down without being compared.
+    """
+
+    def folded(text: str) -> str:
+        return text.lower().replace("-", "_")
+
+    by_folded = {folded(candidate): candidate for candidate in sorted(known)}
+    close = difflib.get_close_matches(folded(name), by_folded, n=1, cutoff=SUGGESTION_CUTOFF)
+    return by_folded[close[0]] if close else None
+
+
+def _unknown(problem: str, name: str, known: list[str], listed: list[str] | None = None) -> str:
+    """`problem` with the name meant, when one of `known` is alike; else with the names
+    `listed` (by default `known`), so the fix is in the message either way."""
+    closest = closest_name(name, known)
+    if closest is not None:
+        return f"{problem}; did you mean {closest}?"
+    return f"{problem} (known: {', '.join(known if listed is None else listed)})"
+
+
 def _check_listen(value: str) -> None:
     parse_listen(value)
 
@@ -375,8 +502,11 @@ def _read_templates(reader: _Reader, *, international: bool) -> dict[str, str]:
         if name in _TEMPLATE_OPTIONS and not international:
             continue
         if name not in USAGE_TYPE_VALUES:
-            known = ", ".join(USAGE_TYPE_VALUES)
-            reader.problem(name, f"is not a usage type (known: {known})")
+            # A misspelt option of [templates] reads as a usage type: suggest options too.
+            options = [] if international else sorted(_TEMPLATE_OPTIONS)
+            usage_types = list(USAGE_TYPE_VALUES)
+            unknown = _unknown("is not a usage type", name, usage_types + options, usage_types)
+            reader.problem(name, unknown)
             continue
         if not isinstance(content, str):
             reader.problem(name, "must be a string")
@@ -398,6 +528,14 @@ def config_warnings(config: Config) -> list[ConfigProblem]:
                 f"{config.server.grace_period_seconds:g} is less than yunpian.timeout_seconds "
                 f"+ {SHUTDOWN_MARGIN_S:g} ({needed:g}): a shutdown could cut short a send "
                 "already on its way to YunPian",
+            )
+        )
+    if config.store.url_source == "store.url" and urlsplit(config.store.url).password:
+        warnings.append(
+            ConfigProblem(
+                "store.url",
+                f"holds the Redis password: give the URL by {STORE_URL_ENV} instead, so the "
+                "password stays out of the file",
             )
         )
     return warnings
@@ -475,27 +613,67 @@ def _read_tls(reader: _Reader, base_dir: Path) -> TlsConfig | None:
     return TlsConfig(cert=cert, key=key, client_ca=paths["client_ca"])
 
 
-def _read_auth(reader: _Reader, has_client_ca: bool) -> AuthConfig | None:
+def token_hash_env(caller: str) -> str:
+    """The variable that gives a caller's token_sha256: the caller's name upper-cased, with each
+    character other than A-Z and 0-9 ('-', '.') written as '_' ("signin-service":
+    YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE)."""
+    return TOKEN_HASH_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", caller.upper())
+
+
+def _token_hash_problem(token_hash: str) -> str | None:
+    """Why a token_sha256 (lower-case) cannot be used, without repeating it; None when it can."""
+    if not _SHA256_HEX.fullmatch(token_hash):
+        return "must be 64 hexadecimal characters (SHA-256 of the token)"
+    example = EXAMPLE_TOKEN_HASHES.get(token_hash)
+    if example is not None:
+        which = f'the example token "{example}"' if example else "an empty token"
+        return (
+            f"is the SHA-256 of {which}, which anyone can read in this project: make a token "
+            'of your own (`openssl rand -hex 32`) and give its hash (`echo -n "$TOKEN" | '
+            "yunpian-sms hash-token`)"
+        )
+    return None
+
+
+def _read_auth(
+    reader: _Reader, has_client_ca: bool, env: Mapping[str, str]
+) -> tuple[AuthConfig | None, set[str]]:
+    """The [auth] section, and the token-hash variables of `env` it read."""
     if "auth" not in reader.data:
-        return None
+        return None, set()
     auth = reader.table("auth")
     auth.only(KNOWN_KEYS["auth"])
     callers_table = auth.table("callers")
     callers: list[CallerConfig] = []
     hashes: set[str] = set()
+    names_by_variable: dict[str, list[str]] = {}
+    for name in callers_table.data:
+        names_by_variable.setdefault(token_hash_env(name), []).append(name)
     for name in callers_table.data:
         caller = callers_table.table(name)
         caller.only(KNOWN_KEYS["auth.callers.*"])
         if not _CALLER_NAME.fullmatch(name):
             callers_table.problem(name, "must be 1-64 letters, digits, '.', '_' or '-'")
         token_hash = caller.string("token_sha256", "").lower() or None
-        if token_hash is not None and not _SHA256_HEX.fullmatch(token_hash):
-            caller.problem(
-                "token_sha256", "must be 64 hexadecimal characters (SHA-256 of the token)"
-            )
+        hash_key = caller.key("token_sha256")
+        variable = token_hash_env(name)
+        alike = names_by_variable[variable]
+        ambiguous = bool(env.get(variable)) and len(alike) > 1
+        if ambiguous:
+            # Which caller the value is for cannot be told: none of them gets it.
+            token_hash = None
+            if name == alike[0]:
+                listed = " and ".join(repr(other) for other in alike)
+                problem = f"is the variable of callers {listed} alike: rename one of them"
+                reader.problems.append(ConfigProblem(variable, problem))
+        elif env.get(variable):
+            token_hash, hash_key = env[variable].strip().lower(), variable
+        unusable = None if token_hash is None else _token_hash_problem(token_hash)
+        if unusable is not None:
+            reader.problems.append(ConfigProblem(hash_key, unusable))
         elif token_hash is not None and token_hash in hashes:
-            caller.problem("token_sha256", "is the same as another caller's")
-        elif token_hash is None and not has_client_ca:
+            reader.problems.append(ConfigProblem(hash_key, "is the same as another caller's"))
+        elif token_hash is None and not has_client_ca and not ambiguous:
             caller.problem(
                 "token_sha256",
                 "is missing and server.tls.client_ca is not set: the caller could never "
@@ -510,7 +688,28 @@ def _read_auth(reader: _Reader, has_client_ca: bool) -> AuthConfig | None:
         callers.append(CallerConfig(name, token_hash, frozenset(usage_types)))
     if not callers:
         auth.problem("callers", "must name at least one caller")
-    return AuthConfig(tuple(callers))
+    return AuthConfig(tuple(callers)), set(names_by_variable)
+
+
+def _stray_token_hash_variables(env: Mapping[str, str], read: set[str]) -> list[ConfigProblem]:
+    """Token-hash variables that name no caller: a typo would leave a caller without its token."""
+    problems = []
+    # Compared by their callers' part: the long prefix they share would make every one alike.
+    callers = {variable.removeprefix(TOKEN_HASH_ENV_PREFIX): variable for variable in read}
+    for variable in sorted(env):
+        if not variable.startswith(TOKEN_HASH_ENV_PREFIX) or not env[variable]:
+            continue
+        if variable in read:
+            continue
+        problem = (
+            "names no caller of [auth.callers] (the caller NAME reads "
+            f"{TOKEN_HASH_ENV_PREFIX}NAME, upper-cased, '-' and '.' as '_')"
+        )
+        closest = closest_name(variable.removeprefix(TOKEN_HASH_ENV_PREFIX), callers)
+        if closest is not None:
+            problem += f"; did you mean {callers[closest]}?"
+        problems.append(ConfigProblem(variable, problem))
+    return problems
 
 
 def parse_config(
@@ -544,7 +743,9 @@ def parse_config(
             "metrics_listen",
             f"{server.metrics_listen} is server.listen's port: metrics need a port of their own",
         )
-    auth = _read_auth(root, has_client_ca=tls is not None and tls.client_ca is not None)
+    has_client_ca = tls is not None and tls.client_ca is not None
+    auth, token_hash_variables = _read_auth(root, has_client_ca, env)
+    problems.extend(_stray_token_hash_variables(env, token_hash_variables))
 
     yunpian_table = root.table("yunpian")
     yunpian_table.only(KNOWN_KEYS["yunpian"])
@@ -615,8 +816,24 @@ def parse_config(
     verify_table = root.table("verify")
     verify_table.only(KNOWN_KEYS["verify"])
     verify = _read_verify(verify_table, env)
+    delivery_table = root.table("delivery")
+    delivery_table.only(KNOWN_KEYS["delivery"])
+    delivery = _read_delivery(delivery_table, env, configured="delivery" in root.data)
+    telemetry_table = root.table("telemetry")
+    telemetry_table.only(KNOWN_KEYS["telemetry"])
+    telemetry = _read_telemetry(telemetry_table)
     config = Config(
-        server, yunpian, international, templates, limits, store, template_checks, auth, verify
+        server,
+        yunpian,
+        international,
+        templates,
+        limits,
+        store,
+        template_checks,
+        auth,
+        verify,
+        delivery,
+        telemetry,
     )
     if not problems and (exposed := exposure_problem(server.listen, config)) is not None:
         problems.append(exposed)
@@ -667,14 +884,118 @@ def _read_verify(verify_table: _Reader, env: Mapping[str, str]) -> VerifyConfig:
     return verify
 
 
+def _read_delivery(table: _Reader, env: Mapping[str, str], *, configured: bool) -> DeliveryConfig:
+    token = table.string("path_token", "")
+    token_key = table.key("path_token")
+    if env.get(DELIVERY_TOKEN_ENV):
+        token, token_key = env[DELIVERY_TOKEN_ENV], DELIVERY_TOKEN_ENV
+    delivery = DeliveryConfig(
+        mode=table.string("mode", "off", _check_delivery_mode),
+        report_wait_seconds=table.number(
+            "report_wait_seconds", DEFAULT_REPORT_WAIT_S, 0.0, MAX_REPORT_WAIT_S
+        ),
+        pull_interval_seconds=table.number(
+            "pull_interval_seconds", DEFAULT_PULL_INTERVAL_S, 0.0, MAX_PULL_INTERVAL_S
+        ),
+        pull_lease_seconds=table.number(
+            "pull_lease_seconds", DEFAULT_PULL_LEASE_S, 0.0, MAX_PULL_LEASE_S
+        ),
+        page_size=table.integer("page_size", MAX_PULL_PAGE_SIZE, 1, MAX_PULL_PAGE_SIZE),
+        listen=table.string("listen", "", _check_optional_listen),
+        path_token=token,
+        public_url=table.string("public_url", "", _check_public_url),
+        configured=configured,
+    )
+    _secret_problems(table, token, token_key, "path_token", ())
+    if token and not _PATH_TOKEN.fullmatch(token):
+        table.problems.append(
+            ConfigProblem(
+                token_key,
+                "must be letters, digits, '-', '_', '.' and '~' only: it is written as it is "
+                "in the report URL, e.g. `openssl rand -hex 32`",
+            )
+        )
+    if delivery.mode == "push":
+        if not delivery.listen:
+            table.problem("listen", 'is required with mode = "push": where YunPian posts reports')
+        if not token:
+            table.problem(
+                "path_token",
+                f'is required with mode = "push" (or {DELIVERY_TOKEN_ENV}): the secret in the '
+                "report URL, since YunPian signs nothing",
+            )
+    if delivery.mode == "pull" and delivery.pull_lease_seconds <= delivery.pull_interval_seconds:
+        table.problem(
+            "pull_lease_seconds",
+            "must be longer than pull_interval_seconds: the puller renews it between pulls",
+        )
+    return delivery
+
+
+def _read_telemetry(table: _Reader) -> TelemetryConfig:
+    return TelemetryConfig(
+        enabled=table.boolean("enabled", False),
+        otlp_endpoint=table.string(
+            "otlp_endpoint", DEFAULT_OTLP_ENDPOINT, _check_otlp_endpoint
+        ).rstrip("/"),
+        service_name=table.string("service_name", DEFAULT_SERVICE_NAME, _check_service_name),
+        sample_ratio=table.number("sample_ratio", DEFAULT_SAMPLE_RATIO, 0.0, 1.0, allow_low=True),
+    )
+
+
+def _check_otlp_endpoint(value: str) -> None:
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not port
+        or parts.path.strip("/")
+        or parts.query
+        or parts.username
+        or parts.password
+    ):
+        raise ValueError(
+            "must be the http:// or https:// URL and port of an OTLP/gRPC collector, "
+            "e.g. http://127.0.0.1:4317"
+        )
+
+
+def _check_service_name(value: str) -> None:
+    if not value.strip() or len(value) > MAX_SERVICE_NAME_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_SERVICE_NAME_LENGTH} characters")
+
+
+def _check_delivery_mode(value: str) -> None:
+    if value not in DELIVERY_MODES:
+        raise ValueError(f"must be one of {', '.join(DELIVERY_MODES)}")
+
+
+def _check_public_url(value: str) -> None:
+    if value:
+        _check_base_url(value)
+
+
 def _read_store(store_table: _Reader, env: Mapping[str, str]) -> StoreConfig:
     secret = store_table.string("fingerprint_secret", "")
     secret_key = store_table.key("fingerprint_secret")
     if env.get(FINGERPRINT_SECRET_ENV):
         secret, secret_key = env[FINGERPRINT_SECRET_ENV], FINGERPRINT_SECRET_ENV
     previous = store_table.strings("previous_fingerprint_secrets", ())
+    url = store_table.string("url", DEFAULT_STORE_URL, _check_store_url)
+    url_source = store_table.key("url")
+    if env.get(STORE_URL_ENV):
+        url, url_source = env[STORE_URL_ENV], STORE_URL_ENV
+        try:
+            _check_store_url(url)
+        except ValueError as error:
+            store_table.problems.append(ConfigProblem(STORE_URL_ENV, str(error)))
     store = StoreConfig(
-        url=store_table.string("url", DEFAULT_STORE_URL, _check_store_url),
+        url=url,
+        url_source=url_source,
         on_error=store_table.string("on_error", "deny", _check_on_error),
         idempotency_ttl_seconds=store_table.number(
             "idempotency_ttl_seconds", DEFAULT_IDEMPOTENCY_TTL_S, 0.0, 30 * 86400.0
@@ -713,6 +1034,12 @@ def _check_store_url(value: str) -> None:
         raise ValueError("port must be 1 to 65535, e.g. redis://127.0.0.1:6379/0")
     if not re.fullmatch(r"/?|/\d+", parts.path):
         raise ValueError("the database must be a number, e.g. redis://127.0.0.1:6379/0")
+    # The URL and its password are never repeated in a message.
+    if parts.password is not None and unquote(parts.password) in EXAMPLE_SECRETS:
+        raise ValueError(
+            "its password is an example value anyone can read in this project: set a Redis "
+            "password of your own (`openssl rand -hex 32`)"
+        )
 
 
 def _check_on_error(value: str) -> None:

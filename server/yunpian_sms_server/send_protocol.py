@@ -3,7 +3,8 @@
 1. Coalesce: a call whose request_id another call of this server is sending waits for that call
    and answers with its outcome, so the store is asked once per request_id and server.
 2. Claim the request_id in the store, or find its recorded outcome and replay it.
-3. Count the send against the rate limits.
+3. Count the send against the rate limits (with a request_id, in the same store operation as
+   the claim: one round trip claims and counts, or does neither).
 4. Prepare the text: the order's own, or what its `SendStep` makes (a verification's new code).
 5. Call YunPian, once.
 6. Settle: record the outcome if an SMS was or may have been sent (the request_id replays it, the
@@ -21,7 +22,8 @@ A store failure refuses the send (STORE_UNAVAILABLE) under `store.on_error = "de
 "allow" the send goes ahead without that step. Outcomes the store could not record, and under
 "allow" every outcome that may have sent an SMS, are also remembered by this server for the
 record's lifetime (up to LOCAL_RECORDS), so that a store outage cannot make one request_id send
-twice from one server.
+twice from one server; every such outcome is remembered a few seconds in any case, so a burst
+of retries replays it without asking the store.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import asyncio
 import hmac
 import json
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ from typing import Any, Final, Protocol
 import structlog
 
 from yunpian.sms.v1 import sms_service_pb2 as pb
+from yunpian_sms_server.delivery_state import SentMessage
 from yunpian_sms_server.errors import DELIVERY_UNKNOWN, Reason, ServiceError
 from yunpian_sms_server.ids import new_id
 from yunpian_sms_server.limits import Window
@@ -53,6 +57,9 @@ WAIT_POLL_S: Final = 0.02
 LEASE_MARGIN_S: Final = 1.0
 # Outcomes this server remembers beside the store (see the module's docstring), at most.
 LOCAL_RECORDS: Final = 10_000
+# A send's outcome stays in this server this long after it settles, so duplicates that reach
+# it just after the first call ended (a burst of retries) replay it without asking the store.
+RECENT_OUTCOME_S: Final = 5.0
 # The outcome of a call interrupted once its request may have left.
 INTERRUPTED_MESSAGE: Final = (
     "The call ended before YunPian answered; the SMS may have been sent. "
@@ -71,14 +78,15 @@ Outcome = pb.SendCodeResponse | ServiceError
 class SendStep(Protocol):
     """What a send does once its request_id is claimed and it is counted, before YunPian.
 
-    `prepare` makes the text to send (it may refuse with a ServiceError: nothing is sent);
+    `prepare` makes the text to send and the code in it (it may refuse with a ServiceError:
+    nothing is sent);
     `withdraw` undoes it when nothing was sent. `tag` (set by `prepare`) is recorded with the
     outcome, and a replay of the request_id hands it back.
     """
 
     tag: str
 
-    async def prepare(self) -> str: ...
+    async def prepare(self) -> tuple[str, str]: ...
 
     async def withdraw(self) -> None: ...
 
@@ -95,6 +103,17 @@ class SendOrder:
     text: str = field(repr=False)
     request_id: str = ""  # "" when the caller gave none: no idempotency
     step: SendStep | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportCollection:
+    """Delivery reports are collected: every message sent is kept this long for its report,
+    and, when YunPian pushes them, each send names where (its callback_url). A report that came
+    before its message was recorded is taken in then, and told to `on_taken_in`."""
+
+    keep_s: float
+    callback_url: str = ""
+    on_taken_in: Callable[[SentMessage], None] = lambda message: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,9 +214,15 @@ class _LocalRecords:
             return None
         return fingerprint, record
 
-    def put(self, key: str, fingerprint: str, record: bytes, now: float) -> None:
-        self._records.pop(key, None)
-        self._records[key] = (now + self._ttl_s, fingerprint, record)
+    def put(
+        self, key: str, fingerprint: str, record: bytes, now: float, ttl_s: float | None = None
+    ) -> None:
+        """Keeps a record `ttl_s` (default: the records' lifetime), never less than it had."""
+        expires = now + (self._ttl_s if ttl_s is None else ttl_s)
+        kept = self._records.pop(key, None)
+        if kept is not None:
+            expires = max(expires, kept[0])
+        self._records[key] = (expires, fingerprint, record)
         while self._records and (
             len(self._records) > self._limit or next(iter(self._records.values()))[0] <= now
         ):
@@ -209,6 +234,7 @@ class _Taken:
     """What one send holds in the store, which settling gives back or keeps."""
 
     holder: str  # names this send's claim and its rate-limit entries
+    caller: str
     claim: str | None = None  # the request_id key while this send may hold its claim
     windows: Sequence[Window] = ()  # the windows this send may be counted in
     attempt: SendAttempt = field(default_factory=SendAttempt)
@@ -230,6 +256,7 @@ class SendProtocol:
         allow_on_store_error: bool,
         shutdown: Shutdown,
         on_store_failure_allowed: Callable[[], None] | None = None,
+        reports: ReportCollection | None = None,
     ) -> None:
         self._store = store
         self._limiter = limiter
@@ -240,6 +267,7 @@ class SendProtocol:
         self._shutdown = shutdown
         # Called once per send let through despite a store failure (a metric counts them).
         self._on_store_failure_allowed = on_store_failure_allowed
+        self._reports = reports
         self._flights: dict[str, _Flight] = {}
         self._local = _LocalRecords(LOCAL_RECORDS, record_ttl_s)
         self._settling: set[asyncio.Task[None]] = set()
@@ -279,6 +307,9 @@ class SendProtocol:
         finally:
             del self._flights[key]
             flight.done.set_result(record)
+            if record is not None:
+                recent_s = min(RECENT_OUTCOME_S, self._record_ttl_s)
+                self._local.put(key, fingerprints[0], record, loop.time(), recent_s)
 
     async def _send(
         self,
@@ -289,26 +320,26 @@ class SendProtocol:
     ) -> tuple[Outcome, str]:
         """Steps 2 to 6 for one send; returns its outcome (or a replay) and its tag, raises if
         interrupted."""
-        taken = _Taken(holder=new_id())
+        taken = _Taken(holder=new_id(), caller=order.caller)
         try:
-            # 2. Claim the request_id, or replay its recorded outcome.
+            # 2 and 3. Claim the request_id and count the send, or replay its recorded outcome.
             if key is not None:
-                replay = await self._claim(key, fingerprints, taken, time_remaining)
+                replay = await self._claim(order, key, fingerprints, taken, time_remaining)
                 if replay is not None:
                     return replay
-            # 3. Count the send against the rate limits.
-            await self._count(order, taken)
+            else:
+                await self._count(order, taken)
             # 4. Prepare the text.
-            text = order.text
+            text, code = order.text, order.code
             if order.step is not None:
                 taken.step = order.step  # from here, what it prepared is withdrawn if unsent
-                text = await order.step.prepare()
+                text, code = await order.step.prepare()
             # 5. Call YunPian.
             if self._shutdown.interrupting:
                 raise _shutting_down()
             if taken.store_failed and self._on_store_failure_allowed is not None:
                 self._on_store_failure_allowed()
-            outcome = await self._call_yunpian(order, text, taken, time_remaining)
+            outcome = await self._call_yunpian(order, text, code, taken, time_remaining)
         except ServiceError as refusal:
             outcome = refusal  # nothing was sent
         except Exception:
@@ -335,32 +366,40 @@ class SendProtocol:
 
     async def _claim(
         self,
+        order: SendOrder,
         key: str,
         fingerprints: tuple[str, ...],
         taken: _Taken,
         time_remaining: float | None,
     ) -> tuple[Outcome, str] | None:
-        """Claims the request_id (None), or returns the recorded outcome (and tag) to replay.
+        """Claims the request_id and counts the send (None: go ahead), or returns the recorded
+        outcome (and tag) to replay.
 
         While another server holds it, waits within the call's budget. Raises REQUEST_ID_REUSED
-        for a different request, REQUEST_ID_IN_PROGRESS when the wait runs out.
+        for a different request, REQUEST_ID_IN_PROGRESS when the wait runs out, RATE_LIMITED
+        when a window is full (the claim is then given up by the store).
         """
         loop = asyncio.get_running_loop()
         budget_s = self._yunpian.budget_s(time_remaining)
         deadline = loop.time() + budget_s
+        windows = self._limiter.windows(order.phone, order.caller)
         while True:
-            taken.claim = key  # from here until the store answers, the claim may be ours
+            # From here until the store answers, the claim may be ours and the send counted.
+            taken.claim, taken.windows = key, windows
             try:
-                claim = await self._store.claim(
-                    key, fingerprints, taken.holder, budget_s + LEASE_MARGIN_S
+                counted = await self._store.claim_and_acquire(
+                    key, fingerprints, taken.holder, budget_s + LEASE_MARGIN_S, windows
                 )
             except StoreUnavailableError as error:
-                # The claim may still have been made: settling releases it if nothing is sent.
+                # Settling gives back what the store may still have done, if nothing is sent.
                 self._excuse(taken, error, "claim")
                 return None
-            if claim.state is ClaimState.NEW:
+            claim = counted.claim
+            if claim.state is ClaimState.NEW and counted.refusal is None:
                 return None
-            taken.claim = None
+            taken.claim, taken.windows = None, ()
+            if counted.refusal is not None:
+                raise self._limiter.refusal_error(counted.refusal, order.phone.masked)
             if claim.state is ClaimState.DONE:
                 return decode_outcome(claim.record)
             if claim.state is ClaimState.MISMATCH:
@@ -386,16 +425,23 @@ class SendProtocol:
             raise self._limiter.refusal_error(refusal, order.phone.masked)
 
     async def _call_yunpian(
-        self, order: SendOrder, text: str, taken: _Taken, time_remaining: float | None
+        self,
+        order: SendOrder,
+        text: str,
+        code: str,
+        taken: _Taken,
+        time_remaining: float | None,
     ) -> Outcome:
         """The one call to YunPian: its answer, or the error it failed with."""
         try:
             result = await self._yunpian.single_send(
                 order.phone.yunpian_mobile,
                 text,
+                code=code,
                 subject=order.phone.masked,
                 time_remaining=time_remaining,
                 attempt=taken.attempt,
+                callback_url=self._reports.callback_url if self._reports else "",
             )
         except ServiceError as error:
             return error
@@ -417,8 +463,12 @@ class SendProtocol:
         failure here never changes the outcome: it is logged (and the record kept locally).
         """
         if may_have_sent(outcome):
+            message = self._message(taken.caller, outcome)
             if key is not None:
-                await self._record(key, fingerprints[0], encode_outcome(outcome, _tag(taken)))
+                record = encode_outcome(outcome, _tag(taken))
+                await self._record(key, fingerprints[0], record, message)
+            elif message is not None:
+                await self._record_message(message)
             return
         if taken.step is not None:
             try:
@@ -436,15 +486,39 @@ class SendProtocol:
             except StoreUnavailableError as error:
                 self._store_failed("release_claim", error)
 
-    async def _record(self, key: str, fingerprint: str, record: bytes) -> None:
+    async def _record(
+        self, key: str, fingerprint: str, record: bytes, message: SentMessage | None
+    ) -> None:
         now = asyncio.get_running_loop().time()
         if self._allow_on_store_error:
             self._local.put(key, fingerprint, record, now)
+        keep_s = self._reports.keep_s if self._reports else 0.0
         try:
-            await self._store.complete(key, fingerprint, record, self._record_ttl_s)
+            taken_in = await self._store.complete(
+                key, fingerprint, record, self._record_ttl_s, message, keep_s
+            )
         except StoreUnavailableError as error:
             self._local.put(key, fingerprint, record, now)
             self._store_failed("record", error)
+            return
+        if taken_in is not None and self._reports is not None:
+            self._reports.on_taken_in(taken_in)
+
+    def _message(self, caller: str, outcome: Outcome) -> SentMessage | None:
+        """The message an accepted send keeps for its delivery report (if reports are kept)."""
+        if self._reports is None or isinstance(outcome, ServiceError) or outcome.replayed:
+            return None
+        return SentMessage(outcome.message_id, caller, time.time())
+
+    async def _record_message(self, message: SentMessage) -> None:
+        assert self._reports is not None
+        try:
+            taken_in = await self._store.record_message(message, self._reports.keep_s)
+        except StoreUnavailableError as error:
+            self._store_failed("record_message", error)
+            return
+        if taken_in is not None:
+            self._reports.on_taken_in(taken_in)
 
     def _excuse(self, taken: _Taken, error: StoreUnavailableError, operation: str) -> None:
         """Lets a store failure pass under "allow"; raises STORE_UNAVAILABLE under "deny"."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from google.protobuf import timestamp_pb2
 
@@ -17,6 +17,8 @@ from yunpian.sms.v1 import sms_service_pb2 as pb
 from yunpian_sms_server.account_templates import ApprovalStatus
 from yunpian_sms_server.auth import Caller, require_usage_type
 from yunpian_sms_server.config import Config
+from yunpian_sms_server.delivery_reports import DeliveryReports, check_message_id
+from yunpian_sms_server.delivery_state import DeliveryState
 from yunpian_sms_server.errors import (
     PreconditionViolation,
     Reason,
@@ -38,6 +40,12 @@ from yunpian_sms_server.verifications import (
 )
 
 MAX_REQUEST_ID_LENGTH: Final = 128
+_DELIVERY_STATES: Final[Mapping[DeliveryState, pb.DeliveryState]] = {
+    DeliveryState.PENDING: pb.DELIVERY_STATE_PENDING,
+    DeliveryState.DELIVERED: pb.DELIVERY_STATE_DELIVERED,
+    DeliveryState.FAILED: pb.DELIVERY_STATE_FAILED,
+    DeliveryState.UNKNOWN: pb.DELIVERY_STATE_UNKNOWN,
+}
 _VERIFICATION_STATUSES: Final[Mapping[VerificationStatus, pb.VerificationStatus]] = {
     VerificationStatus.PENDING: pb.VERIFICATION_STATUS_PENDING,
     VerificationStatus.APPROVED: pb.VERIFICATION_STATUS_APPROVED,
@@ -49,6 +57,8 @@ _VERIFICATION_STATUSES: Final[Mapping[VerificationStatus, pb.VerificationStatus]
 # account template cheap.
 MAX_TEMPLATE_CONTENT_LENGTH: Final = 2000
 _REQUEST_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+_Value = TypeVar("_Value")
+_Checked = TypeVar("_Checked")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +100,41 @@ def check_request_id(request_id: str) -> None:
         )
 
 
+class FieldChecks:
+    """A request's independent fields, each checked whatever became of the others: the valid
+    ones can be recorded (the `rpc` event names the phone and usage type of a request whose
+    code was refused), then the first failure, in the order checked, is raised. Checked in the
+    proto's field order, a request is refused for the same field as when checks stopped at the
+    first failure."""
+
+    __slots__ = ("failures",)
+
+    def __init__(self) -> None:
+        self.failures: list[ServiceError] = []
+
+    def value(self, check: Callable[[_Value], _Checked], field: _Value) -> _Checked | None:
+        """What `check` makes of the field; None (the failure kept) when it refuses it."""
+        try:
+            return check(field)
+        except ServiceError as error:
+            self.failures.append(error)
+            return None
+
+    def passes(self, check: Callable[[_Value], object], field: _Value) -> bool:
+        """Whether `check` accepts the field (the failure kept when it does not)."""
+        try:
+            check(field)
+        except ServiceError as error:
+            self.failures.append(error)
+            return False
+        return True
+
+    @property
+    def first(self) -> ServiceError:
+        """The first failure (there must be one)."""
+        return self.failures[0]
+
+
 class SmsServicer:
     """Answers SmsService RPCs; failures are raised as ServiceError."""
 
@@ -99,12 +144,14 @@ class SmsServicer:
         sending: SendProtocol,
         checker: TemplateChecker,
         verifications: Verifications | None = None,
+        reports: DeliveryReports | None = None,
     ) -> None:
         self._config = config
         self._sending = sending
         self._checker = checker
-        # None: verifications are turned off.
+        # None: verifications are turned off; delivery reports are not collected.
         self._verifications = verifications
+        self._reports = reports
 
     def _check_international(self, phone: PhoneNumber) -> None:
         policy = self._config.international
@@ -139,12 +186,14 @@ class SmsServicer:
 
     async def SendCode(self, request: pb.SendCodeRequest, call: RpcCall) -> pb.SendCodeResponse:
         record = call.record
-        phone = parse_phone(request.phone_number)
-        record.phone, record.international = phone.masked, phone.international
-        check_code(request.code)
-        usage_type = record.usage_type = check_usage_type(request.usage_type)
-        check_request_id(request.request_id)
-        record.idempotency_key = request.request_id or None
+        fields = FieldChecks()
+        phone = fields.value(parse_phone, request.phone_number)
+        fields.passes(check_code, request.code)
+        usage_type = fields.value(check_usage_type, request.usage_type)
+        request_id_valid = fields.passes(check_request_id, request.request_id)
+        _record_fields(record, phone, usage_type, request.request_id if request_id_valid else "")
+        if phone is None or usage_type is None or fields.failures:
+            raise fields.first
         require_usage_type(call.caller, usage_type)
         self._check_international(phone)
         template = self._template(usage_type, phone)
@@ -175,13 +224,15 @@ class SmsServicer:
     async def StartVerification(
         self, request: pb.StartVerificationRequest, call: RpcCall
     ) -> pb.Verification:
-        verifications = self._enabled()
         record = call.record
-        phone = parse_phone(request.phone_number)
-        record.phone, record.international = phone.masked, phone.international
-        usage_type = record.usage_type = check_usage_type(request.usage_type)
-        check_request_id(request.request_id)
-        record.idempotency_key = request.request_id or None
+        fields = FieldChecks()
+        phone = fields.value(parse_phone, request.phone_number)
+        usage_type = fields.value(check_usage_type, request.usage_type)
+        request_id_valid = fields.passes(check_request_id, request.request_id)
+        _record_fields(record, phone, usage_type, request.request_id if request_id_valid else "")
+        verifications = self._enabled()  # refused first, whatever the fields, as always
+        if phone is None or usage_type is None or fields.failures:
+            raise fields.first
         require_usage_type(call.caller, usage_type)
         self._check_international(phone)
         try:
@@ -202,7 +253,8 @@ class SmsServicer:
             _record_sent(record, started.sent)
         if not started.replayed:
             record.verification_change = "started" if state.send_count == 1 else "resent"
-        return verification_message(state, replayed=started.replayed)
+        delivery = await self._delivery(call, state)
+        return verification_message(state, delivery, replayed=started.replayed)
 
     async def CheckVerification(
         self, request: pb.CheckVerificationRequest, call: RpcCall
@@ -215,10 +267,14 @@ class SmsServicer:
             check_verification_id(request.verification_id)
             verification_id = request.verification_id
         elif which == "phone_number":
-            phone = parse_phone(request.phone_number)
-            record.phone, record.international = phone.masked, phone.international
-            usage_type = record.usage_type = check_usage_type(request.usage_type)
-            check_typed_code(request.code, verifications.code_length)
+            fields = FieldChecks()
+            phone = fields.value(parse_phone, request.phone_number)
+            usage_type = fields.value(check_usage_type, request.usage_type)
+            _record_fields(record, phone, usage_type, "")
+            length = verifications.code_length
+            fields.passes(lambda code: check_typed_code(code, length), request.code)
+            if phone is None or usage_type is None or fields.failures:
+                raise fields.first
             try:
                 verification_id = await verifications.find(caller, phone, usage_type)
             except ServiceError:
@@ -250,8 +306,9 @@ class SmsServicer:
             record.verification_change = record.check_result = "max_attempts"
         else:
             record.check_result = "wrong"
+        delivery = await self._delivery(call, state)
         return pb.CheckVerificationResponse(
-            approved=checked.approved, verification=verification_message(state)
+            approved=checked.approved, verification=verification_message(state, delivery)
         )
 
     async def CancelVerification(
@@ -264,7 +321,35 @@ class SmsServicer:
         call.record.usage_type = state.usage_type
         if canceled:
             call.record.verification_change = "canceled"
-        return verification_message(state)
+        return verification_message(state, await self._delivery(call, state))
+
+    async def _delivery(self, call: RpcCall, state: VerificationState) -> DeliveryState | None:
+        """Whether the verification's latest SMS arrived (None: reports are not collected)."""
+        if self._reports is None:
+            return None
+        return await self._reports.delivery_of(call.caller.name, state.message_id)
+
+    async def GetDeliveryStatus(
+        self, request: pb.GetDeliveryStatusRequest, call: RpcCall
+    ) -> pb.DeliveryStatus:
+        check_message_id(request.message_id)
+        call.record.message_id = request.message_id
+        if self._reports is None:
+            raise ServiceError(
+                Reason.DELIVERY_REPORTS_DISABLED,
+                "This server collects no delivery reports ([delivery] mode is off).",
+            )
+        message = await self._reports.status(call.caller.name, request.message_id)
+        status = pb.DeliveryStatus(
+            message_id=message.message_id,
+            state=_DELIVERY_STATES[message.state],
+            carrier_code=message.carrier_code,
+            carrier_detail=message.carrier_detail,
+            send_time=_timestamp(message.sent_at),
+        )
+        if message.received_at is not None:
+            status.receive_time.CopyFrom(_timestamp(message.received_at))
+        return status
 
     async def ValidateTemplate(
         self, request: pb.ValidateTemplateRequest, call: RpcCall
@@ -300,6 +385,16 @@ class SmsServicer:
         return template_response(result)
 
 
+def _record_fields(
+    record: RpcRecord, phone: PhoneNumber | None, usage_type: str | None, request_id: str
+) -> None:
+    """Records what a send asked for, as far as it is valid (None or "": not); the phone masked."""
+    if phone is not None:
+        record.phone, record.international = phone.masked, phone.international
+    record.usage_type = usage_type
+    record.idempotency_key = request_id or None
+
+
 def _record_sent(record: RpcRecord, sent: pb.SendCodeResponse) -> None:
     """What an SMS sent (or replayed) leaves in the RPC's record."""
     record.message_id, record.replayed = sent.message_id, sent.replayed
@@ -308,20 +403,27 @@ def _record_sent(record: RpcRecord, sent: pb.SendCodeResponse) -> None:
         record.segments, record.fee, record.fee_unit = sent.segment_count, sent.fee, sent.fee_unit
 
 
-def verification_message(state: VerificationState, *, replayed: bool = False) -> pb.Verification:
-    """The Verification message of a verification's state."""
-    expire_time = timestamp_pb2.Timestamp()
-    expire_time.FromNanoseconds(int(state.expires_at * 1_000_000_000))
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1_000_000_000))
+    return stamp
+
+
+def verification_message(
+    state: VerificationState, delivery: DeliveryState | None = None, *, replayed: bool = False
+) -> pb.Verification:
+    """The Verification message of a verification's state (and of its latest SMS's delivery)."""
     return pb.Verification(
         verification_id=state.verification_id,
         phone_number=state.phone,
         usage_type=pb.UsageType.Name(USAGE_TYPE_VALUES[state.usage_type]),
         status=_VERIFICATION_STATUSES[state.status],
-        expire_time=expire_time,
+        expire_time=_timestamp(state.expires_at),
         send_count=state.send_count,
         checks_remaining=state.checks_remaining,
         message_id=state.message_id,
         replayed=replayed,
+        delivery=_DELIVERY_STATES[delivery] if delivery else pb.DELIVERY_STATE_UNSPECIFIED,
     )
 
 

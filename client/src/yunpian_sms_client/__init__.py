@@ -1,11 +1,17 @@
-"""Python SDK of the yunpian-sms gRPC service: sends SMS verification codes, checks templates."""
+"""Python SDK of the yunpian-sms gRPC service: sends SMS verification codes, runs phone
+verifications, checks templates, and says whether each SMS reached the phone."""
 
 from yunpian.sms.v1.sms_service_pb2 import (
+    CheckVerificationResponse,
+    DeliveryState,
+    DeliveryStatus,
     SendCodeResponse,
     TemplateProblem,
     TemplateStatus,
     UsageType,
     ValidateTemplateResponse,
+    Verification,
+    VerificationStatus,
 )
 
 from ._client import DEFAULT_TIMEOUT_S, AsyncSmsClient, SmsClient, new_request_id
@@ -31,9 +37,12 @@ from ._retry import DEFAULT_RETRY_POLICY, RetryPolicy
 __all__ = [  # noqa: RUF022
     "AsyncSmsClient",
     "CallCancelledError",
+    "CheckVerificationResponse",
     "DEFAULT_RETRY_POLICY",
     "DEFAULT_TIMEOUT_S",
     "DeadlineExceededError",
+    "DeliveryState",
+    "DeliveryStatus",
     "FailedPreconditionError",
     "InternalError",
     "InvalidArgumentError",
@@ -52,6 +61,8 @@ __all__ = [  # noqa: RUF022
     "UnknownError",
     "UsageType",
     "ValidateTemplateResponse",
+    "Verification",
+    "VerificationStatus",
     "from_rpc_error",
     "new_request_id",
 ]

@@ -1,4 +1,8 @@
-"""The clients of the yunpian-sms service: AsyncSmsClient (grpc.aio) and SmsClient (blocking)."""
+"""The clients of the yunpian-sms service: AsyncSmsClient (grpc.aio) and SmsClient (blocking).
+
+Both build their requests with the module's functions and differ only in how they wait: each
+public method is a request built here and one `_call`, which retries by the same `CallAttempts`.
+"""
 
 from __future__ import annotations
 
@@ -48,11 +52,12 @@ _CLOSED_MESSAGE: Final = "The client is closed; create a new one to make more ca
 
 
 def new_request_id() -> str:
-    """Returns a fresh idempotency key for `send_code`: a random UUID4, as 32 hex digits.
+    """Returns a fresh idempotency key for `send_code` or `start_verification`: a random UUID4,
+    as 32 hex digits.
 
     Make one per logical send and pass the same key to every retry of it, so that the service
-    sends at most one SMS however often the call is repeated. (`send_code(...,
-    idempotent=True)` makes one itself, for the retries the client makes within that call.)
+    sends at most one SMS however often the call is repeated. (`idempotent=True` makes one
+    itself, for the retries the client makes within that call.)
     """
     return uuid.uuid4().hex
 
@@ -73,13 +78,24 @@ class _ClientSettings:
         self._closed = False
 
     def _start(
-        self, timeout: float | None, metadata: Sequence[tuple[str, str]] | None, *, may_retry: bool
-    ) -> tuple[CallAttempts, tuple[tuple[str, str], ...]]:
+        self, request: Message, timeout: float | None, metadata: Sequence[tuple[str, str]] | None
+    ) -> tuple[CallAttempts, tuple[tuple[str, str], ...], bool]:
+        """The attempts of a call about to be made, its metadata, and whether it sends an SMS.
+
+        The one retry rule of both clients: a call that sends an SMS (SendCode,
+        StartVerification) is retried after UNAVAILABLE only with a request_id, since only then
+        does the service answer a repeat from its record instead of sending again; the others
+        change nothing when they fail with UNAVAILABLE, so they are always retried.
+        """
         if self._closed:
             raise RuntimeError(_CLOSED_MESSAGE)
         timeout = self._default_timeout if timeout is None else _checked_timeout(timeout)
+        if isinstance(request, pb.SendCodeRequest | pb.StartVerificationRequest):
+            sending, may_retry = True, bool(request.request_id)
+        else:
+            sending, may_retry = False, True
         attempts = CallAttempts(self._retry, timeout, may_retry=may_retry)
-        return attempts, self._metadata + tuple(metadata or ())
+        return attempts, self._metadata + tuple(metadata or ()), sending
 
 
 class AsyncSmsClient(_ClientSettings):
@@ -172,8 +188,7 @@ class AsyncSmsClient(_ClientSettings):
             SmsError: The call failed; the subclass names the status family.
         """
         request = _send_code_request(phone_number, code, usage_type, request_id, idempotent)
-        attempts, call_metadata = self._start(timeout, metadata, may_retry=bool(request.request_id))
-        return await self._call(self._stub.SendCode, request, attempts, call_metadata, sending=True)
+        return await self._call(self._stub.SendCode, request, timeout, metadata)
 
     async def validate_template(
         self,
@@ -195,21 +210,156 @@ class AsyncSmsClient(_ClientSettings):
             SmsError: The call failed; the subclass names the status family.
         """
         request = _validate_template_request(usage_type, content, international, skip_remote)
-        attempts, call_metadata = self._start(timeout, metadata, may_retry=True)
-        return await self._call(self._stub.ValidateTemplate, request, attempts, call_metadata)
+        return await self._call(self._stub.ValidateTemplate, request, timeout, metadata)
+
+    async def start_verification(
+        self,
+        phone_number: str,
+        *,
+        usage_type: pb.UsageType | int | str = pb.USAGE_TYPE_GENERIC,
+        request_id: str | None = None,
+        idempotent: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline, as in send_code
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pb.Verification:
+        """Starts verifying `phone_number`: the service makes a code and sends it by SMS.
+
+        While a verification of this caller, number and usage type is pending, the service
+        sends it a new code instead ("resend": the same `verification_id`, `send_count` + 1,
+        the same `expire_time`; every code sent stays valid until the verification ends).
+
+        Args:
+            phone_number: As `send_code` takes it, e.g. "13800138000" or "+14155552671".
+            usage_type: What the verification is for, as `send_code` takes it; it selects the
+                template, and a check by phone number must name the same one.
+            request_id: Idempotency key, as for `send_code`: a repeat with it answers with the
+                verification (`replayed` true) instead of sending again; only with one is the
+                call retried after UNAVAILABLE.
+            idempotent: When True and no `request_id` is given, the client makes one for this
+                call alone, which its retries reuse.
+            timeout: Deadline of the whole call, retries included, in seconds.
+            metadata: Metadata for this call, sent after the client's.
+
+        Returns:
+            The verification: `verification_id` (keep it for the check), `status` PENDING,
+            `send_count`, `checks_remaining`, `expire_time`, `message_id`, `replayed`.
+
+        Raises:
+            ValueError: `usage_type` is not a known name.
+            SmsError: The errors of `send_code` (a start is a send, under the same rate limits);
+                `ResourceExhaustedError` VERIFICATION_SEND_LIMIT when the verification has had
+                all its SMS (`retry_delay`: until it expires); `FailedPreconditionError`
+                VERIFICATION_DISABLED when the server does not run verifications.
+        """
+        request = _start_verification_request(phone_number, usage_type, request_id, idempotent)
+        return await self._call(self._stub.StartVerification, request, timeout, metadata)
+
+    async def check_verification(
+        self,
+        code: str,
+        *,
+        verification_id: str | None = None,
+        phone_number: str | None = None,
+        usage_type: pb.UsageType | int | str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline, as in send_code
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pb.CheckVerificationResponse:
+        """Checks the code the user typed against a verification; uses one of its checks.
+
+        Name the verification by exactly one of `verification_id` (what `start_verification`
+        returned) and `phone_number` (this caller's pending verification of that number and
+        `usage_type`). A wrong code is an answer, not an error: `approved` is False and
+        `verification.checks_remaining` says how many tries are left (none, and status
+        MAX_ATTEMPTS_REACHED, after the last). A right one approves the verification, once.
+        Retried after UNAVAILABLE: a refused check uses no try, and a retry never sends an SMS
+        (should a connection break after the service approved, the retry answers
+        VERIFICATION_APPROVED).
+
+        Args:
+            code: The code the user typed: the service's code_length digits, e.g. "482915".
+            verification_id: The verification's id.
+            phone_number: Or the number it verifies, as `start_verification` took it.
+            usage_type: With `phone_number` only: the verification's usage type (default
+                Generic), as `send_code` takes it.
+            timeout: Deadline of the whole call, retries included, in seconds.
+            metadata: Metadata for this call, sent after the client's.
+
+        Raises:
+            ValueError: Neither or both of `verification_id` and `phone_number`, a `usage_type`
+                with `verification_id`, or an unknown usage type name.
+            SmsError: `NotFoundError` VERIFICATION_NOT_FOUND (no such verification of this
+                caller, or no pending one of the number); `FailedPreconditionError`
+                VERIFICATION_EXPIRED, VERIFICATION_CANCELED, VERIFICATION_APPROVED or
+                VERIFICATION_MAX_ATTEMPTS (it has ended: start a new one);
+                `InvalidArgumentError` INVALID_CODE (not code_length digits: no check used),
+                INVALID_VERIFICATION_ID, INVALID_PHONE_NUMBER.
+        """
+        request = _check_verification_request(code, verification_id, phone_number, usage_type)
+        return await self._call(self._stub.CheckVerification, request, timeout, metadata)
+
+    async def cancel_verification(
+        self,
+        verification_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline, as in send_code
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pb.Verification:
+        """Cancels a pending verification: no code of it is accepted any more.
+
+        Returns the verification as it stands: status CANCELED, or, for one that had already
+        ended, its status unchanged. Retried after UNAVAILABLE.
+
+        Raises:
+            SmsError: `NotFoundError` VERIFICATION_NOT_FOUND (no such verification of this
+                caller); `InvalidArgumentError` INVALID_VERIFICATION_ID.
+        """
+        request = pb.CancelVerificationRequest(verification_id=verification_id)
+        return await self._call(self._stub.CancelVerification, request, timeout, metadata)
+
+    async def get_delivery_status(
+        self,
+        message_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline, as in send_code
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pb.DeliveryStatus:
+        """Says whether an SMS this caller sent reached the phone, from YunPian's delivery report.
+
+        A read-only call: retried after UNAVAILABLE. Every state is an answer, not an error:
+        `state` PENDING (no report yet), DELIVERED, FAILED (`carrier_code` and `carrier_detail`
+        say why) or UNKNOWN (no report came within the time YunPian keeps them).
+
+        Args:
+            message_id: The `message_id` that `send_code` or `start_verification` returned
+                (YunPian's sid, a decimal string), e.g. "76815478050".
+            timeout: Deadline of the whole call, retries included, in seconds.
+            metadata: Metadata for this call, sent after the client's.
+
+        Returns:
+            The `DeliveryStatus`: `message_id`, `state`, `carrier_code`, `carrier_detail`,
+            `send_time`, and `receive_time` (set only once a report says the phone received it).
+
+        Raises:
+            SmsError: `NotFoundError` MESSAGE_NOT_FOUND (an id this caller did not send, or one
+                older than the server keeps its record); `FailedPreconditionError`
+                DELIVERY_REPORTS_DISABLED (the server collects no reports: `[delivery]` mode
+                is off); `InvalidArgumentError` INVALID_MESSAGE_ID (not a decimal sid).
+        """
+        request = pb.GetDeliveryStatusRequest(message_id=message_id)
+        return await self._call(self._stub.GetDeliveryStatus, request, timeout, metadata)
 
     async def _call(
         self,
         rpc: grpc.aio.UnaryUnaryMultiCallable[_RequestT, _ResponseT],
         request: _RequestT,
-        attempts: CallAttempts,
-        metadata: tuple[tuple[str, str], ...],
-        *,
-        sending: bool = False,
+        timeout: float | None,  # noqa: ASYNC109 - the gRPC deadline of the call
+        metadata: Sequence[tuple[str, str]] | None,
     ) -> _ResponseT:
+        """Makes the call, retrying as `_start` and the policy allow; raises SmsErrors."""
+        attempts, call_metadata, sending = self._start(request, timeout, metadata)
         while True:
             try:
-                return await rpc(request, timeout=attempts.remaining(), metadata=metadata)
+                return await rpc(request, timeout=attempts.remaining(), metadata=call_metadata)
             except grpc.RpcError as rpc_error:  # grpc.aio.AioRpcError, with a status
                 error = _from_rpc_error(rpc_error, sending=sending)
                 delay = attempts.delay_before_retry(error)
@@ -288,8 +438,7 @@ class SmsClient(_ClientSettings):
     ) -> pb.SendCodeResponse:
         """Sends `code` by SMS to `phone_number`; see `AsyncSmsClient.send_code`."""
         request = _send_code_request(phone_number, code, usage_type, request_id, idempotent)
-        attempts, call_metadata = self._start(timeout, metadata, may_retry=bool(request.request_id))
-        return self._call(self._stub.SendCode, request, attempts, call_metadata, sending=True)
+        return self._call(self._stub.SendCode, request, timeout, metadata)
 
     def validate_template(
         self,
@@ -303,21 +452,70 @@ class SmsClient(_ClientSettings):
     ) -> pb.ValidateTemplateResponse:
         """Checks a template; see `AsyncSmsClient.validate_template`."""
         request = _validate_template_request(usage_type, content, international, skip_remote)
-        attempts, call_metadata = self._start(timeout, metadata, may_retry=True)
-        return self._call(self._stub.ValidateTemplate, request, attempts, call_metadata)
+        return self._call(self._stub.ValidateTemplate, request, timeout, metadata)
+
+    def start_verification(
+        self,
+        phone_number: str,
+        *,
+        usage_type: pb.UsageType | int | str = pb.USAGE_TYPE_GENERIC,
+        request_id: str | None = None,
+        idempotent: bool = False,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pb.Verification:
+        """Starts verifying `phone_number`; see `AsyncSmsClient.start_verification`."""
+        request = _start_verification_request(phone_number, usage_type, request_id, idempotent)
+        return self._call(self._stub.StartVerification, request, timeout, metadata)
+
+    def check_verification(
+        self,
+        code: str,
+        *,
+        verification_id: str | None = None,
+        phone_number: str | None = None,
+        usage_type: pb.UsageType | int | str | None = None,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pb.CheckVerificationResponse:
+        """Checks a typed code; see `AsyncSmsClient.check_verification`."""
+        request = _check_verification_request(code, verification_id, phone_number, usage_type)
+        return self._call(self._stub.CheckVerification, request, timeout, metadata)
+
+    def cancel_verification(
+        self,
+        verification_id: str,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pb.Verification:
+        """Cancels a pending verification; see `AsyncSmsClient.cancel_verification`."""
+        request = pb.CancelVerificationRequest(verification_id=verification_id)
+        return self._call(self._stub.CancelVerification, request, timeout, metadata)
+
+    def get_delivery_status(
+        self,
+        message_id: str,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pb.DeliveryStatus:
+        """Whether an SMS reached the phone; see `AsyncSmsClient.get_delivery_status`."""
+        request = pb.GetDeliveryStatusRequest(message_id=message_id)
+        return self._call(self._stub.GetDeliveryStatus, request, timeout, metadata)
 
     def _call(
         self,
         rpc: grpc.UnaryUnaryMultiCallable[_RequestT, _ResponseT],
         request: _RequestT,
-        attempts: CallAttempts,
-        metadata: tuple[tuple[str, str], ...],
-        *,
-        sending: bool = False,
+        timeout: float | None,
+        metadata: Sequence[tuple[str, str]] | None,
     ) -> _ResponseT:
+        """Makes the call, retrying as `_start` and the policy allow; raises SmsErrors."""
+        attempts, call_metadata, sending = self._start(request, timeout, metadata)
         while True:
             try:
-                return rpc(request, timeout=attempts.remaining(), metadata=metadata)
+                return rpc(request, timeout=attempts.remaining(), metadata=call_metadata)
             except grpc.RpcError as rpc_error:
                 error = _from_rpc_error(rpc_error, sending=sending)
                 delay = attempts.delay_before_retry(error)
@@ -351,6 +549,12 @@ def _usage_type_value(usage_type: pb.UsageType | int | str) -> pb.UsageType:
     return cast(pb.UsageType, usage_type)
 
 
+def _request_id(request_id: str | None, idempotent: bool) -> str:
+    if not request_id and idempotent:
+        request_id = new_request_id()  # one per logical call: every retry of it reuses it
+    return request_id or ""
+
+
 def _send_code_request(
     phone_number: str,
     code: str,
@@ -358,13 +562,47 @@ def _send_code_request(
     request_id: str | None,
     idempotent: bool,
 ) -> pb.SendCodeRequest:
-    if not request_id and idempotent:
-        request_id = new_request_id()  # one per logical call: every retry of it reuses it
     return pb.SendCodeRequest(
         phone_number=phone_number,
         code=code,
         usage_type=_usage_type_value(usage_type),
-        request_id=request_id or "",
+        request_id=_request_id(request_id, idempotent),
+    )
+
+
+def _start_verification_request(
+    phone_number: str,
+    usage_type: pb.UsageType | int | str,
+    request_id: str | None,
+    idempotent: bool,
+) -> pb.StartVerificationRequest:
+    return pb.StartVerificationRequest(
+        phone_number=phone_number,
+        usage_type=_usage_type_value(usage_type),
+        request_id=_request_id(request_id, idempotent),
+    )
+
+
+def _check_verification_request(
+    code: str,
+    verification_id: str | None,
+    phone_number: str | None,
+    usage_type: pb.UsageType | int | str | None,
+) -> pb.CheckVerificationRequest:
+    if (verification_id is None) == (phone_number is None):
+        raise ValueError("Pass exactly one of verification_id and phone_number.")
+    # Setting either member selects the oneof, even to "" (which the service then refuses).
+    if verification_id is not None:
+        if usage_type is not None:
+            raise ValueError(
+                "usage_type goes with phone_number only: a verification_id names one "
+                "verification, whose usage type the service knows."
+            )
+        return pb.CheckVerificationRequest(verification_id=verification_id, code=code)
+    return pb.CheckVerificationRequest(
+        phone_number=phone_number,
+        usage_type=_usage_type_value(pb.USAGE_TYPE_GENERIC if usage_type is None else usage_type),
+        code=code,
     )
 
 

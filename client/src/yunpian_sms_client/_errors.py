@@ -33,7 +33,7 @@ class SmsError(Exception):
         reason: The `ErrorInfo` reason, e.g. "INVALID_PHONE_NUMBER"; "" when there is none
             (for example when the deadline expired on the client).
         domain: The `ErrorInfo` domain, "yunpian.sms.v1" for the service's own errors.
-        metadata: The `ErrorInfo` metadata, e.g. {"yunpian_code": "33", "msg": "..."}.
+        metadata: The `ErrorInfo` metadata, e.g. {"yunpian_code": "33", "yunpian_msg": "..."}.
         retry_delay: Seconds to wait before retrying, from `google.rpc.RetryInfo`, or None.
         field_violations: (field, description) pairs from `google.rpc.BadRequest`.
         details: Every detail message of the status, unpacked where the type is known
@@ -98,8 +98,9 @@ class SmsError(Exception):
     def retryable(self) -> bool:
         """Whether the service did nothing and the same call may simply be made again.
 
-        True for UNAVAILABLE. A `send_code` should still only be repeated with the same
-        `request_id`: a transport failure can hide whether the first attempt arrived.
+        True for UNAVAILABLE. A `send_code` or `start_verification` should still only be
+        repeated with the same `request_id`: a transport failure can hide whether the first
+        attempt arrived.
         """
         return self.code is grpc.StatusCode.UNAVAILABLE and not self.delivery_unknown
 
@@ -125,7 +126,14 @@ class UnknownError(SmsError):
 
 
 class InvalidArgumentError(SmsError):
-    """The request is malformed (INVALID_ARGUMENT); `field_violations` names the fields."""
+    """The request is malformed (INVALID_ARGUMENT); `field_violations` names the fields.
+
+    Reasons include INVALID_PHONE_NUMBER, INVALID_CODE (for `check_verification`: not the
+    service's code_length digits; no check was used), INVALID_USAGE_TYPE, INVALID_REQUEST_ID,
+    REQUEST_ID_REUSED, INVALID_VERIFICATION_ID (not an id `start_verification` returned) and
+    INVALID_VERIFICATION_TARGET (a check naming no verification) and INVALID_MESSAGE_ID (for
+    `get_delivery_status`: not the decimal message id a send returned).
+    """
 
     default_code = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -140,7 +148,15 @@ class DeadlineExceededError(SmsError):
 
 
 class NotFoundError(SmsError):
-    """Something the call refers to does not exist (NOT_FOUND)."""
+    """Something the call refers to does not exist (NOT_FOUND).
+
+    VERIFICATION_NOT_FOUND: no verification of this caller has that id (unknown, another
+    caller's, or forgotten after it ended), or the number has no pending verification of that
+    usage type. Start a new one.
+
+    MESSAGE_NOT_FOUND: no SMS of this caller has that message id (unknown, another caller's, or
+    sent longer ago than the server keeps its record: twice its report wait).
+    """
 
     default_code = grpc.StatusCode.NOT_FOUND
 
@@ -152,15 +168,26 @@ class PermissionDeniedError(SmsError):
 
 
 class ResourceExhaustedError(SmsError):
-    """A rate limit or quota was reached (RESOURCE_EXHAUSTED); see `retry_delay`."""
+    """A rate limit or quota was reached (RESOURCE_EXHAUSTED); see `retry_delay`.
+
+    Reasons: RATE_LIMITED (the service's limits), PROVIDER_RATE_LIMITED and
+    PROVIDER_QUOTA_EXCEEDED (YunPian's), VERIFICATION_SEND_LIMIT (the verification has had all
+    its SMS; `retry_delay` lasts until it expires, when a new one may start).
+    """
 
     default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class FailedPreconditionError(SmsError):
-    """The service or YunPian refuses the request as configured (FAILED_PRECONDITION).
+    """The service or YunPian refuses the request as it stands (FAILED_PRECONDITION).
 
-    Retrying does not help until the configuration, the account or the template changes.
+    Retrying does not help until the configuration, the account or the template changes. For
+    verifications: VERIFICATION_DISABLED (the server does not run them), and, on a check of a
+    verification that has ended, VERIFICATION_EXPIRED, VERIFICATION_CANCELED,
+    VERIFICATION_APPROVED (a code works once) or VERIFICATION_MAX_ATTEMPTS (every check used);
+    then start a new verification. `metadata` carries its "verification_id" and "status".
+    For delivery reports: DELIVERY_REPORTS_DISABLED (the server collects none; its `[delivery]`
+    mode is off).
     """
 
     default_code = grpc.StatusCode.FAILED_PRECONDITION

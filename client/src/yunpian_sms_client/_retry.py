@@ -19,10 +19,11 @@ _MIN_ATTEMPT_TIME_S: Final = 0.05
 class RetryPolicy:
     """How a client retries calls that failed with UNAVAILABLE.
 
-    Only UNAVAILABLE is retried (the service did nothing and says so), and `send_code` only when
-    it has a `request_id`, since then the service answers a repeat from its idempotency record
-    instead of sending a second SMS. Every attempt shares the call's one deadline: each gets
-    the time that remains, and no retry starts that could not finish before it.
+    Only UNAVAILABLE is retried (the service did nothing and says so), and the calls that send an
+    SMS (`send_code`, `start_verification`) only when they have a `request_id`, since then the
+    service answers a repeat from its idempotency record instead of sending a second SMS. Every
+    attempt shares the call's one deadline: each gets the time that remains, and no retry starts
+    that could not finish before it.
 
     Attributes:
         max_attempts: Attempts in all, the first included; 1 disables retrying.

@@ -1,14 +1,22 @@
-"""The fake YunPian account: its API key, templates, accepted messages, limit history and faults."""
+"""The fake YunPian account: its API key, templates, accepted messages, their delivery reports,
+limit history and faults."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+from yunpian_sms_server.sandbox.delivery_reports import (
+    DeliveryReport,
+    DeliveryReports,
+    ReportSettings,
+    ReportStats,
+)
 from yunpian_sms_server.sandbox.faults import Fault, PendingFaults
 from yunpian_sms_server.sandbox.json_input import JsonObject, SandboxInputError
 from yunpian_sms_server.sandbox.per_number_limits import PerNumberLimits
@@ -38,6 +46,8 @@ class SentMessage:
     code: str | None  # the `#code#` value, None when the template has no `#code#`
     tpl_id: int
     at: float  # unix time from the sandbox's clock
+    uid: str | None = None  # the send's `uid` form value
+    callback_url: str | None = None  # the send's `callback_url`: its report is pushed there
 
     def to_json(self) -> JsonObject:
         """The object `GET /sandbox/messages` lists; the sid is a decimal string."""
@@ -48,14 +58,19 @@ class SentMessage:
             "code": self.code,
             "tpl_id": self.tpl_id,
             "at": self.at,
+            "uid": self.uid,
+            "callback_url": self.callback_url,
         }
 
 
 class Account:
-    """The fake YunPian account: templates, accepted messages, limits and pending faults.
+    """The fake YunPian account: templates, accepted messages and their delivery reports, limits
+    and pending faults.
 
-    `clock` gives the unix time used for limits and message timestamps, so tests can move time
-    without sleeping.
+    `clock` gives the unix time used for limits, message timestamps and when reports fall due,
+    so tests can move time without sleeping. `report_settings` are the delivery reports'
+    settings at the start and after a reset (ReportSettings: by default every report is a
+    SUCCESS, available 0.5 s after its message).
     """
 
     def __init__(
@@ -65,6 +80,7 @@ class Account:
         *,
         enforce_limits: bool = True,
         clock: Clock = time.time,
+        report_settings: ReportSettings | None = None,
     ) -> None:
         if not api_key:
             raise SandboxInputError("api_key must not be empty")
@@ -80,6 +96,7 @@ class Account:
         self.limits = PerNumberLimits()
         self._faults = PendingFaults()
         self._next_sid = FIRST_SID
+        self.reports = DeliveryReports(report_settings)
 
     def __repr__(self) -> str:
         # Never show the API key.
@@ -138,13 +155,30 @@ class Account:
         self._faults.clear()
 
     def record_message(
-        self, mobile: str, text: str, code: str | None, tpl_id: int, at: float
+        self,
+        mobile: str,
+        text: str,
+        code: str | None,
+        tpl_id: int,
+        at: float,
+        *,
+        uid: str | None = None,
+        callback_url: str | None = None,
     ) -> SentMessage:
-        """Records an accepted message under the next sid; the oldest beyond the cap go."""
+        """Records an accepted message under the next sid, and its future delivery report; the
+        oldest messages beyond the cap go."""
         message = SentMessage(
-            sid=self._next_sid, mobile=mobile, text=text, code=code, tpl_id=tpl_id, at=at
+            sid=self._next_sid,
+            mobile=mobile,
+            text=text,
+            code=code,
+            tpl_id=tpl_id,
+            at=at,
+            uid=uid,
+            callback_url=callback_url,
         )
         self._next_sid += 1
+        self.reports.schedule(message.sid, mobile, at, uid=uid, callback_url=callback_url)
         self.messages.append(message)
         if len(self.messages) > MAX_RECORDED_MESSAGES:
             del self.messages[: len(self.messages) - MAX_RECORDED_MESSAGES]
@@ -159,9 +193,43 @@ class Account:
         messages = self.messages_to(mobile)
         return messages[-1].code if messages else None
 
+    def configure_reports(
+        self, settings: ReportSettings | None = None, /, **changes: Any
+    ) -> ReportSettings:
+        """Sets how messages accepted from now on are reported, and returns the settings.
+
+        The settings are `settings` (default: ReportSettings()) with `changes` (its fields by
+        name) applied: `configure_reports(delay_seconds=0, failure_share=0.5)`. What is not
+        given takes its default, not its current value. The FAIL rule counts afresh.
+        """
+        settings = dataclasses.replace(settings or ReportSettings(), **changes)
+        self.reports.configure(settings)
+        return settings
+
+    @property
+    def report_settings(self) -> ReportSettings:
+        """How messages accepted from now on are reported."""
+        return self.reports.settings
+
+    @property
+    def pending_reports(self) -> list[DeliveryReport]:
+        """The reports not yet pulled or pushed (due or not), by when they are available."""
+        return self.reports.pending(self.clock())
+
+    @property
+    def report_stats(self) -> ReportStats:
+        """Pulls and pushes so far (ReportStats)."""
+        return self.reports.stats()
+
+    def pull_reports(self, page_size: int) -> list[DeliveryReport]:
+        """Hands out and forgets up to page_size available reports, oldest first (a pull)."""
+        return self.reports.pull(page_size, self.clock())
+
     def reset(self) -> None:
-        """Clears messages, faults, limit history and request counts; keeps the templates."""
+        """Clears messages, reports, faults, limit history and request counts and restores the
+        limit and report settings; keeps the templates."""
         self.messages.clear()
+        self.reports.reset()
         self._faults.clear()
         self.limits.clear()
         self.request_counts.clear()

@@ -1,4 +1,5 @@
-"""The fake YunPian API: `single_send.json`, `tpl/get.json` and `user/get.json` under `/v2/`."""
+"""The fake YunPian API under `/v2/`: `sms/single_send.json`, `sms/pull_status.json`,
+`tpl/get.json` and `user/get.json`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from http import HTTPStatus
 from typing import Final, cast
+from urllib.parse import urlsplit
 
 import phonenumbers
 from aiohttp import web
@@ -25,6 +27,7 @@ from yunpian_sms_server.sandbox.template_matching import (
 from yunpian_sms_server.sandbox.templates import TemplateMatch
 from yunpian_sms_server.sandbox.yunpian_wire import (
     API_PATHS,
+    PULL_STATUS_PATH,
     SINGLE_SEND_PATH,
     TPL_GET_PATH,
     ApiError,
@@ -39,6 +42,9 @@ FEE_UNIT: Final = "RMB"
 ACCOUNT_BALANCE: Final = 1000.0
 # Digits of the largest tpl_id (YunPian's ids are 64-bit).
 MAX_TPL_ID_DIGITS: Final = len(str(2**64 - 1))
+# pull_status.json's page_size: reports per pull, by default and at most.
+DEFAULT_PAGE_SIZE: Final = 20
+MAX_PAGE_SIZE: Final = 100
 
 _MAINLAND_MOBILE = re.compile(r"1[3-9][0-9]{9}")
 _INTERNATIONAL_MOBILE = re.compile(r"\+[1-9][0-9]{5,14}")
@@ -80,13 +86,17 @@ class FakeYunpianApi:
             return ApiError(14, "请求体解码失败").response()
         mobile = _form_field(form, "mobile")
         fault = self._account.take_fault(path, mobile)
-        if fault is not None and (answer := await misbehave(request, fault, mobile)) is not None:
-            return answer
+        if fault is not None:
+            quoted = {name: value for name, value in form.items() if isinstance(value, str)}
+            if (answer := await misbehave(request, fault, quoted)) is not None:
+                return answer
         try:
             if not self._account.has_api_key(_form_field(form, "apikey") or ""):
                 raise ApiError(-1)
             if path == SINGLE_SEND_PATH:
                 return self._single_send(form)
+            if path == PULL_STATUS_PATH:
+                return self._pull_status(form)
             if path == TPL_GET_PATH:
                 return self._tpl_get(form)
             return json_response(_user())
@@ -104,6 +114,11 @@ class FakeYunpianApi:
         messages count, and limit history is recorded only while limits are enforced. The
         recorded text is the text as delivered, signature included; `count` and `fee` are
         computed from that length.
+
+        The optional `uid` (any text) and `callback_url` are kept with the message for its
+        delivery report; a `callback_url` that is no absolute http(s) URL is code 2, checked
+        right after the mobile. The report of a message with a callback_url is pushed there,
+        not pulled.
         """
         fields = {name: _form_field(form, name) for name in ("mobile", "text")}
         for name, value in fields.items():
@@ -113,6 +128,9 @@ class FakeYunpianApi:
         recipient = _parse_mobile(raw_mobile)
         if recipient is None:
             raise ApiError(2, f"参数 mobile 格式不正确，mobile:{raw_mobile}")
+        callback_url = _form_field(form, "callback_url")
+        if callback_url is not None and not _is_http_url(callback_url):
+            raise ApiError(2, f"参数 callback_url 格式不正确，callback_url:{callback_url}")
         match = self._match_template(text, recipient)
         account = self._account
         now = account.clock()
@@ -122,7 +140,13 @@ class FakeYunpianApi:
                 raise ApiError(refused, mobile=recipient.mobile)
             account.limits.record(recipient.mobile, match.delivered_text, now)
         message = account.record_message(
-            recipient.mobile, match.delivered_text, match.code, match.template.tpl_id, now
+            recipient.mobile,
+            match.delivered_text,
+            match.code,
+            match.template.tpl_id,
+            now,
+            uid=_form_field(form, "uid"),
+            callback_url=callback_url,
         )
         count = segment_count(match.delivered_text)
         return json_response(
@@ -170,6 +194,25 @@ class FakeYunpianApi:
             raise ApiError(23)
         raise ApiError(5)
 
+    def _pull_status(self, form: Mapping[str, object]) -> web.Response:
+        """The available reports, oldest first, at most `page_size`; handed out once.
+
+        `page_size` is optional (default 20); anything but an integer from 1 to 100 is code 2
+        naming it. The answer is v2's bare JSON array, `[]` when no report waits. Reports of
+        messages sent with a callback_url are pushed instead and never listed here.
+        """
+        raw_size = _form_field(form, "page_size")
+        page_size = DEFAULT_PAGE_SIZE
+        if raw_size is not None:
+            # At most 3 digits: int() of a huge number would only waste time.
+            if not (raw_size.isascii() and raw_size.isdigit() and len(raw_size) <= 3) or not (
+                1 <= int(raw_size) <= MAX_PAGE_SIZE
+            ):
+                raise ApiError(2, f"参数 page_size 格式不正确，page_size:{raw_size}")
+            page_size = int(raw_size)
+        reports = self._account.pull_reports(page_size)
+        return json_response([report.to_wire() for report in reports])
+
     def _tpl_get(self, form: Mapping[str, object]) -> web.Response:
         """Every template, or the one `tpl_id` names (2 when it is no id, 5 when unknown)."""
         raw_id = _form_field(form, "tpl_id")
@@ -209,6 +252,18 @@ def _parse_mobile(raw: str) -> _Recipient | None:
     region = phonenumbers.region_code_for_number(number)
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     return _Recipient(e164, region)
+
+
+def _is_http_url(raw: str) -> bool:
+    """Whether a callback_url is an absolute http or https URL with a host, without spaces."""
+    if any(char.isspace() or not char.isprintable() for char in raw):
+        return False
+    try:
+        url = urlsplit(raw)
+        _ = url.port  # ValueError when the port is no number or out of range
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.hostname)
 
 
 def _user() -> JsonObject:

@@ -53,9 +53,9 @@ class Fault:
     still be accepted and recorded); "http_status" `status` (400-599: an nginx-like HTML page);
     "malformed" `body` ("not_json": HTTP 200 with truncated JSON, "wrong_shape": HTTP 200 with
     `{"result": "ok"}`); "drop" takes none (the request is read, then the connection is closed
-    without an answer; nothing recorded). A fault matches POST requests to `path` (one of the
-    three API paths; default single_send) and, when `mobile` is set, only those whose `mobile`
-    form value is exactly that.
+    without an answer; nothing recorded, no report handed out). A fault matches POST requests
+    to `path` (one of the API paths; default single_send) and, when `mobile` is set, only those
+    whose `mobile` form value is exactly that (pull_status requests have none).
     """
 
     kind: FaultKind
@@ -188,16 +188,23 @@ class PendingFaults:
         self._faults.clear()
 
 
-async def misbehave(request: web.Request, fault: Fault, mobile: str | None) -> web.Response | None:
+async def misbehave(
+    request: web.Request, fault: Fault, form: Mapping[str, str]
+) -> web.Response | None:
     """Shows a fault to a request: its answer, or None once a delay is over (handle it normally).
 
-    `mobile` is the request's mobile form value, for the detail of an error fault.
+    `form` is the request's text form values. An error fault's own detail may quote them, as an
+    answer that repeats the request would: `{mobile}`, `{text}` and `{apikey}` are replaced.
     """
     if fault.kind == "delay":
         await asyncio.sleep(cast(float, fault.seconds))
         return None
     if fault.kind == "error":
-        return ApiError(cast(int, fault.code), fault.detail, mobile=mobile or "").response()
+        detail = fault.detail
+        if detail is not None:
+            for name in ("mobile", "text", "apikey"):
+                detail = detail.replace("{" + name + "}", form.get(name, ""))
+        return ApiError(cast(int, fault.code), detail, mobile=form.get("mobile", "")).response()
     if fault.kind == "http_status":
         return _nginx_error_page(cast(int, fault.status))
     if fault.kind == "malformed":

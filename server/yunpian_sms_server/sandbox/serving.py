@@ -1,9 +1,11 @@
-"""Serving the sandbox: its aiohttp app, the access log, and start_sandbox's RunningSandbox."""
+"""Serving the sandbox: its aiohttp app (with the report push task), the access log, and
+start_sandbox's RunningSandbox."""
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Final, Self
 
@@ -13,6 +15,7 @@ from aiohttp.abc import AbstractAccessLogger
 from yunpian_sms_server.sandbox.account import Account
 from yunpian_sms_server.sandbox.control_api import ControlApi
 from yunpian_sms_server.sandbox.fake_api import FakeYunpianApi
+from yunpian_sms_server.sandbox.report_push import ReportPusher
 
 # How long closing a running sandbox waits for requests in progress (e.g. a delay fault).
 SHUTDOWN_TIMEOUT_S: Final = 1.0
@@ -25,12 +28,25 @@ class Sandbox(Account):
 
     @functools.cached_property
     def app(self) -> web.Application:
-        """The aiohttp app of this sandbox: `/v2/…` (FakeYunpianApi), `/sandbox/…` (ControlApi)."""
+        """The aiohttp app of this sandbox: `/v2/…` (FakeYunpianApi), `/sandbox/…` (ControlApi).
+
+        While the app runs, a task pushes due delivery reports (ReportPusher); its cleanup
+        stops the task and the pushes in flight.
+        """
         app = web.Application()
         app[SANDBOX_KEY] = self
         app.router.add_route("*", "/v2/{tail:.*}", FakeYunpianApi(self).handle)
         ControlApi(self).add_routes(app.router)
+        app.cleanup_ctx.append(self._push_reports)
         return app
+
+    async def _push_reports(self, app: web.Application) -> AsyncIterator[None]:
+        pusher = ReportPusher(self)
+        pusher.start()
+        try:
+            yield
+        finally:
+            await pusher.close()
 
 
 # Where a handler of the app finds its sandbox.
@@ -60,7 +76,8 @@ class RunningSandbox:
         self._closed = False
 
     async def close(self) -> None:
-        """Stops serving; requests still in progress get `SHUTDOWN_TIMEOUT_S` to finish."""
+        """Stops serving; requests still in progress get `SHUTDOWN_TIMEOUT_S` to finish; the
+        report push task and its pushes in flight stop (their reports stay pending)."""
         if not self._closed:
             self._closed = True
             await self._runner.cleanup()

@@ -12,7 +12,8 @@ from aiohttp import web
 SINGLE_SEND_PATH: Final = "/v2/sms/single_send.json"
 TPL_GET_PATH: Final = "/v2/tpl/get.json"
 USER_GET_PATH: Final = "/v2/user/get.json"
-API_PATHS: Final = (SINGLE_SEND_PATH, TPL_GET_PATH, USER_GET_PATH)
+PULL_STATUS_PATH: Final = "/v2/sms/pull_status.json"
+API_PATHS: Final = (SINGLE_SEND_PATH, TPL_GET_PATH, USER_GET_PATH, PULL_STATUS_PATH)
 
 # YunPian's `msg` per code (its error code table), so an injected code reads like the real thing.
 # Code 33 really answers with a null msg and the text only in `detail`.

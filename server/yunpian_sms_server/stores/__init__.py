@@ -10,11 +10,14 @@ from yunpian_sms_server.stores.interface import (
     KEY_PREFIX,
     CheckUse,
     Claim,
+    ClaimCounted,
     ClaimState,
     CodeAdded,
     Refusal,
+    SavedReports,
     Store,
     StoreUnavailableError,
+    store_required,
 )
 from yunpian_sms_server.stores.memory_store import MemoryStore
 from yunpian_sms_server.stores.redis_store import RedisStore, url_problem
@@ -24,14 +27,17 @@ __all__ = [
     "KEY_PREFIX",
     "CheckUse",
     "Claim",
+    "ClaimCounted",
     "ClaimState",
     "CodeAdded",
     "MemoryStore",
     "RedisStore",
     "Refusal",
+    "SavedReports",
     "Store",
     "StoreUnavailableError",
     "open_store",
+    "store_required",
     "url_problem",
 ]
 

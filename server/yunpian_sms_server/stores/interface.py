@@ -14,11 +14,14 @@ is slower, never a store failure. The queue is bounded by each caller's own dead
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Protocol
 
+from yunpian_sms_server.delivery_state import DeliveryReport, SentMessage
+from yunpian_sms_server.errors import Reason, ServiceError
 from yunpian_sms_server.limits import Window
 from yunpian_sms_server.verification_state import VerificationState, VerificationStatus
 
@@ -30,6 +33,18 @@ DEFAULT_MAX_CONNECTIONS: Final = 64
 
 class StoreUnavailableError(Exception):
     """The store could not be reached or failed; the caller applies store.on_error."""
+
+
+@contextlib.contextmanager
+def store_required(what: str) -> Iterator[None]:
+    """Turns a store failure into UNAVAILABLE STORE_UNAVAILABLE: `what` (a sentence's end, such
+    as "nothing was checked") cannot be done without the store, whatever store.on_error says."""
+    try:
+        yield
+    except StoreUnavailableError:
+        raise ServiceError(
+            Reason.STORE_UNAVAILABLE, f"The store is unavailable; {what}. Retry later."
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +68,26 @@ class Claim:
     record: bytes = b""
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimCounted:
+    """A claim and, when it is new, whether its send was counted: a `refusal` says which window
+    was full; the claim was then given up at once (nothing will be sent)."""
+
+    claim: Claim
+    refusal: Refusal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedReports:
+    """What saving a batch of delivery reports came to."""
+
+    saved: tuple[SentMessage, ...] = ()  # the messages as they are now
+    duplicates: int = 0  # reports of messages that had one already
+    # Reports of messages this service does not know (yet): each waits a while for its message
+    # to be recorded (a report can come first), then is dropped.
+    unknown: int = 0
+
+
 class CodeAdded(Enum):
     """What adding a code to a verification came to."""
 
@@ -62,11 +97,11 @@ class CodeAdded(Enum):
 
 
 class CheckUse(Enum):
-    """What asking for a check of a verification came to."""
+    """What one check of a verification came to (decided in one atomic step)."""
 
-    COUNTED = "counted"  # one check used: compare the code with the hashes now
-    EXHAUSTED = "exhausted"  # no check left (others used them)
-    ENDED = "ended"  # the verification is no longer pending
+    APPROVED = "approved"  # the code was right: this check approved it (and ended it)
+    WRONG = "wrong"  # a wrong code used one check (the last check ends it, MAX_ATTEMPTS_REACHED)
+    ENDED = "ended"  # the verification is no longer pending: nothing used
     EXPIRED_NOW = "expired_now"  # its time had passed: this call ended it as expired
     UNKNOWN = "unknown"  # no such verification of this caller
 
@@ -92,8 +127,53 @@ class Store(Protocol):
         """
         ...
 
-    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
-        """Stores the outcome of a request_id for `ttl_s` seconds, whoever holds its claim."""
+    async def claim_and_acquire(
+        self,
+        key: str,
+        fingerprints: Sequence[str],
+        holder: str,
+        lease_s: float,
+        windows: Sequence[Window],
+    ) -> ClaimCounted:
+        """`claim`, and when the claim is new, `acquire` with `holder` as the token, atomically
+        (one round trip): a send with a request_id is claimed and counted, or neither."""
+        ...
+
+    async def complete(
+        self,
+        key: str,
+        fingerprint: str,
+        record: bytes,
+        ttl_s: float,
+        message: SentMessage | None = None,
+        message_keep_s: float = 0.0,
+    ) -> SentMessage | None:
+        """Stores the outcome of a request_id for `ttl_s` seconds, whoever holds its claim (and,
+        in the same operation, the message sent, as `record_message` does: what that returns,
+        None without a message)."""
+        ...
+
+    async def record_message(self, message: SentMessage, keep_s: float) -> SentMessage | None:
+        """Keeps a message sent, for its delivery report, `keep_s` seconds (once: recording it
+        again changes nothing). A report of it that came first is taken in: the message as that
+        report says it ended is returned, else None."""
+        ...
+
+    async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:
+        """Saves delivery reports of pending messages; a message's first report wins."""
+        ...
+
+    async def get_message(self, message_id: str) -> SentMessage | None:
+        """The message as kept (None: unknown or forgotten)."""
+        ...
+
+    async def take_lease(self, name: str, holder: str, lease_s: float) -> bool:
+        """Takes (or renews) the lease `name` for `holder` for `lease_s` seconds; False when
+        another holder has it."""
+        ...
+
+    async def give_up_lease(self, name: str, holder: str) -> None:
+        """Lets go of `holder`'s lease at once (another can take it)."""
         ...
 
     async def release_claim(self, key: str, holder: str) -> None:
@@ -130,18 +210,23 @@ class Store(Protocol):
         ...
 
     async def use_verification_check(
-        self, verification_id: str, caller: str, keep_s: float
+        self, verification_id: str, caller: str, code_hashes: Sequence[str], keep_s: float
     ) -> tuple[CheckUse, VerificationState | None]:
-        """Uses one check of the caller's pending verification (counted before any comparison);
-        ends it as expired if its time has passed. UNKNOWN (and None) for an unknown id or
-        another caller's verification: nothing is used."""
+        """Checks a code of the caller's pending verification in one step: uses one check, and
+        approves it if one of `code_hashes` (the typed code's hash under each secret) is a hash
+        of a code sent, or ends it as MAX_ATTEMPTS_REACHED if that was its last check. Of checks
+        racing, each is counted in turn and only the right one counted first approves. Ends it
+        as expired if its time has passed. UNKNOWN (and None) for an unknown id or another
+        caller's verification: nothing is used."""
         ...
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         """Ends a pending verification with `status` (its code hashes forgotten); an ended one
-        is left as it is. Returns the state after; None for an unknown id."""
+        is left as it is. Returns the state after, and whether this call ended it: of calls
+        racing to end one verification, exactly one is told it did. (None, False) for an
+        unknown id."""
         ...
 
     async def get_verification(

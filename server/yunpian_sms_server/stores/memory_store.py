@@ -5,13 +5,29 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import heapq
+import hmac
 import struct
 import time
 from collections.abc import Sequence
 from typing import Final
 
+from yunpian_sms_server.delivery_state import (
+    EARLY_REPORT_S,
+    MAX_EARLY_REPORTS,
+    DeliveryReport,
+    DeliveryState,
+    SentMessage,
+)
 from yunpian_sms_server.limits import Window
-from yunpian_sms_server.stores.interface import CheckUse, Claim, ClaimState, CodeAdded, Refusal
+from yunpian_sms_server.stores.interface import (
+    CheckUse,
+    Claim,
+    ClaimCounted,
+    ClaimState,
+    CodeAdded,
+    Refusal,
+    SavedReports,
+)
 from yunpian_sms_server.verification_state import VerificationState, VerificationStatus
 
 # The in-memory store forgets expired idempotency records at most this often (claim() never
@@ -42,6 +58,9 @@ class MemoryStore:
         self._records: dict[str, bytes] = {}
         self._records_swept_at = 0.0
         self._verifications = _Verifications()
+        self._messages = _Messages()
+        # Named leases (the delivery report puller's): name -> (holder, expires).
+        self._named_leases: dict[str, tuple[str, float]] = {}
 
     @staticmethod
     def _now() -> float:
@@ -130,17 +149,66 @@ class MemoryStore:
             return Claim(ClaimState.MISMATCH)
         return Claim(ClaimState.PENDING)
 
-    async def complete(self, key: str, fingerprint: str, record: bytes, ttl_s: float) -> None:
+    async def claim_and_acquire(
+        self,
+        key: str,
+        fingerprints: Sequence[str],
+        holder: str,
+        lease_s: float,
+        windows: Sequence[Window],
+    ) -> ClaimCounted:
+        # Nothing awaits in claim, acquire or release_claim here: together they are atomic.
+        claim = await self.claim(key, fingerprints, holder, lease_s)
+        if claim.state is not ClaimState.NEW:
+            return ClaimCounted(claim)
+        refusal = await self.acquire(windows, holder)
+        if refusal is not None:
+            await self.release_claim(key, holder)
+        return ClaimCounted(claim, refusal)
+
+    async def complete(
+        self,
+        key: str,
+        fingerprint: str,
+        record: bytes,
+        ttl_s: float,
+        message: SentMessage | None = None,
+        message_keep_s: float = 0.0,
+    ) -> SentMessage | None:
+        taken_in = None if message is None else self._messages.record(message, message_keep_s)
         self._leases.pop(key, None)
         self._records.pop(key, None)  # stored again: to the end, in expiry order
         encoded = fingerprint.encode()
         head = _RECORD_HEAD.pack(self._now() + ttl_s, len(encoded))
         self._records[key] = head + encoded + record
+        return taken_in
 
     async def release_claim(self, key: str, holder: str) -> None:
         held = self._leases.get(key)
         if held is not None and held[2] == holder:
             del self._leases[key]
+
+    async def record_message(self, message: SentMessage, keep_s: float) -> SentMessage | None:
+        return self._messages.record(message, keep_s)
+
+    async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:
+        return self._messages.save(reports)
+
+    async def get_message(self, message_id: str) -> SentMessage | None:
+        return self._messages.get(message_id)
+
+    async def take_lease(self, name: str, holder: str, lease_s: float) -> bool:
+        now = self._now()
+        held = self._named_leases.get(name)
+        if held is not None and held[0] != holder and held[1] > now:
+            return False
+        self._named_leases[name] = (holder, now + lease_s)
+        return True
+
+    async def give_up_lease(self, name: str, holder: str) -> None:
+        held = self._named_leases.get(name)
+        if held is not None and held[0] == holder:
+            del self._named_leases[name]
 
     async def open_verification(
         self, pending_key: str, fresh: VerificationState, ttl_s: float, keep_s: float
@@ -164,13 +232,13 @@ class MemoryStore:
         return self._verifications.find_pending(pending_key)
 
     async def use_verification_check(
-        self, verification_id: str, caller: str, keep_s: float
+        self, verification_id: str, caller: str, code_hashes: Sequence[str], keep_s: float
     ) -> tuple[CheckUse, VerificationState | None]:
-        return self._verifications.use_check(verification_id, caller, keep_s)
+        return self._verifications.use_check(verification_id, caller, code_hashes, keep_s)
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         return self._verifications.end(verification_id, status, keep_s)
 
     async def get_verification(
@@ -183,6 +251,8 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._verifications = _Verifications()
+        self._messages = _Messages()
+        self._named_leases.clear()
         self._logs.clear()
         self._log_expiry.clear()
         self._leases.clear()
@@ -291,10 +361,20 @@ class _Verifications:
         return self._states.get(verification_id)
 
     def find_pending(self, pending_key: str) -> str | None:
-        return self._pending.get(pending_key)
+        """The pending verification's id: not one past its expiry that nothing has looked at
+        since (as in Redis, where the pending key expires with it)."""
+        found = self._pending.get(pending_key)
+        state = None if found is None else self._states.get(found)
+        if (
+            state is None
+            or state.status is not VerificationStatus.PENDING
+            or self._now() >= state.expires_at
+        ):
+            return None
+        return found
 
     def use_check(
-        self, verification_id: str, caller: str, keep_s: float
+        self, verification_id: str, caller: str, code_hashes: Sequence[str], keep_s: float
     ) -> tuple[CheckUse, VerificationState | None]:
         found = self._states.get(verification_id)
         if found is None or found.caller != caller:
@@ -306,18 +386,27 @@ class _Verifications:
             return CheckUse.EXPIRED_NOW, _copy(state)
         if state.status is not VerificationStatus.PENDING:
             return CheckUse.ENDED, _copy(state)
-        if state.checks_used >= state.max_checks:
-            return CheckUse.EXHAUSTED, _copy(state)
         state.checks_used += 1
-        return CheckUse.COUNTED, _copy(state)
+        # Every typed hash is compared with every stored one, whatever matches first.
+        right = False
+        for typed in code_hashes:
+            for stored in state.code_hashes:
+                right |= hmac.compare_digest(typed.encode(), stored.encode())
+        if right:
+            self._end(state, VerificationStatus.APPROVED, self._now() + keep_s)
+            return CheckUse.APPROVED, _copy(state)
+        if state.checks_used >= state.max_checks:
+            self._end(state, VerificationStatus.MAX_ATTEMPTS_REACHED, self._now() + keep_s)
+        return CheckUse.WRONG, _copy(state)
 
     def end(
         self, verification_id: str, status: VerificationStatus, keep_s: float
-    ) -> VerificationState | None:
+    ) -> tuple[VerificationState | None, bool]:
         state = self._live(verification_id, keep_s)
         if state is not None and state.status is VerificationStatus.PENDING:
             self._end(state, status, self._now() + keep_s)
-        return _copy_or_none(state)
+            return _copy(state), True
+        return _copy_or_none(state), False
 
     def current(self, verification_id: str, keep_s: float) -> VerificationState | None:
         return _copy_or_none(self._live(verification_id, keep_s))
@@ -329,3 +418,73 @@ def _copy(state: VerificationState) -> VerificationState:
 
 def _copy_or_none(state: VerificationState | None) -> VerificationState | None:
     return None if state is None else _copy(state)
+
+
+class _Messages:
+    """Messages sent, for their delivery reports: by id, forgotten in the order they expire; and
+    reports that came before their message was recorded, waiting EARLY_REPORT_S for it."""
+
+    def __init__(self) -> None:
+        self._messages: dict[str, SentMessage] = {}
+        self._early: dict[str, DeliveryReport] = {}
+        # When each entry (message id, whether it is an early report) is forgotten, and the
+        # same as a heap of (when, message id, early): an entry popped whose time is not its
+        # own any more was stored again since.
+        self._until: dict[tuple[str, bool], float] = {}
+        self._forgetting: list[tuple[float, str, bool]] = []
+
+    def _forget_gone(self, now: float) -> None:
+        while self._forgetting and self._forgetting[0][0] <= now:
+            when, message_id, early = heapq.heappop(self._forgetting)
+            if self._until.get((message_id, early)) == when:
+                del self._until[message_id, early]
+                (self._early if early else self._messages).pop(message_id, None)
+
+    def _keep(self, message_id: str, early: bool, until: float) -> None:
+        self._until[message_id, early] = until
+        heapq.heappush(self._forgetting, (until, message_id, early))
+
+    def record(self, message: SentMessage, keep_s: float) -> SentMessage | None:
+        now = time.time()
+        self._forget_gone(now)
+        if message.message_id in self._messages:
+            return None  # recorded already (a settle can run twice)
+        kept = self._messages[message.message_id] = dataclasses.replace(message)
+        self._keep(message.message_id, False, now + keep_s)
+        report = self._early.pop(message.message_id, None)
+        if report is None:
+            return None
+        self._until.pop((message.message_id, True), None)
+        _apply(kept, report)
+        return dataclasses.replace(kept)
+
+    def save(self, reports: Sequence[DeliveryReport]) -> SavedReports:
+        now = time.time()
+        self._forget_gone(now)
+        saved: list[SentMessage] = []
+        duplicates = unknown = 0
+        for report in reports:
+            message = self._messages.get(report.message_id)
+            if message is None:
+                unknown += 1
+                if report.message_id not in self._early and len(self._early) < MAX_EARLY_REPORTS:
+                    self._early[report.message_id] = report  # the first report waits
+                    self._keep(report.message_id, True, now + EARLY_REPORT_S)
+            elif message.state is not DeliveryState.PENDING:
+                duplicates += 1
+            else:
+                _apply(message, report)
+                saved.append(dataclasses.replace(message))
+        return SavedReports(tuple(saved), duplicates, unknown)
+
+    def get(self, message_id: str) -> SentMessage | None:
+        self._forget_gone(time.time())
+        found = self._messages.get(message_id)
+        return None if found is None else dataclasses.replace(found)
+
+
+def _apply(message: SentMessage, report: DeliveryReport) -> None:
+    """A message as its report says it ended."""
+    message.state = report.state
+    message.carrier_code, message.carrier_detail = report.carrier_code, report.carrier_detail
+    message.received_at = report.received_at

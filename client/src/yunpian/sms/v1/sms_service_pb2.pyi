@@ -39,6 +39,14 @@ class VerificationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERIFICATION_STATUS_CANCELED: _ClassVar[VerificationStatus]
     VERIFICATION_STATUS_EXPIRED: _ClassVar[VerificationStatus]
     VERIFICATION_STATUS_MAX_ATTEMPTS_REACHED: _ClassVar[VerificationStatus]
+
+class DeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_STATE_UNSPECIFIED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_PENDING: _ClassVar[DeliveryState]
+    DELIVERY_STATE_DELIVERED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_FAILED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_UNKNOWN: _ClassVar[DeliveryState]
 USAGE_TYPE_UNSPECIFIED: UsageType
 USAGE_TYPE_SIGN_IN: UsageType
 USAGE_TYPE_REGISTER: UsageType
@@ -60,6 +68,11 @@ VERIFICATION_STATUS_APPROVED: VerificationStatus
 VERIFICATION_STATUS_CANCELED: VerificationStatus
 VERIFICATION_STATUS_EXPIRED: VerificationStatus
 VERIFICATION_STATUS_MAX_ATTEMPTS_REACHED: VerificationStatus
+DELIVERY_STATE_UNSPECIFIED: DeliveryState
+DELIVERY_STATE_PENDING: DeliveryState
+DELIVERY_STATE_DELIVERED: DeliveryState
+DELIVERY_STATE_FAILED: DeliveryState
+DELIVERY_STATE_UNKNOWN: DeliveryState
 
 class SendCodeRequest(_message.Message):
     __slots__ = ("phone_number", "code", "usage_type", "request_id")
@@ -142,7 +155,7 @@ class StartVerificationRequest(_message.Message):
     def __init__(self, phone_number: _Optional[str] = ..., usage_type: _Optional[_Union[UsageType, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Verification(_message.Message):
-    __slots__ = ("verification_id", "phone_number", "usage_type", "status", "expire_time", "send_count", "checks_remaining", "message_id", "replayed")
+    __slots__ = ("verification_id", "phone_number", "usage_type", "status", "expire_time", "send_count", "checks_remaining", "message_id", "replayed", "delivery")
     VERIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     PHONE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     USAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +165,7 @@ class Verification(_message.Message):
     CHECKS_REMAINING_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
     verification_id: str
     phone_number: str
     usage_type: UsageType
@@ -161,7 +175,8 @@ class Verification(_message.Message):
     checks_remaining: int
     message_id: str
     replayed: bool
-    def __init__(self, verification_id: _Optional[str] = ..., phone_number: _Optional[str] = ..., usage_type: _Optional[_Union[UsageType, str]] = ..., status: _Optional[_Union[VerificationStatus, str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., send_count: _Optional[int] = ..., checks_remaining: _Optional[int] = ..., message_id: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    delivery: DeliveryState
+    def __init__(self, verification_id: _Optional[str] = ..., phone_number: _Optional[str] = ..., usage_type: _Optional[_Union[UsageType, str]] = ..., status: _Optional[_Union[VerificationStatus, str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., send_count: _Optional[int] = ..., checks_remaining: _Optional[int] = ..., message_id: _Optional[str] = ..., replayed: _Optional[bool] = ..., delivery: _Optional[_Union[DeliveryState, str]] = ...) -> None: ...
 
 class CheckVerificationRequest(_message.Message):
     __slots__ = ("verification_id", "phone_number", "usage_type", "code")
@@ -188,3 +203,25 @@ class CancelVerificationRequest(_message.Message):
     VERIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     verification_id: str
     def __init__(self, verification_id: _Optional[str] = ...) -> None: ...
+
+class GetDeliveryStatusRequest(_message.Message):
+    __slots__ = ("message_id",)
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    def __init__(self, message_id: _Optional[str] = ...) -> None: ...
+
+class DeliveryStatus(_message.Message):
+    __slots__ = ("message_id", "state", "carrier_code", "carrier_detail", "send_time", "receive_time")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CARRIER_CODE_FIELD_NUMBER: _ClassVar[int]
+    CARRIER_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SEND_TIME_FIELD_NUMBER: _ClassVar[int]
+    RECEIVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    state: DeliveryState
+    carrier_code: str
+    carrier_detail: str
+    send_time: _timestamp_pb2.Timestamp
+    receive_time: _timestamp_pb2.Timestamp
+    def __init__(self, message_id: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., carrier_code: _Optional[str] = ..., carrier_detail: _Optional[str] = ..., send_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receive_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -64,6 +64,11 @@ class SmsServiceStub:
                 request_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CancelVerificationRequest.SerializeToString,
                 response_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.Verification.FromString,
                 _registered_method=True)
+        self.GetDeliveryStatus = channel.unary_unary(
+                '/yunpian.sms.v1.SmsService/GetDeliveryStatus',
+                request_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.GetDeliveryStatusRequest.SerializeToString,
+                response_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.DeliveryStatus.FromString,
+                _registered_method=True)
 
 
 class SmsServiceServicer:
@@ -150,6 +155,20 @@ class SmsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeliveryStatus(self, request, context):
+        """Says whether an SMS the caller sent reached the phone, from the delivery
+        report YunPian sends later (pulled or pushed to the service).
+
+        Returns NOT_FOUND MESSAGE_NOT_FOUND for an unknown message id, another
+        caller's message, or one older than the reports are kept;
+        FAILED_PRECONDITION DELIVERY_REPORTS_DISABLED when the server collects no
+        reports; INVALID_ARGUMENT INVALID_MESSAGE_ID for an id that is not
+        YunPian's decimal sid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SmsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +196,11 @@ def add_SmsServiceServicer_to_server(servicer, server):
                     servicer.CancelVerification,
                     request_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CancelVerificationRequest.FromString,
                     response_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.Verification.SerializeToString,
+            ),
+            'GetDeliveryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeliveryStatus,
+                    request_deserializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.GetDeliveryStatusRequest.FromString,
+                    response_serializer=yunpian_dot_sms_dot_v1_dot_sms__service__pb2.DeliveryStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +343,33 @@ class SmsService:
             '/yunpian.sms.v1.SmsService/CancelVerification',
             yunpian_dot_sms_dot_v1_dot_sms__service__pb2.CancelVerificationRequest.SerializeToString,
             yunpian_dot_sms_dot_v1_dot_sms__service__pb2.Verification.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeliveryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunpian.sms.v1.SmsService/GetDeliveryStatus',
+            yunpian_dot_sms_dot_v1_dot_sms__service__pb2.GetDeliveryStatusRequest.SerializeToString,
+            yunpian_dot_sms_dot_v1_dot_sms__service__pb2.DeliveryStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,6 +97,16 @@ class SmsServiceStub:
     is). Returns NOT_FOUND VERIFICATION_NOT_FOUND for an unknown id or another
     caller's verification.
     """
+    GetDeliveryStatus: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.GetDeliveryStatusRequest, _sms_service_pb2.DeliveryStatus]
+    """Says whether an SMS the caller sent reached the phone, from the delivery
+    report YunPian sends later (pulled or pushed to the service).
+
+    Returns NOT_FOUND MESSAGE_NOT_FOUND for an unknown message id, another
+    caller's message, or one older than the reports are kept;
+    FAILED_PRECONDITION DELIVERY_REPORTS_DISABLED when the server collects no
+    reports; INVALID_ARGUMENT INVALID_MESSAGE_ID for an id that is not
+    YunPian's decimal sid.
+    """
 
 @_typing.type_check_only
 class SmsServiceAsyncStub(SmsServiceStub):
@@ -163,6 +173,16 @@ class SmsServiceAsyncStub(SmsServiceStub):
     Answers with the verification as it stands (an ended one is left as it
     is). Returns NOT_FOUND VERIFICATION_NOT_FOUND for an unknown id or another
     caller's verification.
+    """
+    GetDeliveryStatus: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.GetDeliveryStatusRequest, _sms_service_pb2.DeliveryStatus]  # type: ignore[assignment]
+    """Says whether an SMS the caller sent reached the phone, from the delivery
+    report YunPian sends later (pulled or pushed to the service).
+
+    Returns NOT_FOUND MESSAGE_NOT_FOUND for an unknown message id, another
+    caller's message, or one older than the reports are kept;
+    FAILED_PRECONDITION DELIVERY_REPORTS_DISABLED when the server collects no
+    reports; INVALID_ARGUMENT INVALID_MESSAGE_ID for an id that is not
+    YunPian's decimal sid.
     """
 
 class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -257,6 +277,22 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
         Answers with the verification as it stands (an ended one is left as it
         is). Returns NOT_FOUND VERIFICATION_NOT_FOUND for an unknown id or another
         caller's verification.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeliveryStatus(
+        self,
+        request: _sms_service_pb2.GetDeliveryStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_service_pb2.DeliveryStatus, _abc.Awaitable[_sms_service_pb2.DeliveryStatus]]:
+        """Says whether an SMS the caller sent reached the phone, from the delivery
+        report YunPian sends later (pulled or pushed to the service).
+
+        Returns NOT_FOUND MESSAGE_NOT_FOUND for an unknown message id, another
+        caller's message, or one older than the reports are kept;
+        FAILED_PRECONDITION DELIVERY_REPORTS_DISABLED when the server collects no
+        reports; INVALID_ARGUMENT INVALID_MESSAGE_ID for an id that is not
+        YunPian's decimal sid.
         """
 
 def add_SmsServiceServicer_to_server(servicer: SmsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

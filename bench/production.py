@@ -61,16 +61,24 @@ def _alternating(subjects: Sequence[Subject], rounds: int) -> dict[str, list[dic
 class _Production:
     """The scenario's servers and the jobs it sends them."""
 
-    def __init__(self, rig: Rig, sizes: Sizes, redis: RedisServer, on_redis: RealServer) -> None:
+    def __init__(
+        self,
+        rig: Rig,
+        sizes: Sizes,
+        redis: RedisServer,
+        on_redis: RealServer,
+        replica: RealServer,
+    ) -> None:
         self.rig = rig
         self.sizes = sizes
         self.redis = redis
         self.on_redis = on_redis
+        self.replica = replica  # a second Redis-backed server: another replica, same Redis
 
     def job(self, server: Server, **options: Any) -> dict[str, Any]:
         """One job against `server`, each call with a request_id (whatever the run's options);
         against the Redis-backed server, the redis-server's CPU is measured with theirs."""
-        store_pid = self.redis.pid if server is self.on_redis else 0
+        store_pid = self.redis.pid if server in (self.on_redis, self.replica) else 0
         return self.rig.load.run_job(server, request_ids=True, store_pid=store_pid, **options)
 
     def send_code(self, server: Server, *, concurrency: int, calls: int, warmup: int) -> Subject:
@@ -117,8 +125,11 @@ class _Production:
 
     def redis_work(self) -> dict[str, Any]:
         """Redis's own count of what each kind of call costs it, on the warm server: a job of
-        SendCodes, the same calls again (replays), StartVerifications, then one check of each
-        of those verifications; no warm-up, so every request counted is of the calls counted."""
+        SendCodes, the same calls again at the other replica (replays: the replica that sent
+        answers a repeat within seconds from its own memory, without Redis, so production's
+        costly replay is the one at another replica), StartVerifications, then one check of
+        each of those verifications; no warm-up, so every request counted is of the calls
+        counted."""
         calls = self.sizes.round_trip_calls
         stats = RedisStats(self.redis)
         try:
@@ -140,7 +151,7 @@ class _Production:
             )
             counted(
                 "send_code_replay",
-                lambda: self.job(self.on_redis, calls=calls, concurrency=C64, replay=sent),
+                lambda: self.job(self.replica, calls=calls, concurrency=C64, replay=sent),
             )
             counted(START, lambda: self.start_verifications(COUNTED_VERIFICATIONS, calls=calls))
             counted(CHECK, lambda: self.check_verifications(COUNTED_VERIFICATIONS, calls=calls))
@@ -162,10 +173,13 @@ def scenario_production(rig: Rig, sizes: Sizes, startups: list[float]) -> dict[s
     upstream = rig.servers.start_upstream(0)
     on_redis = rig.servers.start_real(upstream, label="redis", store_url=redis.url, verify=True)
     on_memory = rig.servers.start_real(upstream, label="memory", verify=True)
-    startups += [on_redis.startup_s, on_memory.startup_s]
+    replica = rig.servers.start_real(
+        upstream, label="redis-replica", store_url=redis.url, verify=True
+    )
+    startups += [on_redis.startup_s, on_memory.startup_s, replica.startup_s]
     bare = rig.servers.start_bare(upstream)
     servers = (bare, on_redis, on_memory)
-    scenario = _Production(rig, sizes, redis, on_redis)
+    scenario = _Production(rig, sizes, redis, on_redis, replica)
 
     log("production, C=64: SendCode on each server; StartVerification, CheckVerification on redis")
     c64_subjects = [
@@ -203,7 +217,7 @@ def scenario_production(rig: Rig, sizes: Sizes, startups: list[float]) -> dict[s
         "url": redis.url,
         "peak_rss_mb": peak_rss_mb(redis.pid),
     }
-    for server in servers:
+    for server in (*servers, replica):
         rig.servers.stop(server)
     rig.processes.stop(redis.process)
     return {

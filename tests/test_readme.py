@@ -10,7 +10,8 @@ A block runs as a reader runs it; the fence's language says how:
   purpose ends in `|| echo "exit status $?"`.
 * `python`: a file run by the venv's python. `js`: a file run by node (NODE_PATH: the
   node_modules `make install` fills). `go`: compiled with Debian's Go and grpc-go (`make test`
-  installs them) against the stubs its named protoc block makes, then run.
+  installs them) against the stubs its named protoc block makes, then run; the build starts
+  with the test and takes half a minute when cold, so Go blocks run after all the others.
 * `text` right after a python, js or go block: what that program prints.
 * `toml`: a config excerpt, which the server's config parser must accept.
 
@@ -246,7 +247,12 @@ def check_output(where: str, shown: str, printed: str, ids: dict[str, str]) -> N
         f"--- it printed:\n{printed}"
     )
     for value, group in groups.items():
-        ids[value] = match.group(group)
+        real = match.group(group)
+        shown_before = [before for before, known in ids.items() if known == real]
+        assert not shown_before, (
+            f"{where}: the page shows {value} for the id it showed as {shown_before[0]} before"
+        )
+        ids[value] = real
 
 
 # --- Running what a reader runs ------------------------------------------------------------
@@ -581,12 +587,17 @@ def reader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reader]:
 
 
 def _run_order() -> Iterator[object]:
-    """Every block that runs on its own (or says why not), pages in order; Go with more time."""
-    for page in PAGES:
-        for block in BLOCKS[page]:
-            if block.not_run or (block.runner and block.name is None):
-                marks = [pytest.mark.timeout(GO_BUILD_TIMEOUT_S)] if block.runner == "go" else []
-                yield pytest.param(block, marks=marks, id=f"{block.where}-{block.language}")
+    """Every block that runs on its own (or says why not), pages in order; Go blocks last, with
+    more time, so that their build (half a minute, cold) goes on while the others run."""
+    ordered = [
+        block
+        for page in PAGES
+        for block in BLOCKS[page]
+        if block.not_run or (block.runner and block.name is None)
+    ]
+    for block in sorted(ordered, key=lambda block: block.runner == "go" and not block.not_run):
+        marks = [pytest.mark.timeout(GO_BUILD_TIMEOUT_S)] if block.runner == "go" else []
+        yield pytest.param(block, marks=marks, id=f"{block.where}-{block.language}")
 
 
 @pytest.mark.parametrize("block", list(_run_order()))
@@ -678,4 +689,6 @@ def test_shown_output_patterns_hold_ids_across_outputs() -> None:
     assert ids == {"9007199254741992": "9007199254741999"}
     with pytest.raises(AssertionError, match="not what the page shows"):
         check_output("status", "message_id=9007199254741992", "message_id=9007199254741993", ids)
+    with pytest.raises(AssertionError, match="showed as 9007199254741992 before"):
+        check_output("again", "message_id=9007199254741995", "message_id=9007199254741999", ids)
     check_output("lines", "{\n…\n}", "{\n  a\n  b\n}\n", ids)

@@ -22,11 +22,12 @@ run: install
 
 test: install lint typecheck buf pytest
 
-# Tools and third-party packages: installed again only when their pins change.
+# Tools and third-party packages: installed again, into a cleared venv, only when their pins
+# change (cleared so that a dropped package, e.g. one stub package replacing another, goes too).
 $(BIN)/.deps: requirements-dev.txt bench/requirements.txt pyproject.toml client/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check \
-	  -r requirements-dev.txt -r bench/requirements.txt ./client .
+	  -r requirements-dev.txt -r bench/requirements.txt './client[typing]' .
 	touch $@
 
 node_modules/.deps: package.json package-lock.json

@@ -73,7 +73,7 @@ async def serve(listen: str, upstream: str) -> None:
     pb_grpc.add_SmsServiceServicer_to_server(
         BareSmsServicer(session, upstream.rstrip("/") + SINGLE_SEND_PATH), server
     )
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(listen)
     await server.start()

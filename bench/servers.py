@@ -93,7 +93,8 @@ def health_status(target: str) -> int | None:
     """The server's overall grpc.health.v1 status, None while it does not answer."""
     with grpc.insecure_channel(target) as channel:
         try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
+            # types-grpcio-health-checking declares HealthStub without its methods.
+            answer = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_CHECK_TIMEOUT_S
             )
         except grpc.RpcError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import structlog
+from opentelemetry.sdk.trace.export import SpanExporter
 from pki import Pki, make_pki
 from support import (
     CLIENT_KINDS,
@@ -33,7 +35,7 @@ from support import (
 from yunpian_sms_client import AsyncSmsClient, SmsClient
 from yunpian_sms_server.app import SmsServer, sandbox_for
 from yunpian_sms_server.config import Config
-from yunpian_sms_server.logs import configure_logging
+from yunpian_sms_server.logs import LibraryHandler, configure_logging
 from yunpian_sms_server.sandbox import RunningSandbox, start_sandbox
 from yunpian_sms_server.stores import MemoryStore, RedisStore, Store
 
@@ -52,13 +54,21 @@ async def sandbox(config: Config) -> AsyncIterator[RunningSandbox]:
 
 @pytest.fixture
 async def start_server(sandbox: RunningSandbox) -> AsyncIterator[StartServer]:
-    """Starts servers on 127.0.0.1:0 that send through the sandbox; stops them afterwards."""
+    """Starts servers on 127.0.0.1:0 that send through the sandbox (their spans, with
+    [telemetry] enabled, to `span_exporter`); stops them afterwards."""
     started: list[SmsServer] = []
 
-    async def start(config: Config | None = None, *, base_url: str | None = None) -> SmsServer:
+    async def start(
+        config: Config | None = None,
+        *,
+        base_url: str | None = None,
+        span_exporter: SpanExporter | None = None,
+    ) -> SmsServer:
         config = config or make_config()
         yunpian = dataclasses.replace(config.yunpian, base_url=base_url or sandbox.url)
-        server = SmsServer(dataclasses.replace(config, yunpian=yunpian))
+        server = SmsServer(
+            dataclasses.replace(config, yunpian=yunpian), span_exporter=span_exporter
+        )
         await server.start(listen="127.0.0.1:0")
         started.append(server)
         return server
@@ -216,8 +226,15 @@ def garbage(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def log_output() -> Iterator[io.StringIO]:
-    """Every structlog event, rendered as the production JSON lines, into a buffer."""
+    """Every structlog event, rendered as the production JSON lines, into a buffer (and the
+    standard library's records as JSON on stderr; undone afterwards)."""
+    root = logging.getLogger()
+    level = root.level
     stream = io.StringIO()
     configure_logging("json", stream, cache=False)
     yield stream
     structlog.reset_defaults()
+    for handler in [h for h in root.handlers if isinstance(h, LibraryHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)

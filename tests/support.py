@@ -102,7 +102,8 @@ def make_config(**sections: dict[str, Any]) -> Config:
     return parse_config(data, env={})
 
 
-# start_server(config=None, *, base_url=None) -> a started SmsServer on 127.0.0.1:<port>.
+# start_server(config=None, *, base_url=None, span_exporter=None) -> a started SmsServer on
+# 127.0.0.1:<port>.
 StartServer = Callable[..., Awaitable[SmsServer]]
 
 

@@ -5,15 +5,19 @@ against a `serve --sandbox` process)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import calendar
+import importlib.metadata
 import io
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +30,7 @@ import pytest
 from pki import Pki
 from support import (
     BASE_CONFIG,
+    CLI_TIMEOUT_S,
     FINGERPRINT_SECRET,
     GENERIC_ID,
     INTERNATIONAL_ID,
@@ -46,14 +51,17 @@ from support import (
 from yunpian_sms_client import AsyncSmsClient
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.auth import hash_token
-from yunpian_sms_server.cli import TARGET_ENV, TOKEN_ENV, main
-from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV
-from yunpian_sms_server.sandbox import SANDBOX_API_KEY, RunningSandbox
+from yunpian_sms_server.cli import DEFAULT_TARGET, TARGET_ENV, TOKEN_ENV, build_parser, main
+from yunpian_sms_server.config import API_KEY_ENV, CONFIG_ENV, KNOWN_KEYS
+from yunpian_sms_server.sandbox import SANDBOX_API_KEY, Fault, RunningSandbox
 from yunpian_sms_server.templates import yunpian_form
+from yunpian_sms_server.usage_types import USAGE_TYPE_VALUES
 
 API_KEY: Final = "0123456789abcdef0123456789abcdef"
 PHONE: Final = "13800138000"
 TOKEN: Final = "checkout-token"
+# The per-number window of the rate-limit test: short, since the test waits it out.
+RATE_WINDOW_S: Final = 2
 # Delivery reports pulled often, for in-process servers.
 PULL: Final = {"mode": "pull", "pull_interval_seconds": 0.05, "pull_lease_seconds": 5.0}
 # 登陆 where the approved SignIn template has 登录.
@@ -207,7 +215,78 @@ async def test_send_exits_1_with_the_refusal_on_stderr_and_nothing_on_stdout(
     assert ran.out == ""
     assert ran.err.startswith("error: ")
     assert "INVALID_PHONE_NUMBER" in ran.err
+    assert "retry after" not in ran.err  # no RetryInfo: no wait to tell
     assert sandbox.sandbox.messages == []
+
+
+async def test_send_refused_by_a_rate_limit_prints_a_wait_long_enough_and_exits_1(
+    start_server: StartServer,
+    sandbox: RunningSandbox,
+    yunpian_sms: InProcess,
+) -> None:
+    sandbox.sandbox.enforce_limits = False  # the service's own limit is the one under test
+    server = await start_server(make_config(limits={"per_phone": [f"1/{RATE_WINDOW_S}s"]}))
+    args = ("send", PHONE, "123456", "--target", target_of(server))
+
+    first = await yunpian_sms(*args)
+    again = await yunpian_sms(*args)
+
+    assert first.status == 0, first
+    assert (again.status, again.out) == (1, "")
+    refusal = re.fullmatch(
+        r"error: RESOURCE_EXHAUSTED RATE_LIMITED: .* \(retry after (?P<wait>\d+) s\)\n", again.err
+    )
+    assert refusal is not None, again.err
+    wait_s = int(refusal["wait"])
+    assert 1 <= wait_s <= RATE_WINDOW_S
+    # Rounded up, never down: waiting what it printed is enough.
+    await asyncio.sleep(wait_s)
+    after_the_wait = await yunpian_sms(*args)
+    assert after_the_wait.status == 0, after_the_wait
+    assert len(sandbox.sandbox.messages) == 2
+
+
+@pytest.mark.parametrize(
+    ("yunpian_code", "wait"),
+    [(33, "30 s"), (-4, "1 min"), (9, "5 min"), (22, "1 h"), (17, "24 h")],
+)
+async def test_send_refused_by_yunpian_with_a_retry_delay_prints_the_wait(
+    server: SmsServer,
+    sandbox: RunningSandbox,
+    yunpian_sms: InProcess,
+    yunpian_code: int,
+    wait: str,
+) -> None:
+    sandbox.sandbox.inject(Fault(kind="error", code=yunpian_code))
+
+    ran = await yunpian_sms("send", PHONE, "123456", "--target", target_of(server))
+
+    assert (ran.status, ran.out) == (1, "")
+    assert ran.err.startswith("error: RESOURCE_EXHAUSTED PROVIDER_"), ran.err
+    assert ran.err.endswith(f" (retry after {wait})\n"), ran.err
+
+
+async def test_verify_start_past_its_sends_prints_the_wait_until_it_expires(
+    start_server: StartServer, yunpian_sms: InProcess
+) -> None:
+    # A code lives 1 h 2 min 5 s: the wait for a new verification, once this one has had its
+    # only SMS, is that less the moment since the start.
+    verify = {
+        "enabled": True,
+        "secret": "verify-secret-0123456789abcdef-0123",
+        "max_sends": 1,
+        "code_ttl_seconds": 3725.0,
+    }
+    server = await start_server(make_config(verify=verify))
+    args = ("verify", "start", PHONE, "--target", target_of(server))
+
+    started = await yunpian_sms(*args)
+    again = await yunpian_sms(*args)
+
+    assert started.status == 0, started
+    assert (again.status, again.out) == (1, "")
+    assert again.err.startswith("error: RESOURCE_EXHAUSTED VERIFICATION_SEND_LIMIT: "), again.err
+    assert re.search(r" \(retry after 1 h 2 min [0-5] s\)\n\Z", again.err), again.err
 
 
 async def test_send_finds_its_server_and_bearer_token_in_the_environment(
@@ -381,12 +460,13 @@ async def start_verify_serve(start_serve: StartServe, config: dict[str, Any]) ->
     return VerifyServe(await start_serve(config, "--sandbox"))
 
 
-@pytest.fixture(scope="module")
-def verify_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifyServe]:
-    """One `serve --sandbox` for the module's tests; each test verifies a number of its own."""
+def module_serve(
+    tmp_path_factory: pytest.TempPathFactory, config: dict[str, Any]
+) -> Iterator[VerifyServe]:
+    """A `serve --sandbox` process with `config`, until the module's tests are done."""
     directory = tmp_path_factory.mktemp("serve")
     config_path = directory / "config.toml"
-    config_path.write_text(toml_text(VERIFY_CONFIG), encoding="utf-8")
+    config_path.write_text(toml_text(config), encoding="utf-8")
     process = ServeProcess.start(
         "--config", str(config_path), "--listen", "127.0.0.1:0", "--sandbox", directory=directory
     )
@@ -395,6 +475,12 @@ def verify_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifySer
         yield VerifyServe(process)
     finally:
         asyncio.run(process.kill())
+
+
+@pytest.fixture(scope="module")
+def verify_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifyServe]:
+    """One `serve --sandbox` for the module's tests; each test verifies a number of its own."""
+    yield from module_serve(tmp_path_factory, VERIFY_CONFIG)
 
 
 def wrong_code(code: str) -> str:
@@ -569,17 +655,6 @@ def undocumented(help_text: str) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("command", [(), ("start",), ("check",), ("cancel",)], ids=str)
-def test_every_option_of_verify_has_help(
-    command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
-) -> None:
-    status, out, _ = exit_of(("verify", *command, "--help"), capsys)
-
-    assert status == 0
-    assert undocumented(out) == []
-    assert command == () or "--target" in out
-
-
 def test_the_help_checker_finds_an_entry_without_help() -> None:
     text = "options:\n  -h, --help  show this\n  --bare BARE\n  --next N    described\n"
 
@@ -713,17 +788,7 @@ def settled_status(target: str, message_id: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def status_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifyServe]:
     """One `serve --sandbox` without a [delivery] table: it pulls its sandbox's reports."""
-    directory = tmp_path_factory.mktemp("serve")
-    config_path = directory / "config.toml"
-    config_path.write_text(toml_text(BASE_CONFIG), encoding="utf-8")
-    process = ServeProcess.start(
-        "--config", str(config_path), "--listen", "127.0.0.1:0", "--sandbox", directory=directory
-    )
-    try:
-        asyncio.run(process.next_event("serving"))
-        yield VerifyServe(process)
-    finally:
-        asyncio.run(process.kill())
+    yield from module_serve(tmp_path_factory, BASE_CONFIG)
 
 
 def test_status_says_pending_then_delivered_and_exits_0(status_serve: VerifyServe) -> None:
@@ -819,15 +884,6 @@ def test_a_wrong_status_command_line_exits_2_without_calling(
     assert complaint in err
 
 
-def test_every_option_of_status_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, _ = exit_of(("status", "--help"), capsys)
-
-    assert status == 0
-    assert undocumented(out) == []
-    for option in ("MESSAGE_ID", "--target", "--tls-ca", "--tls-cert", "--tls-key"):
-        assert option in out
-
-
 def test_the_readme_lists_the_status_command() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 
@@ -848,6 +904,65 @@ def test_check_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
         "config error: yunpian.timeout_seconds: must be more than 0 and at most 60",
     ]
     assert "Traceback" not in result.stderr
+
+
+STORE_KEYS: Final = ", ".join(sorted(KNOWN_KEYS["store"]))
+# A file's unknown name -> the line check-config prints about it.
+MISSPELT: Final = {
+    "key": ('[store]\nurll = "memory://"\n', "store.urll: is not a known key; did you mean url?"),
+    "dashed key": (
+        '[store]\non-error = "deny"\n',
+        "store.on-error: is not a known key; did you mean on_error?",
+    ),
+    "table": ('[stor]\nurl = "memory://"\n', "stor: is not a known key; did you mean store?"),
+    "nested table": ("[server.tsl]\n", "server.tsl: is not a known key; did you mean tls?"),
+    "usage type": (
+        "[templates]\nSignin = '{{code}}'\n",
+        "templates.Signin: is not a usage type; did you mean SignIn?",
+    ),
+    "templates option": (
+        "[templates]\nverify_onstart = true\n",
+        "templates.verify_onstart: is not a usage type; did you mean verify_on_start?",
+    ),
+    "no match": (
+        '[store]\nredis = "memory://"\n',
+        f"store.redis: is not a known key (known: {STORE_KEYS})",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "line"), MISSPELT.values(), ids=MISSPELT)
+def test_check_config_names_the_key_meant_for_an_unknown_one(
+    text: str, line: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[yunpian]\napi_key = "{API_KEY}"\n{text}', encoding="utf-8")
+
+    result = run_cli("check-config", "--config", str(path))
+
+    assert (result.returncode, result.stdout) == (2, ""), result
+    assert f"config error: {line}\n" in result.stderr
+
+
+def test_check_config_names_the_callers_variable_a_stray_one_is_like(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[yunpian]\napi_key = "{API_KEY}"\n[auth.callers.signin-service]\n')
+    env = {
+        "YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE": hash_token(TOKEN),
+        "YUNPIAN_SMS_TOKEN_SHA256_SINGIN_SERVICE": hash_token("another"),
+        "YUNPIAN_SMS_TOKEN_SHA256_OPS": hash_token("ops"),
+    }
+
+    result = run_cli("check-config", "--config", str(path), env=env)
+
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [
+        "config error: YUNPIAN_SMS_TOKEN_SHA256_OPS: names no caller of [auth.callers] (the "
+        "caller NAME reads YUNPIAN_SMS_TOKEN_SHA256_NAME, upper-cased, '-' and '.' as '_')",
+        "config error: YUNPIAN_SMS_TOKEN_SHA256_SINGIN_SERVICE: names no caller of "
+        "[auth.callers] (the caller NAME reads YUNPIAN_SMS_TOKEN_SHA256_NAME, upper-cased, '-' "
+        "and '.' as '_'); did you mean YUNPIAN_SMS_TOKEN_SHA256_SIGNIN_SERVICE?",
+    ]
 
 
 def test_check_config_accepts_a_valid_file(tmp_path: Path) -> None:
@@ -1095,6 +1210,193 @@ async def test_the_sandbox_command_on_a_busy_port_exits_2_with_one_line(
     ]
     async with AsyncSmsClient(first.target, default_timeout=10.0) as client:
         assert (await client.send_code("13800138000", "123456")).message_id
+
+
+# --- every command: --version, help, the README ------------------------------------------------
+
+REPO: Final = Path(__file__).resolve().parent.parent
+
+
+def commands_of(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every command's parser by its words, the whole command line's (()) first."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                yield from commands_of(command, (*path, name))
+
+
+COMMANDS: Final = dict(commands_of(build_parser()))
+# The commands that call a server, each with the same connection options.
+CLIENT_COMMANDS: Final = [
+    ("send",),
+    ("verify", "start"),
+    ("verify", "check"),
+    ("verify", "cancel"),
+    ("status",),
+    ("validate-template",),
+]
+
+
+def has_default(action: argparse.Action) -> bool:
+    """Whether leaving the option out gives it a value of its own (not None or a flag's False)."""
+    return action.default not in (None, False, argparse.SUPPRESS)
+
+
+def help_problems(parser: argparse.ArgumentParser) -> list[str]:
+    """What a user asking --help would miss: a subcommand, option or argument without help, or
+    an option whose help does not say the default it takes when left out."""
+    problems = []
+    for action in parser._actions:
+        name = "/".join(action.option_strings) or action.metavar or action.dest
+        if isinstance(action, argparse._SubParsersAction):
+            # argparse lists a command among its choices' helps only when it was given one.
+            told = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            problems += [
+                f"command {command}: no help"
+                for command in action.choices
+                if not told.get(command, "").strip()
+            ]
+        elif action.help in (None, argparse.SUPPRESS) or not action.help.strip():
+            problems.append(f"{name}: no help")
+        elif has_default(action) and "default" not in action.help:
+            problems.append(f"{name}: its help does not say its default, {action.default!r}")
+    return problems
+
+
+def test_the_help_walk_finds_what_lacks_help() -> None:
+    parser = argparse.ArgumentParser(prog="p")
+    parser.add_argument("--bare")
+    parser.add_argument("--hidden", help=argparse.SUPPRESS)
+    parser.add_argument("--port", default=8080, help="where to listen")
+    parser.add_argument("--said", default=1, help="a number (default: %(default)s)")
+    parser.add_argument("--flag", action="store_true", help="a flag")
+    commands = parser.add_subparsers()
+    commands.add_parser("quiet")
+    commands.add_parser("told", help="a command")
+
+    assert help_problems(parser) == [
+        "--bare: no help",
+        "--hidden: no help",
+        "--port: its help does not say its default, 8080",
+        "command quiet: no help",
+    ]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda words: " ".join(words) or "(top)")
+def test_every_option_of_every_command_has_help(
+    command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert help_problems(COMMANDS[command]) == []
+
+    status, out, _ = exit_of((*command, "--help"), capsys)
+
+    assert status == 0
+    assert out.startswith(f"usage: {' '.join(('yunpian-sms', *command))}")
+    assert undocumented(out) == []
+
+
+@pytest.mark.parametrize("command", CLIENT_COMMANDS, ids=" ".join)
+def test_every_command_that_calls_a_server_takes_the_connection_options(
+    command: tuple[str, ...],
+) -> None:
+    options = {option for action in COMMANDS[command]._actions for option in action.option_strings}
+    assert {"--target", "--tls-ca", "--tls-cert", "--tls-key"} <= options
+
+
+def project(pyproject: Path) -> dict[str, Any]:
+    """The [project] table of a pyproject.toml."""
+    table: dict[str, Any] = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    return table
+
+
+def test_every_entry_point_prints_the_installed_versions_and_exits_0() -> None:
+    server = project(REPO / "pyproject.toml")
+    client = project(REPO / "client" / "pyproject.toml")
+    proto = (REPO / "protos/yunpian/sms/v1/sms_service.proto").read_text(encoding="utf-8")
+    package = re.search(r"^package ([\w.]+);", proto, re.M)
+    assert package is not None
+    runtime = ", ".join(
+        f"{name} {importlib.metadata.version(name)}" for name in ("grpcio", "protobuf")
+    )
+    expected = (
+        f"{server['name']} {server['version']} ({client['name']} {client['version']}, "
+        f"contract {package[1]}; Python {platform.python_version()}, {runtime})\n"
+    )
+    scripts = {**server.get("scripts", {}), **client.get("scripts", {})}
+    assert "yunpian-sms" in scripts
+
+    for script in scripts:
+        result = subprocess.run(
+            [Path(sys.executable).parent / script, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+            env={"COLUMNS": "40"},  # argparse would wrap a version to the terminal's width
+            check=False,
+        )
+        assert (result.returncode, result.stdout, result.stderr) == (0, expected, ""), script
+
+
+def readme_commands() -> str:
+    """The README's list of commands: its table and what follows it, up to the next heading."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("Commands (`yunpian-sms --help` for details):")
+    end = readme.index("\n## ", start)
+    return readme[start:end]
+
+
+def readme_command_rows() -> list[tuple[tuple[str, ...], str]]:
+    """Each command line of the README's table (`send PHONE CODE [--usage-type TYPE] …`): the
+    command it runs (its words, as in COMMANDS) and the line."""
+    rows = []
+    for line in readme_commands().splitlines():
+        if not line.startswith("| `"):
+            continue
+        first_cell = re.split(r"(?<!\\)\|", line)[1]
+        for usage in re.findall(r"`([^`]+)`", first_cell):
+            words: tuple[str, ...] = ()
+            for word in usage.split():
+                if (*words, word) not in COMMANDS:
+                    break
+                words = (*words, word)
+            rows.append((words, usage))
+    return rows
+
+
+def test_the_readme_lists_every_command_with_options_it_has() -> None:
+    rows = readme_command_rows()
+    leaves = {
+        words
+        for words, parser in COMMANDS.items()
+        if not any(isinstance(action, argparse._SubParsersAction) for action in parser._actions)
+    }
+
+    assert leaves - {words for words, _ in rows} == set(), "commands the README does not list"
+    for words, usage in rows:
+        options = {
+            option for action in COMMANDS[words]._actions for option in action.option_strings
+        }
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", usage))
+        assert named <= options, (usage, named - options)
+
+
+def test_the_readme_states_the_default_of_every_option_that_has_one() -> None:
+    text = " ".join(readme_commands().split())  # a `code span` may wrap onto the next line
+    missing = [
+        f"`{' '.join(words)} {action.option_strings[-1]} {action.default}`"
+        for words, parser in COMMANDS.items()
+        for action in parser._actions
+        if action.option_strings and has_default(action)
+        if f"`{' '.join(words)} {action.option_strings[-1]} {action.default}`" not in text
+    ]
+
+    assert missing == [], "README.md: state these defaults under the commands table"
+    assert f"`--target` is `${TARGET_ENV}`, else `{DEFAULT_TARGET}`" in text
+    usage_types = ", ".join(f"`{name}`" for name in USAGE_TYPE_VALUES)
+    assert f"`TYPE` is one of {usage_types}." in text
 
 
 # --- argument errors --------------------------------------------------------------------------

@@ -82,6 +82,15 @@ def test_every_problem_is_reported_with_its_key() -> None:
     ]
 
 
+def test_an_unknown_key_far_longer_than_any_known_one_gets_the_list_not_a_suggestion() -> None:
+    # difflib turns a name down by its length before comparing it letter by letter.
+    [problem] = problems_of({"store": {"url" * 200_000: 1}})
+    assert problem.endswith(
+        " is not a known key (known: fingerprint_secret, "
+        "idempotency_ttl_seconds, max_connections, on_error, previous_fingerprint_secrets, url)"
+    )
+
+
 def test_problems_never_repeat_the_api_key() -> None:
     problems = problems_of({"yunpian": {"api_key": "secret-but-malformed"}})
     assert not any("secret-but-malformed" in problem for problem in problems)
@@ -257,6 +266,49 @@ def test_tls_files_that_are_not_files_are_a_problem(pki: Pki, tmp_path: Path) ->
     assert tls_problems(cert=tmp_path, key=pki.server_key) == [
         f"server.tls.cert: {tmp_path} is not a readable file"
     ]
+
+
+def test_telemetry_is_off_by_default_and_reads_its_keys() -> None:
+    default = parse_config({}, {}).telemetry
+    assert not default.enabled
+    assert (default.otlp_endpoint, default.service_name, default.sample_ratio) == (
+        "http://127.0.0.1:4317",
+        "yunpian-sms",
+        1.0,
+    )
+    table = {
+        "enabled": True,
+        "otlp_endpoint": "https://otel-collector.observability:4317/",
+        "service_name": "sms-eu",
+        "sample_ratio": 0,
+    }
+    telemetry = parse_config({"telemetry": table}, {}).telemetry
+    assert telemetry.enabled
+    assert telemetry.otlp_endpoint == "https://otel-collector.observability:4317"
+    assert (telemetry.service_name, telemetry.sample_ratio) == ("sms-eu", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("enabled", "yes", "must be true or false"),
+        ("otlp_endpoint", "127.0.0.1:4317", "URL and port of an OTLP/gRPC collector"),
+        ("otlp_endpoint", "grpc://collector:4317", "URL and port of an OTLP/gRPC collector"),
+        ("otlp_endpoint", "http://collector", "URL and port of an OTLP/gRPC collector"),
+        ("otlp_endpoint", "http://user:pw@collector:4317", "URL and port of an OTLP/gRPC"),
+        ("otlp_endpoint", "http://collector:4317/v1/traces", "URL and port of an OTLP/gRPC"),
+        ("service_name", " ", "must be 1 to 255 characters"),
+        ("sample_ratio", 1.5, "must be from 0 to 1"),
+        ("sample_ratio", -0.1, "must be from 0 to 1"),
+        ("sampling", 1, "is not a known key"),
+    ],
+)
+def test_telemetry_problems_are_reported_under_their_key(
+    key: str, value: object, message: str
+) -> None:
+    [problem] = problems_of({"telemetry": {key: value}})
+    assert problem.startswith(f"telemetry.{key}: ")
+    assert message in problem
 
 
 def test_grace_period_shorter_than_a_send_is_a_warning_not_a_problem() -> None:

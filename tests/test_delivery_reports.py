@@ -37,8 +37,15 @@ from yunpian.sms.v1 import sms_service_pb2_grpc as pb_grpc
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.auth import hash_token
 from yunpian_sms_server.delivery_reports import PULL_LEASE
+from yunpian_sms_server.delivery_state import DeliveryReport as ServerReport
 from yunpian_sms_server.delivery_state import DeliveryState
-from yunpian_sms_server.sandbox import PULL_STATUS_PATH, DeliveryReport, Fault, RunningSandbox
+from yunpian_sms_server.sandbox import (
+    FIRST_SID,
+    PULL_STATUS_PATH,
+    DeliveryReport,
+    Fault,
+    RunningSandbox,
+)
 from yunpian_sms_server.stores import RedisStore
 from yunpian_sms_server.stores.redis_store import LEASE_PREFIX, MESSAGE_PREFIX
 
@@ -465,3 +472,45 @@ async def test_a_store_failure_reading_the_delivery_never_fails_a_verification_r
     # The same failure, asked directly, is the store's.
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(raised.value).reason == "STORE_UNAVAILABLE"
+
+
+async def test_a_report_saved_by_another_replica_before_the_send_is_recorded_is_taken_in(
+    start_server: StartServer, quiet_sandbox: RunningSandbox, redis_server: RedisServer
+) -> None:
+    # Replica B pulls YunPian's reports of two SMS before replica A, which sent them, has
+    # recorded them (A's store round trip is slow; YunPian is fast). A takes each report in when
+    # it records its message, with a request_id or without: the caller sees it at once, and A's
+    # metrics count it under its state.
+    url = await fresh_database(redis_server, 9)
+    account = quiet_sandbox.sandbox
+    account.configure_reports(delay_seconds=3600.0)  # YunPian's own copies never come
+    assert account.messages == []  # the sandbox's next sids: FIRST_SID, then FIRST_SID + 1
+    store = {"url": url, "fingerprint_secret": FINGERPRINT_SECRET}
+    early = delivery(pull_interval_seconds=300.0, pull_lease_seconds=600.0)
+    server_a = await start_server(make_config(store=store, delivery=early, server=METRICS))
+    replica_b = RedisStore(url)
+    received_at = time.time()
+    reports = [
+        ServerReport(str(FIRST_SID), DeliveryState.FAILED, *FAILURE, received_at),
+        ServerReport(str(FIRST_SID + 1), DeliveryState.DELIVERED, "DELIVRD", "", received_at),
+    ]
+    try:
+        saved = await replica_b.save_reports(reports, keep_s=60.0)
+    finally:
+        await replica_b.close()
+    async with stub_of(server_a) as stub:
+        with_id = pb.SendCodeRequest(phone_number=OK_MOBILE, code=CODE, request_id="taken-in-1")
+        first = (await stub.SendCode(with_id, timeout=5.0)).message_id
+        second = await send(stub, OK_MOBILE)
+        statuses = [await status_of(stub, message_id) for message_id in (first, second)]
+    samples = await scrape(server_a)
+    assert saved.unknown == 2
+    assert [first, second] == [str(FIRST_SID), str(FIRST_SID + 1)]
+    assert [status.state for status in statuses] == [
+        pb.DELIVERY_STATE_FAILED,
+        pb.DELIVERY_STATE_DELIVERED,
+    ]
+    assert (statuses[0].carrier_code, statuses[0].carrier_detail) == FAILURE
+    assert value(samples, "yunpian_sms_delivery_reports_total", state="FAILED") == 1
+    assert value(samples, "yunpian_sms_delivery_reports_total", state="DELIVERED") == 1
+    assert value(samples, "yunpian_sms_delivery_latency_seconds_count") == 2

@@ -277,3 +277,40 @@ async def test_a_report_that_comes_before_its_message_is_taken_in_when_it_is_rec
     later = await store.save_reports([report_of(message)], keep_s=60.0)
     assert (later.saved, later.duplicates) == ((), 1)
     assert await store.get_message(other.message_id) is None
+
+
+async def test_recording_a_message_again_keeps_the_report_it_took_in(store: Store) -> None:
+    # A settle interrupted after the store ran it runs again: the second recording is a no-op.
+    message = sent()
+    early = report_of(message, DeliveryState.FAILED)
+    await store.save_reports([early], keep_s=60.0)
+    first = await store.record_message(message, keep_s=60.0)
+    again = await store.record_message(message, keep_s=60.0)
+    key = uuid.uuid4().hex
+    by_complete = await store.complete(key, "fp", b"r", 60.0, message=message, message_keep_s=60.0)
+    found = await store.get_message(message.message_id)
+    assert first is not None
+    assert (first.message_id, first.caller, first.state) == (
+        message.message_id,
+        "alice",
+        DeliveryState.FAILED,
+    )
+    assert first.received_at == pytest.approx(early.received_at, abs=0.001)
+    assert (again, by_complete) == (None, None)
+    assert found is not None
+    assert found.state is DeliveryState.FAILED
+    # Without a waiting report, recording returns nothing, and the message stays pending.
+    plain = sent()
+    assert await store.record_message(plain, keep_s=60.0) is None
+    assert await store.complete(uuid.uuid4().hex, "fp", b"r", 60.0) is None
+
+
+async def test_of_reports_that_come_before_their_message_the_first_waits(store: Store) -> None:
+    message = sent()
+    first, second = report_of(message, DeliveryState.FAILED), report_of(message)
+    one = await store.save_reports([first], keep_s=60.0)
+    two = await store.save_reports([second], keep_s=60.0)
+    taken_in = await store.record_message(message, keep_s=60.0)
+    assert (one.unknown, two.unknown) == (1, 1)
+    assert taken_in is not None
+    assert taken_in.state is DeliveryState.FAILED  # as for a recorded message: the first wins

@@ -125,30 +125,105 @@ async def test_no_code_is_added_to_an_ended_or_unknown_verification(store: Store
     assert unknown == (CodeAdded.ENDED, None)
 
 
-async def test_checks_are_counted_up_to_max_checks_and_only_for_the_owner(store: Store) -> None:
+async def test_wrong_checks_are_counted_up_to_max_checks_and_only_for_the_owner(
+    store: Store,
+) -> None:
     state = await opened(store)
     vid = state.verification_id
-    stranger = [await store.use_verification_check(vid, "caller-b", KEEP_S) for _ in range(3)]
+    wrong = [code_hash()]
+    stranger = [
+        await store.use_verification_check(vid, "caller-b", wrong, KEEP_S) for _ in range(3)
+    ]
     assert stranger == [(CheckUse.UNKNOWN, None)] * 3
-    assert await store.use_verification_check(new_verification_id(), CALLER, KEEP_S) == (
+    assert await store.use_verification_check(new_verification_id(), CALLER, wrong, KEEP_S) == (
         CheckUse.UNKNOWN,
         None,
     )
-    uses = [await store.use_verification_check(vid, CALLER, KEEP_S) for _ in range(MAX_CHECKS + 2)]
-    assert [use for use, _ in uses] == [CheckUse.COUNTED] * MAX_CHECKS + [CheckUse.EXHAUSTED] * 2
+    uses = [
+        await store.use_verification_check(vid, CALLER, wrong, KEEP_S)
+        for _ in range(MAX_CHECKS + 2)
+    ]
+    assert [use for use, _ in uses] == [CheckUse.WRONG] * MAX_CHECKS + [CheckUse.ENDED] * 2
     assert [after.checks_remaining for _, after in uses if after] == [4, 3, 2, 1, 0, 0, 0]
-    # The code hashes come with each counted check, to compare with.
-    assert all(after and after.code_hashes for _, after in uses[:MAX_CHECKS])
+    statuses = [after.status for _, after in uses if after]
+    # The last wrong check ends it in the same step: none is left pending with no check.
+    assert (
+        statuses
+        == [VerificationStatus.PENDING] * (MAX_CHECKS - 1)
+        + [VerificationStatus.MAX_ATTEMPTS_REACHED] * 3
+    )
+    assert [bool(after.code_hashes) for _, after in uses if after] == [True] * 4 + [False] * 3
 
 
-async def test_parallel_checks_are_counted_exactly_max_checks_times(store: Store) -> None:
+async def test_a_right_code_approves_in_the_check_that_uses_it(store: Store) -> None:
+    state = await store.open_verification(pending_key(), fresh(), TTL_S, KEEP_S)
+    vid = state.verification_id
+    sent = [code_hash() for _ in range(2)]
+    for code in sent:
+        await store.add_verification_code(vid, code, MAX_SENDS, KEEP_S)
+    for _ in range(MAX_CHECKS - 1):
+        await store.use_verification_check(vid, CALLER, [code_hash()], KEEP_S)
+    # The last check left, with the first code sent, typed under a second secret too.
+    use, after = await store.use_verification_check(vid, CALLER, [code_hash(), sent[0]], KEEP_S)
+    again, later = await store.use_verification_check(vid, CALLER, [sent[1]], KEEP_S)
+    assert use is CheckUse.APPROVED
+    assert after is not None
+    assert (after.status, after.checks_used, after.code_hashes) == (
+        VerificationStatus.APPROVED,
+        MAX_CHECKS,
+        (),
+    )
+    assert again is CheckUse.ENDED
+    assert later is not None
+    assert later.status is VerificationStatus.APPROVED
+
+
+async def test_of_parallel_checks_max_checks_are_used_and_one_right_code_approves(
+    store: Store,
+) -> None:
+    state = await store.open_verification(pending_key(), fresh(), TTL_S, KEEP_S)
+    vid = state.verification_id
+    right = code_hash()
+    await store.add_verification_code(vid, right, MAX_SENDS, KEEP_S)
+    # 40 checks at once, the right code twice among wrong ones: each is counted in turn, the
+    # first right one counted within max_checks approves, and nothing after it is used.
+    typed = [[code_hash()] for _ in range(40)]
+    typed[1] = typed[30] = [right]
+    uses = await asyncio.gather(
+        *(store.use_verification_check(vid, CALLER, hashes, KEEP_S) for hashes in typed)
+    )
+    # In the order the store counted them (Redis may take them in another order than sent).
+    counted = sorted(
+        (after.checks_used, use, hashes == [right])
+        for (use, after), hashes in zip(uses, typed, strict=True)
+        if use is not CheckUse.ENDED and after
+    )
+    assert [used for used, _, _ in counted] == list(range(1, len(counted) + 1))
+    first_right = next((used for used, _, is_right in counted if is_right), None)
+    after = await store.get_verification(vid, KEEP_S)
+    assert after is not None
+    if first_right is None:  # five wrong codes were counted before either right one
+        assert len(counted) == MAX_CHECKS
+        assert after.status is VerificationStatus.MAX_ATTEMPTS_REACHED
+    else:
+        assert len(counted) == first_right <= MAX_CHECKS
+        assert [use for _, use, _ in counted] == [CheckUse.WRONG] * (first_right - 1) + [
+            CheckUse.APPROVED
+        ]
+        assert after.status is VerificationStatus.APPROVED
+
+
+async def test_parallel_wrong_checks_use_exactly_max_checks(store: Store) -> None:
     state = await opened(store)
     uses = await asyncio.gather(
-        *(store.use_verification_check(state.verification_id, CALLER, KEEP_S) for _ in range(40))
+        *(
+            store.use_verification_check(state.verification_id, CALLER, [code_hash()], KEEP_S)
+            for _ in range(40)
+        )
     )
-    counted = [after.checks_used for use, after in uses if use is CheckUse.COUNTED and after]
+    counted = [after.checks_used for use, after in uses if use is CheckUse.WRONG and after]
     assert sorted(counted) == list(range(1, MAX_CHECKS + 1))
-    assert sum(use is CheckUse.EXHAUSTED for use, _ in uses) == 40 - MAX_CHECKS
+    assert sum(use is CheckUse.ENDED for use, _ in uses) == 40 - MAX_CHECKS
 
 
 async def test_an_end_is_final_and_forgets_the_codes(store: Store) -> None:
@@ -163,7 +238,7 @@ async def test_an_end_is_final_and_forgets_the_codes(store: Store) -> None:
         assert after.status is VerificationStatus.APPROVED
         assert after.code_hashes == ()
     assert await store.find_pending_verification(key) is None
-    use, after = await store.use_verification_check(vid, CALLER, KEEP_S)
+    use, after = await store.use_verification_check(vid, CALLER, [code_hash()], KEEP_S)
     assert use is CheckUse.ENDED
     assert after is not None
     assert after.checks_used == 0  # an ended verification's checks are not used
@@ -183,7 +258,7 @@ async def test_a_verification_past_its_expiry_has_expired_whoever_looks(store: S
     # No pending verification of the number is left, before anyone has looked at it.
     assert [await store.find_pending_verification(key) for key in keys] == [None] * 4
     ids = [state.verification_id for state in states]
-    use, checked = await store.use_verification_check(ids[0], CALLER, KEEP_S)
+    use, checked = await store.use_verification_check(ids[0], CALLER, [code_hash()], KEEP_S)
     seen = await store.get_verification(ids[1], KEEP_S)
     ended, approved = await store.end_verification(ids[2], VerificationStatus.APPROVED, KEEP_S)
     added, adding = await store.add_verification_code(ids[3], code_hash(), MAX_SENDS, KEEP_S)
@@ -197,7 +272,8 @@ async def test_a_verification_past_its_expiry_has_expired_whoever_looks(store: S
     assert checked is not None
     assert checked.checks_used == 0
     # Only the first look ends it: the next check finds it ended.
-    assert (await store.use_verification_check(ids[0], CALLER, KEEP_S))[0] is CheckUse.ENDED
+    check = await store.use_verification_check(ids[0], CALLER, [code_hash()], KEEP_S)
+    assert check[0] is CheckUse.ENDED
     reopened = await store.open_verification(keys[0], fresh(), TTL_S, KEEP_S)
     assert reopened.verification_id not in ids
 
@@ -224,7 +300,8 @@ async def test_an_ended_verification_is_kept_keep_s_then_forgotten(store: Store)
     await asyncio.sleep(2 * SHORT_S + PAST_S)
     for vid in (expiring.verification_id, approved.verification_id):
         assert await store.get_verification(vid, SHORT_S) is None
-        assert await store.use_verification_check(vid, CALLER, SHORT_S) == (CheckUse.UNKNOWN, None)
+        check = await store.use_verification_check(vid, CALLER, [code_hash()], SHORT_S)
+        assert check == (CheckUse.UNKNOWN, None)
 
 
 async def test_the_message_id_is_noted_and_an_unknown_verification_is_not_made(

@@ -16,11 +16,14 @@ from typing import Any, Final
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from support import (
+    RedisServer,
     StartServer,
     log_events,
     make_config,
     scrape,
+    set_store,
     value,
 )
 from verification_support import (
@@ -46,7 +49,8 @@ from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.config import VerifyConfig
 from yunpian_sms_server.errors import Reason, ServiceError
 from yunpian_sms_server.sandbox import RunningSandbox
-from yunpian_sms_server.stores import Store
+from yunpian_sms_server.shutdown import Shutdown
+from yunpian_sms_server.stores import RedisStore, Store
 from yunpian_sms_server.verification_state import (
     CodeHasher,
     VerificationState,
@@ -593,10 +597,13 @@ async def pending_verification(store: Store, hasher: CodeHasher, code: str) -> s
     return vid
 
 
-def verifications_on(store: Any) -> Verifications:
+def verifications_on(store: Any, shutdown: Shutdown | None = None) -> Verifications:
     config = VerifyConfig(enabled=True, secret=SECRET)
     # Checks and cancels never send: no send protocol is needed.
-    return Verifications(store, None, config, CodeHasher(SECRET.encode()))  # type: ignore[arg-type]
+    hasher = CodeHasher(SECRET.encode())
+    return Verifications(  # type: ignore[arg-type]
+        store, None, config, hasher, shutdown or Shutdown()
+    )
 
 
 async def test_right_codes_counted_together_approve_once(store: Store) -> None:
@@ -624,7 +631,7 @@ async def test_cancels_together_cancel_once(store: Store) -> None:
 
 
 class Stalling:
-    """A store whose `end_verification` waits until released (a slow store, a late answer)."""
+    """A store whose `use_verification_check` waits until released (a slow store)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -634,15 +641,15 @@ class Stalling:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def end_verification(self, *args: Any) -> Any:
+    async def use_verification_check(self, *args: Any) -> Any:
         self.reached.set()
         await self.release.wait()
-        return await self._store.end_verification(*args)
+        return await self._store.use_verification_check(*args)
 
 
 async def cut_off(stalling: Stalling, check: Awaitable[Checked]) -> None:
-    """Runs a check until it waits for the store to end the verification, then cancels it (its
-    client gave up, its deadline passed) and lets the store answer."""
+    """Runs a check until it waits for the store, then cancels it (its client gave up, its
+    deadline passed) and lets the store answer."""
     task = asyncio.ensure_future(check)
     await stalling.reached.wait()
     task.cancel()
@@ -654,33 +661,76 @@ async def cut_off(stalling: Stalling, check: Awaitable[Checked]) -> None:
 async def test_a_last_wrong_check_cut_off_still_ends_the_verification(store: Store) -> None:
     code = "482915"
     vid = await pending_verification(store, CodeHasher(SECRET.encode()), code)
+    for _ in range(MAX_CHECKS - 1):
+        await verifications_on(store).check("caller", vid, wrong_code(code))
     stalling = Stalling(store)
     verifications = verifications_on(stalling)
-    for _ in range(MAX_CHECKS - 1):
-        await verifications.check("caller", vid, wrong_code(code))
     await cut_off(stalling, verifications.check("caller", vid, wrong_code(code)))
+    await verifications.drain()
     # Otherwise it would stay pending with no check left: resends to it would go out with codes
     # that can never be checked, until it expires.
-    for _ in range(50):
-        state = await store.get_verification(vid, 60)
-        if state is not None and state.status is not VerificationStatus.PENDING:
-            break
-        await asyncio.sleep(0.01)
+    state = await store.get_verification(vid, 60)
     assert state is not None
-    assert state.status is VerificationStatus.MAX_ATTEMPTS_REACHED
+    assert (state.status, state.checks_used) == (VerificationStatus.MAX_ATTEMPTS_REACHED, 5)
 
 
-async def test_a_right_check_cut_off_approves_nothing_and_the_code_still_checks(
+async def test_a_right_check_cut_off_is_still_decided_and_a_retry_is_told_so(
     store: Store,
 ) -> None:
     code = "482915"
     vid = await pending_verification(store, CodeHasher(SECRET.encode()), code)
     stalling = Stalling(store)
-    await cut_off(stalling, verifications_on(stalling).check("caller", vid, code))
-    await asyncio.sleep(0.05)
+    verifications = verifications_on(stalling)
+    await cut_off(stalling, verifications.check("caller", vid, code))
+    await verifications.drain()
     state = await store.get_verification(vid, 60)
     assert state is not None
-    # The caller never heard an approval, so none happened: the check is used, the code is not.
-    assert (state.status, state.checks_used) == (VerificationStatus.PENDING, 1)
-    checked = await verifications_on(store).check("caller", vid, code)
+    # A check begun is decided whole, whatever its call became: never half-counted.
+    assert (state.status, state.checks_used) == (VerificationStatus.APPROVED, 1)
+    with pytest.raises(ServiceError) as retried:
+        await verifications_on(store).check("caller", vid, code)
+    assert retried.value.reason is Reason.VERIFICATION_APPROVED
+
+
+async def test_a_check_interrupted_by_a_shutdown_answers_what_the_store_decided(
+    store: Store,
+) -> None:
+    # The store decides the check whatever happens to the call; when the call was interrupted by
+    # the server's shutdown (not by its client), it can still answer: it answers that.
+    code = "482915"
+    vid = await pending_verification(store, CodeHasher(SECRET.encode()), code)
+    stalling, shutdown = Stalling(store), Shutdown()
+    verifications = verifications_on(stalling, shutdown)
+    rpc = asyncio.ensure_future(verifications.check("caller", vid, code))
+    shutdown.enter(rpc)  # type: ignore[arg-type]
+    await stalling.reached.wait()
+    assert shutdown.interrupt() == 1
+    await asyncio.sleep(0)
+    stalling.release.set()
+    checked = await rpc
     assert checked.approved
+    assert checked.state.status is VerificationStatus.APPROVED
+
+
+async def test_a_check_cut_off_that_the_store_then_fails_is_logged(
+    faulty_redis: RedisServer, redis_admin: aioredis.Redis, log_output: io.StringIO
+) -> None:
+    # Nobody hears of the check's failure but the log: its call is gone.
+    store = RedisStore(faulty_redis.url)
+    try:
+        vid = await pending_verification(store, CodeHasher(SECRET.encode()), "482915")
+        stalling = Stalling(store)
+        verifications = verifications_on(stalling)
+        task = asyncio.ensure_future(verifications.check("caller", vid, "000000"))
+        await stalling.reached.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await set_store(redis_admin, "down")
+        stalling.release.set()
+        await verifications.drain()
+    finally:
+        await store.close()
+    [event] = log_events(log_output, "verification_check_failed")
+    assert event["level"] == "warning"
+    assert event["error"] == "StoreUnavailableError"

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import secrets
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import grpc
@@ -40,7 +40,7 @@ from yunpian_sms_server.config import (
     exposure_problem,
 )
 from yunpian_sms_server.delivery_reports import DeliveryReports, ReportPuller
-from yunpian_sms_server.delivery_state import KEPT_REPORT_WAITS
+from yunpian_sms_server.delivery_state import KEPT_REPORT_WAITS, SentMessage
 from yunpian_sms_server.errors import ServiceError
 from yunpian_sms_server.listen_addresses import join_listen, parse_listen
 from yunpian_sms_server.listeners import (
@@ -72,6 +72,11 @@ from yunpian_sms_server.templates import configured_templates, yunpian_form
 from yunpian_sms_server.verification_state import CodeHasher
 from yunpian_sms_server.verifications import Verifications
 from yunpian_sms_server.yunpian import YunpianClient, open_session
+
+if TYPE_CHECKING:  # OpenTelemetry is imported only when tracing is on
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from yunpian_sms_server.telemetry import Tracing
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["SmsService"].full_name
 # The health "service" of liveness probes: SERVING while the process runs, even while the
@@ -134,7 +139,9 @@ def open_yunpian_session(config: YunpianConfig) -> aiohttp.ClientSession:
     return open_session(config.timeout_seconds)
 
 
-def report_collection(delivery: DeliveryConfig) -> ReportCollection | None:
+def report_collection(
+    delivery: DeliveryConfig, on_taken_in: Callable[[SentMessage], None]
+) -> ReportCollection | None:
     """What the send protocol keeps for delivery reports (None: they are not collected)."""
     if not delivery.enabled:
         return None
@@ -142,7 +149,7 @@ def report_collection(delivery: DeliveryConfig) -> ReportCollection | None:
     if delivery.mode == "push" and delivery.public_url:
         url = callback_url(delivery.public_url, delivery.path_token)
     keep_s = delivery.report_wait_seconds * KEPT_REPORT_WAITS
-    return ReportCollection(keep_s=keep_s, callback_url=url)
+    return ReportCollection(keep_s=keep_s, callback_url=url, on_taken_in=on_taken_in)
 
 
 def sandbox_delivery(delivery: DeliveryConfig) -> DeliveryConfig:
@@ -237,16 +244,20 @@ async def verify_templates(config: Config, checker: TemplateChecker) -> bool:
 class SmsServer:
     """A running yunpian-sms server: start it, read its port, stop it."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, span_exporter: SpanExporter | None = None) -> None:
+        """`span_exporter`: where spans go, as each ends, instead of [telemetry]'s collector
+        (tests: the SDK's InMemorySpanExporter); only with [telemetry] enabled."""
         self.config = config
+        self._span_exporter = span_exporter
+        self._tracing: Tracing | None = None
         self.port = 0
         self.sandbox: RunningSandbox | None = None
         self._session: aiohttp.ClientSession | None = None
         self._server: grpc.aio.Server | None = None
-        # grpc-stubs lags grpcio: it lacks the asyncio health servicer.
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health = health.aio.HealthServicer()
         self._shutdown = Shutdown()
         self._sending: SendProtocol | None = None
+        self._verifications: Verifications | None = None
         self._checker: TemplateChecker | None = None
         self._store: Store | None = None
         self._verifier: asyncio.Task[None] | None = None
@@ -299,14 +310,25 @@ class SmsServer:
                 # Delivery reports too, pulled from the sandbox, unless the config says otherwise.
                 delivery=sandbox_delivery(config.delivery),
             )
+        if config.telemetry.enabled:
+            from yunpian_sms_server.telemetry import Tracing
+
+            self._tracing = Tracing(config.telemetry, SERVICE_NAME, self._span_exporter)
         self._session = open_yunpian_session(config.yunpian)
-        yunpian = yunpian_client(
-            self._session, config.yunpian, on_latency=self._observe_upstream_latency
-        )
+        if self._tracing is None:
+            yunpian = yunpian_client(
+                self._session, config.yunpian, on_latency=self._observe_upstream_latency
+            )
+        else:
+            yunpian = self._tracing.yunpian_client(
+                self._session, config.yunpian, on_latency=self._observe_upstream_latency
+            )
         self._checker = TemplateChecker(
             yunpian, cache_ttl_s=config.template_checks.remote_cache_seconds
         )
         self._store = open_store(config.store.url, config.store.max_connections)
+        if self._tracing is not None:
+            self._store = self._tracing.store(self._store, config.store.url)
         try:
             await self._store.ping()
         except StoreUnavailableError as error:
@@ -321,22 +343,25 @@ class SmsServer:
             allow_on_store_error=config.store.on_error == "allow",
             shutdown=self._shutdown,
             on_store_failure_allowed=self.metrics.store_failures_allowed.inc,
-            reports=report_collection(delivery),
+            reports=report_collection(delivery, self.metrics.count_report_taken_in),
         )
         reports = None
         if delivery.enabled:
             reports = DeliveryReports(self._store, delivery, self.metrics.count_saved_reports)
-        verifications = None
+        verifications = self._verifications = None
         if config.verify.enabled:
             verify = config.verify
             hasher = CodeHasher(
                 verify.secret.encode(), [old.encode() for old in verify.previous_secrets]
             )
-            verifications = Verifications(self._store, self._sending, verify, hasher)
+            verifications = self._verifications = Verifications(
+                self._store, self._sending, verify, hasher, self._shutdown
+            )
         servicer = SmsServicer(config, self._sending, self._checker, verifications, reports)
         authenticator = Authenticator(config.auth, required=config.authenticates)
         server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
-        RpcEnvelope(authenticator, self.metrics, self._shutdown).add_service(servicer, server)
+        envelope = RpcEnvelope(authenticator, self.metrics, self._shutdown, self._tracing)
+        envelope.add_service(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -398,9 +423,11 @@ class SmsServer:
         self.metrics.child(self.metrics.upstream_latency, path).observe(seconds)
 
     async def _set_health(self, *, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING
-        if not serving:
-            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in ("", SERVICE_NAME):
             await self._health.set(service, status)
 
@@ -444,6 +471,8 @@ class SmsServer:
             await self._puller.stop()
         if self._sending is not None:
             await self._sending.drain()
+        if self._verifications is not None:
+            await self._verifications.drain()
         await self._loop_lag.stop()
         if self._report_runner is not None:
             await self._report_runner.cleanup()
@@ -455,6 +484,9 @@ class SmsServer:
             await self._store.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        if self._tracing is not None:
+            # Sends the spans not yet exported: blocking, so off the event loop.
+            await asyncio.to_thread(self._tracing.shutdown)
         if self.sandbox is not None:
             await self.sandbox.close()
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.metadata
+import math
 import os
+import platform
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -18,6 +21,7 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from yunpian.sms.v1 import sms_service_pb2
 from yunpian_sms_client import (
     DeliveryState,
     DeliveryStatus,
@@ -48,7 +52,7 @@ from yunpian_sms_server.config import (
 from yunpian_sms_server.errors import ServiceError
 from yunpian_sms_server.listen_addresses import parse_listen
 from yunpian_sms_server.listeners import ListenError
-from yunpian_sms_server.logs import LOG_FORMATS, configure_logging
+from yunpian_sms_server.logs import DEFAULT_LOG_LEVEL, LOG_FORMATS, LOG_LEVELS, configure_logging
 from yunpian_sms_server.stores import url_problem
 from yunpian_sms_server.template_check import TemplateCheck, TemplateChecker
 from yunpian_sms_server.templates import configured_templates
@@ -62,6 +66,12 @@ DEFAULT_SANDBOX_LISTEN: Final = "127.0.0.1:8080"
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # an error, a wrong code, an invalid template
 EXIT_USAGE: Final = 2  # a bad command line or config file
+# The distributions whose versions --version prints: the server (this command) and the SDK its
+# client commands call through.
+SERVER_DISTRIBUTION: Final = "yunpian-sms"
+CLIENT_DISTRIBUTION: Final = "yunpian-sms-client"
+# The runtime libraries the generated contract code needs, named by --version for bug reports.
+RUNTIME_DISTRIBUTIONS: Final = ("grpcio", "protobuf")
 # `serve`'s cyclic-GC thresholds (Python's default: 700, 10, 10): a young-generation pass every
 # ~600 RPCs instead of every ~20.
 GC_THRESHOLDS: Final = (20_000, 20, 20)
@@ -74,12 +84,57 @@ def _add_client_options(command: argparse.ArgumentParser, target_help: str) -> N
     command.add_argument("--tls-key", type=Path, help="its private key (PEM)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _installed_version(distribution: str) -> str:
+    """A distribution's version as installed (its metadata, not a source tree)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def version_text() -> str:
+    """What --version prints: this command's version, the SDK's, the contract's proto package,
+    and the runtime they run on (what a bug report needs)."""
+    runtime = ", ".join(f"{name} {_installed_version(name)}" for name in RUNTIME_DISTRIBUTIONS)
+    return (
+        f"{SERVER_DISTRIBUTION} {_installed_version(SERVER_DISTRIBUTION)} "
+        f"({CLIENT_DISTRIBUTION} {_installed_version(CLIENT_DISTRIBUTION)}, "
+        f"contract {sms_service_pb2.DESCRIPTOR.package}; "
+        f"Python {platform.python_version()}, {runtime})"
+    )
+
+
+class _PrintVersion(argparse.Action):
+    """--version: prints `version_text()` as one line (argparse's own action wraps it to the
+    terminal) and exits 0; the versions are looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(version_text())
+        parser.exit(EXIT_OK)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: every command, its options and their help."""
     parser = argparse.ArgumentParser(
         prog="yunpian-sms",
         description="Send SMS verification codes through YunPian over gRPC.",
         epilog=f"send, verify, status and validate-template send ${TOKEN_ENV}, when set, as a "
         "bearer token.",
+    )
+    parser.add_argument(
+        "--version",
+        action=_PrintVersion,
+        help="print the versions installed (this command, the SDK, the contract; Python, grpcio, "
+        "protobuf) and exit",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     config_help = "config file (TOML); default: $YUNPIAN_SMS_CONFIG, else built-in defaults"
@@ -103,6 +158,13 @@ def _parser() -> argparse.ArgumentParser:
         help="HOST:PORT of the --sandbox's HTTP API (default: a free loopback port)",
     )
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="default: json unless a terminal")
+    serve.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=DEFAULT_LOG_LEVEL,
+        help=f"the least severe events logged (default: {DEFAULT_LOG_LEVEL}); libraries' "
+        "records from warning up, or all with debug",
+    )
 
     send = commands.add_parser("send", help="send one verification code")
     send.add_argument("phone", help=phone_help)
@@ -150,8 +212,17 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sandbox = commands.add_parser("sandbox", help="run the YunPian sandbox alone")
-    sandbox.add_argument("--listen", default=DEFAULT_SANDBOX_LISTEN, help="HOST:PORT")
-    sandbox.add_argument("--config", type=Path, help="its API key and approved templates")
+    sandbox.add_argument(
+        "--listen",
+        default=DEFAULT_SANDBOX_LISTEN,
+        help="HOST:PORT to listen on (default: %(default)s)",
+    )
+    sandbox.add_argument(
+        "--config",
+        type=Path,
+        help="config file whose API key and templates the sandbox accepts; default: "
+        "$YUNPIAN_SMS_CONFIG, else built-in defaults",
+    )
     return parser
 
 
@@ -299,8 +370,22 @@ def _client(args: argparse.Namespace) -> SmsClient:
     return SmsClient(_target(args.target), credentials=credentials, metadata=metadata)
 
 
+def _duration(seconds: float) -> str:
+    """A wait as a person reads it, rounded up to whole seconds: "59 s", "1 h 2 min 5 s"."""
+    minutes, secs = divmod(max(math.ceil(seconds), 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else ""]
+    parts.append(f"{secs} s" if secs or not (hours or minutes) else "")
+    return " ".join(part for part in parts if part)
+
+
 def _report_error(error: SmsError) -> int:
-    print(f"error: {error}", file=sys.stderr)
+    """One line on stderr: the status, the reason, the message and, when the server said how
+    long to wait (RetryInfo: RATE_LIMITED and the like), that wait."""
+    line = f"error: {error}"
+    if error.retry_delay is not None:
+        line += f" (retry after {_duration(error.retry_delay)})"
+    print(line, file=sys.stderr)
     return EXIT_FAILED
 
 
@@ -512,7 +597,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "send":
         return _send(args)
     if args.command == "verify":
@@ -550,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if exposed is not None:
                 print(f"config error: {exposed}", file=sys.stderr)
                 return EXIT_USAGE
-        configure_logging(args.log_format)
+        configure_logging(args.log_format, level=args.log_level)
         return _run_listener(_serve(config, args))
     try:
         parse_listen(args.listen)

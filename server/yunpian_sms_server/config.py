@@ -6,13 +6,14 @@ at start-up.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import os
 import re
 import ssl
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -83,6 +84,12 @@ MAX_STORE_MAX_CONNECTIONS: Final = 10_000
 MAX_REFUSAL_MESSAGE_LENGTH: Final = 500
 # YunPian's upstream deadline may not exceed this: a caller waiting longer has given up anyway.
 MAX_TIMEOUT_S: Final = 60.0
+# Tracing ([telemetry]): the OTLP/gRPC collector OpenTelemetry SDKs send to unless told, the
+# service.name of the spans, and the share of traces started here that are kept.
+DEFAULT_OTLP_ENDPOINT: Final = "http://127.0.0.1:4317"
+DEFAULT_SERVICE_NAME: Final = "yunpian-sms"
+DEFAULT_SAMPLE_RATIO: Final = 1.0
+MAX_SERVICE_NAME_LENGTH: Final = 255
 _API_KEY = re.compile(r"[0-9a-fA-F]{32}")
 # A shutdown should give a send already waiting on YunPian its whole timeout, plus this.
 SHUTDOWN_MARGIN_S: Final = 1.0
@@ -98,6 +105,8 @@ _CALLER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _PATH_TOKEN = re.compile(r"[A-Za-z0-9._~-]+")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _TEMPLATE_OPTIONS: Final = frozenset({"international", "verify_on_start", "remote_cache_seconds"})
+# How alike (difflib's ratio, 0 to 1) an unknown name must be to a known one to be suggested.
+SUGGESTION_CUTOFF: Final = 0.6
 # Every key of every table (besides usage type names): anything else is reported as unknown.
 # "auth.callers.*" stands for each caller's table. config.example.toml documents them all.
 KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
@@ -112,6 +121,7 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
             "auth",
             "verify",
             "delivery",
+            "telemetry",
         }
     ),
     "server": frozenset(
@@ -164,6 +174,7 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     "auth.callers.*": frozenset({"token_sha256", "usage_types"}),
+    "telemetry": frozenset({"enabled", "otlp_endpoint", "service_name", "sample_ratio"}),
 }
 
 
@@ -304,6 +315,19 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """The `[telemetry]` section: OpenTelemetry tracing, off unless enabled."""
+
+    enabled: bool = False
+    # Where spans go: an OTLP/gRPC collector, http:// (plaintext) or https:// (TLS).
+    otlp_endpoint: str = DEFAULT_OTLP_ENDPOINT
+    service_name: str = DEFAULT_SERVICE_NAME
+    # The share of traces this server starts that are kept (0-1); a caller's traceparent
+    # decides for the traces it continues (its sampled flag).
+    sample_ratio: float = DEFAULT_SAMPLE_RATIO
+
+
+@dataclass(frozen=True, slots=True)
 class TemplateCheckConfig:
     """How templates are checked at YunPian: `[templates]` options beside the templates."""
 
@@ -329,6 +353,7 @@ class Config:
     auth: AuthConfig | None = None
     verify: VerifyConfig = VerifyConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def authenticates(self) -> bool:
@@ -360,7 +385,7 @@ class _Reader:
 
     def only(self, allowed: set[str] | frozenset[str]) -> None:
         for name in sorted(set(self.data) - allowed):
-            self.problem(name, "is not a known key")
+            self.problem(name, _unknown("is not a known key", name, sorted(allowed)))
 
     def string(self, name: str, default: str, check: Callable[[str], None] | None = None) -> str:
         value = self.data.get(name, default)
@@ -425,6 +450,31 @@ class _Reader:
         return tuple(parsed)
 
 
+def closest_name(name: str, known: Collection[str]) -> str | None:
+    """The known name that `name` most likely misspells, or None when none is alike.
+
+    Case and '-' for '_' count for nothing (TOML takes `on-error`; the key is `on_error`).
+    difflib compares lengths before letters, so a name far longer than every known one is turned
+    down without being compared.
+    """
+
+    def folded(text: str) -> str:
+        return text.lower().replace("-", "_")
+
+    by_folded = {folded(candidate): candidate for candidate in sorted(known)}
+    close = difflib.get_close_matches(folded(name), by_folded, n=1, cutoff=SUGGESTION_CUTOFF)
+    return by_folded[close[0]] if close else None
+
+
+def _unknown(problem: str, name: str, known: list[str], listed: list[str] | None = None) -> str:
+    """`problem` with the name meant, when one of `known` is alike; else with the names
+    `listed` (by default `known`), so the fix is in the message either way."""
+    closest = closest_name(name, known)
+    if closest is not None:
+        return f"{problem}; did you mean {closest}?"
+    return f"{problem} (known: {', '.join(known if listed is None else listed)})"
+
+
 def _check_listen(value: str) -> None:
     parse_listen(value)
 
@@ -452,8 +502,11 @@ def _read_templates(reader: _Reader, *, international: bool) -> dict[str, str]:
         if name in _TEMPLATE_OPTIONS and not international:
             continue
         if name not in USAGE_TYPE_VALUES:
-            known = ", ".join(USAGE_TYPE_VALUES)
-            reader.problem(name, f"is not a usage type (known: {known})")
+            # A misspelt option of [templates] reads as a usage type: suggest options too.
+            options = [] if international else sorted(_TEMPLATE_OPTIONS)
+            usage_types = list(USAGE_TYPE_VALUES)
+            unknown = _unknown("is not a usage type", name, usage_types + options, usage_types)
+            reader.problem(name, unknown)
             continue
         if not isinstance(content, str):
             reader.problem(name, "must be a string")
@@ -640,15 +693,23 @@ def _read_auth(
 
 def _stray_token_hash_variables(env: Mapping[str, str], read: set[str]) -> list[ConfigProblem]:
     """Token-hash variables that name no caller: a typo would leave a caller without its token."""
-    return [
-        ConfigProblem(
-            variable,
+    problems = []
+    # Compared by their callers' part: the long prefix they share would make every one alike.
+    callers = {variable.removeprefix(TOKEN_HASH_ENV_PREFIX): variable for variable in read}
+    for variable in sorted(env):
+        if not variable.startswith(TOKEN_HASH_ENV_PREFIX) or not env[variable]:
+            continue
+        if variable in read:
+            continue
+        problem = (
             "names no caller of [auth.callers] (the caller NAME reads "
-            f"{TOKEN_HASH_ENV_PREFIX}NAME, upper-cased, '-' and '.' as '_')",
+            f"{TOKEN_HASH_ENV_PREFIX}NAME, upper-cased, '-' and '.' as '_')"
         )
-        for variable in sorted(env)
-        if variable.startswith(TOKEN_HASH_ENV_PREFIX) and env[variable] and variable not in read
-    ]
+        closest = closest_name(variable.removeprefix(TOKEN_HASH_ENV_PREFIX), callers)
+        if closest is not None:
+            problem += f"; did you mean {callers[closest]}?"
+        problems.append(ConfigProblem(variable, problem))
+    return problems
 
 
 def parse_config(
@@ -758,6 +819,9 @@ def parse_config(
     delivery_table = root.table("delivery")
     delivery_table.only(KNOWN_KEYS["delivery"])
     delivery = _read_delivery(delivery_table, env, configured="delivery" in root.data)
+    telemetry_table = root.table("telemetry")
+    telemetry_table.only(KNOWN_KEYS["telemetry"])
+    telemetry = _read_telemetry(telemetry_table)
     config = Config(
         server,
         yunpian,
@@ -769,6 +833,7 @@ def parse_config(
         auth,
         verify,
         delivery,
+        telemetry,
     )
     if not problems and (exposed := exposure_problem(server.listen, config)) is not None:
         problems.append(exposed)
@@ -865,6 +930,43 @@ def _read_delivery(table: _Reader, env: Mapping[str, str], *, configured: bool) 
             "must be longer than pull_interval_seconds: the puller renews it between pulls",
         )
     return delivery
+
+
+def _read_telemetry(table: _Reader) -> TelemetryConfig:
+    return TelemetryConfig(
+        enabled=table.boolean("enabled", False),
+        otlp_endpoint=table.string(
+            "otlp_endpoint", DEFAULT_OTLP_ENDPOINT, _check_otlp_endpoint
+        ).rstrip("/"),
+        service_name=table.string("service_name", DEFAULT_SERVICE_NAME, _check_service_name),
+        sample_ratio=table.number("sample_ratio", DEFAULT_SAMPLE_RATIO, 0.0, 1.0, allow_low=True),
+    )
+
+
+def _check_otlp_endpoint(value: str) -> None:
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not port
+        or parts.path.strip("/")
+        or parts.query
+        or parts.username
+        or parts.password
+    ):
+        raise ValueError(
+            "must be the http:// or https:// URL and port of an OTLP/gRPC collector, "
+            "e.g. http://127.0.0.1:4317"
+        )
+
+
+def _check_service_name(value: str) -> None:
+    if not value.strip() or len(value) > MAX_SERVICE_NAME_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_SERVICE_NAME_LENGTH} characters")
 
 
 def _check_delivery_mode(value: str) -> None:

@@ -1,21 +1,35 @@
-"""Prometheus metrics of one server, and the HTTP endpoint that serves them."""
+"""Prometheus metrics of one server, and the HTTP endpoint that serves them.
+
+Besides the service's own `yunpian_sms_*` metrics, every SmsService RPC is counted under the
+names and labels of grpc-ecosystem's go-grpc-prometheus (also used by py-grpc-prometheus and
+java-grpc-prometheus), so dashboards and alerts written for any gRPC server work unchanged:
+`grpc_server_started_total` by grpc_type, grpc_service and grpc_method,
+`grpc_server_handled_total` and `grpc_server_handling_seconds` by those and grpc_code, the code
+as Go spells it ("OK", "InvalidArgument", "Canceled"); the histogram's grpc_code (which
+go-grpc-prometheus leaves out) tells fast refusals from slow sends, and queries that sum over it
+see go-grpc-prometheus's series. The process's CPU, memory and file descriptors
+(`process_*`) and the Python version (`python_info`) are in the registry too. The endpoint is
+prometheus_client's own: it answers `Accept: application/openmetrics-text` with OpenMetrics.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
+    PlatformCollector,
+    ProcessCollector,
 )
+from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.metrics import MetricWrapperBase
 
-from yunpian_sms_server.delivery_state import report_latencies
+from yunpian_sms_server.delivery_state import SentMessage, report_latencies
 from yunpian_sms_server.listen_addresses import parse_listen
 from yunpian_sms_server.listeners import METRICS_LISTENER, start_tcp_site
 from yunpian_sms_server.stores import SavedReports
@@ -29,6 +43,33 @@ DELIVERY_BUCKETS_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600
 # A healthy loop wakes within a millisecond or two; tens of milliseconds already delay every RPC,
 # and seconds are a stalled server.
 LOOP_LAG_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# go-grpc-prometheus's handling-time buckets (Prometheus's DefBuckets), so that its dashboards'
+# quantiles read the same.
+GRPC_HANDLING_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The grpc_type label of a unary RPC (all of SmsService's).
+GRPC_UNARY: Final = "unary"
+# The grpc_code label: gRPC status codes as Go's codes.Code.String() spells them (the names
+# go-grpc-prometheus writes), by Python's grpc.StatusCode name.
+GRPC_CODE_LABELS: Final = {
+    "OK": "OK",
+    "CANCELLED": "Canceled",
+    "UNKNOWN": "Unknown",
+    "INVALID_ARGUMENT": "InvalidArgument",
+    "DEADLINE_EXCEEDED": "DeadlineExceeded",
+    "NOT_FOUND": "NotFound",
+    "ALREADY_EXISTS": "AlreadyExists",
+    "PERMISSION_DENIED": "PermissionDenied",
+    "RESOURCE_EXHAUSTED": "ResourceExhausted",
+    "FAILED_PRECONDITION": "FailedPrecondition",
+    "ABORTED": "Aborted",
+    "OUT_OF_RANGE": "OutOfRange",
+    "UNIMPLEMENTED": "Unimplemented",
+    "INTERNAL": "Internal",
+    "UNAVAILABLE": "Unavailable",
+    "DATA_LOSS": "DataLoss",
+    "UNAUTHENTICATED": "Unauthenticated",
+}
+_GRPC_LABELS: Final = ["grpc_type", "grpc_service", "grpc_method"]
 
 
 class Metrics:
@@ -153,6 +194,38 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        # go-grpc-prometheus's server metrics (the module's docstring).
+        self.grpc_started = Counter(
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            _GRPC_LABELS,
+            registry=r,
+        )
+        self.grpc_handled = Counter(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            [*_GRPC_LABELS, "grpc_code"],
+            registry=r,
+        )
+        self.grpc_handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            [*_GRPC_LABELS, "grpc_code"],
+            registry=r,
+            buckets=GRPC_HANDLING_BUCKETS_S,
+        )
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
+    def add_grpc_methods(self, service: str, methods: Iterable[str]) -> None:
+        """Shows every method's gRPC series from the start, at zero, as go-grpc-prometheus's
+        InitializeMetrics does (a rate over a method never called is 0, not absent); of the
+        handled and handling series, those of code OK (each code's would be 17 per method)."""
+        for method in methods:
+            self.child(self.grpc_started, GRPC_UNARY, service, method)
+            self.child(self.grpc_handling, GRPC_UNARY, service, method, "OK")
+            self.child(self.grpc_handled, GRPC_UNARY, service, method, "OK")
 
     def count_saved_reports(self, saved: SavedReports) -> None:
         """Counts a batch of saved reports by state, and the time each SMS took to arrive."""
@@ -165,6 +238,11 @@ class Metrics:
         if saved.unknown:
             self.child(self.delivery_reports, "unknown").inc(saved.unknown)
 
+    def count_report_taken_in(self, message: SentMessage) -> None:
+        """Counts a report that came before its message was recorded (counted `unknown` then),
+        once the message took it in."""
+        self.count_saved_reports(SavedReports(saved=(message,)))
+
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """The metric's child for these label values, remembered: `labels()` costs per call."""
         key = (id(metric), labels)
@@ -173,22 +251,14 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def render(self) -> bytes:
-        """The exposition text of every metric."""
-        return generate_latest(self.registry)
-
 
 async def start_metrics_endpoint(metrics: Metrics, listen: str) -> tuple[web.AppRunner, int]:
     """Serves GET /metrics on HOST:PORT; returns the runner (to clean up) and the bound port.
 
     Raises ListenError when the address cannot be had.
     """
-
-    async def scrape(_request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     app = web.Application()
-    app.router.add_get(METRICS_PATH, scrape)
+    app.router.add_get(METRICS_PATH, make_aiohttp_handler(metrics.registry))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = parse_listen(listen)

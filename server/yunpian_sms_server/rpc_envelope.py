@@ -9,8 +9,13 @@ string that is not UTF-8) are answered INVALID_ARGUMENT MALFORMED_REQUEST like a
 instead of grpc's UNKNOWN and a traceback. Health and reflection RPCs are registered as they are.
 
 The `rpc` event is written and the metrics counted before the answer leaves, so whoever sees
-the answer can find its event. While the server drains, calls are refused with SHUTTING_DOWN;
-a call interrupted at the end of the grace period answers with what it knows.
+the answer can find its event. Each RPC is counted twice: in the service's own metrics and in
+grpc-ecosystem's (`grpc_server_*`, metrics.py). With tracing on, each RPC is a server span
+(telemetry.py) current while it runs, continuing the caller's traceparent; its trace id is in
+the record. With tracing off, nothing of it runs.
+
+While the server drains, calls are refused with SHUTTING_DOWN; a call interrupted at the end
+of the grace period answers with what it knows.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import grpc
 import structlog
@@ -32,14 +37,18 @@ from yunpian_sms_server.auth import Authenticator
 from yunpian_sms_server.errors import Reason, ServiceError
 from yunpian_sms_server.ids import new_id
 from yunpian_sms_server.logs import log_rpc_record
-from yunpian_sms_server.metrics import Metrics
+from yunpian_sms_server.metrics import GRPC_CODE_LABELS, GRPC_UNARY, Metrics
 from yunpian_sms_server.rpc_record import RpcRecord
 from yunpian_sms_server.service import RpcCall, SmsServicer
 from yunpian_sms_server.shutdown import Shutdown
 from yunpian_sms_server.statuses import status_code, to_grpc_status
 
+if TYPE_CHECKING:  # imported only when tracing is on (app.py)
+    from yunpian_sms_server.telemetry import RpcSpan, Tracing
+
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["SmsService"]
 RPC_NAMES: Final = tuple(method.name for method in SERVICE.methods)
+SERVICE_NAME: Final = SERVICE.full_name
 # The RPCs that send an SMS: counted in the sends, segments and fee metrics.
 SENDING_RPCS: Final = frozenset({"SendCode", "StartVerification"})
 REQUEST_ID_KEY: Final = "x-request-id"
@@ -95,10 +104,17 @@ def _request_id(metadata: tuple[tuple[str, str | bytes], ...]) -> str:
 class RpcEnvelope:
     """Wraps every SmsService RPC: request id, authentication, event, metrics, error status."""
 
-    def __init__(self, authenticator: Authenticator, metrics: Metrics, shutdown: Shutdown) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        metrics: Metrics,
+        shutdown: Shutdown,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._authenticator = authenticator
         self._metrics = metrics
         self._shutdown = shutdown
+        self._tracing = tracing
 
     def add_service(self, servicer: SmsServicer, server: grpc.aio.Server) -> None:
         """Registers the SmsService methods of `servicer` on `server`, each wrapped."""
@@ -112,17 +128,19 @@ class RpcEnvelope:
             )
             for method in SERVICE.methods
         }
+        self._metrics.add_grpc_methods(SERVICE_NAME, RPC_NAMES)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
         )
-        # grpc-stubs lags grpcio: it lacks the registered-method fast path.
-        server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
+        server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
     def wrap(self, rpc: str, handler: Handler) -> GrpcHandler:
         """The gRPC method `rpc`: `handler` served inside the envelope."""
         metrics = self._metrics
         in_flight = metrics.child(metrics.in_flight, rpc)
+        grpc_started = metrics.child(metrics.grpc_started, GRPC_UNARY, SERVICE_NAME, rpc)
         shutdown = self._shutdown
+        tracing = self._tracing
 
         async def handled(request: Any, context: Context) -> Any:
             task = cast("asyncio.Task[object]", asyncio.current_task())
@@ -133,6 +151,8 @@ class RpcEnvelope:
             log_rpc_record(record)
             started = time.perf_counter()
             in_flight.inc()
+            grpc_started.inc()
+            span = None if tracing is None else tracing.start_rpc(rpc, metadata, record)
             failure: ServiceError | None = None
             response = None
             try:
@@ -150,7 +170,7 @@ class RpcEnvelope:
                     failure = error
                 except asyncio.CancelledError:
                     if not shutdown.absorb_interrupt():
-                        self._finish(rpc, "CANCELLED", None, record, started)
+                        self._finish(rpc, "CANCELLED", None, record, started, span)
                         raise
                     failure = _shutting_down()
                 except Exception:
@@ -158,18 +178,20 @@ class RpcEnvelope:
                     _log.exception("rpc_failed", rpc=rpc)
                 trailer = ((REQUEST_ID_KEY, request_id),)
                 if failure is None:
-                    self._finish(rpc, "OK", None, record, started)
+                    self._finish(rpc, "OK", None, record, started, span)
                     context.set_trailing_metadata(trailer)
                     return response
                 if failure.yunpian_code is not None:
                     record.yunpian_code = failure.yunpian_code
-                self._finish(rpc, status_code(failure).name, failure, record, started)
+                self._finish(rpc, status_code(failure).name, failure, record, started, span)
                 status = to_grpc_status(failure)
                 await context.abort(
                     status.code, status.details, (*status.trailing_metadata, *trailer)
                 )
             finally:
                 in_flight.dec()
+                if span is not None:
+                    span.leave()
                 log_rpc_record(None)
                 shutdown.leave(task)
 
@@ -182,23 +204,37 @@ class RpcEnvelope:
         failure: ServiceError | None,
         record: RpcRecord,
         started: float,
+        span: RpcSpan | None,
     ) -> None:
-        """Writes the RPC's event (its record's fields with the outcome) and counts it, before
-        its answer leaves."""
+        """Writes the RPC's event (its record's fields with the outcome), counts it and ends its
+        span, before its answer leaves."""
+        duration_s = time.perf_counter() - started
+        reason = failure.reason.value if failure else None
         _log.info(
             "rpc",
             rpc=rpc,
             grpc_code=grpc_code,
-            reason=failure.reason.value if failure else None,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            reason=reason,
+            duration_ms=round(duration_s * 1000, 3),
         )
-        self._count(rpc, grpc_code, failure, record)
+        self._count(rpc, grpc_code, failure, record, duration_s)
+        if span is not None:
+            span.end(grpc_code, reason, record)
 
     def _count(
-        self, rpc: str, grpc_code: str, failure: ServiceError | None, record: RpcRecord
+        self,
+        rpc: str,
+        grpc_code: str,
+        failure: ServiceError | None,
+        record: RpcRecord,
+        duration_s: float,
     ) -> None:
         metrics = self._metrics
         metrics.child(metrics.rpcs, rpc, grpc_code, record.caller or "").inc()
+        code_label = GRPC_CODE_LABELS[grpc_code]
+        labels = (GRPC_UNARY, SERVICE_NAME, rpc, code_label)
+        metrics.child(metrics.grpc_handled, *labels).inc()
+        metrics.child(metrics.grpc_handling, *labels).observe(duration_s)
         if record.yunpian_code:
             metrics.child(metrics.yunpian_errors, str(record.yunpian_code)).inc()
         if failure is not None and failure.reason is Reason.RATE_LIMITED:

@@ -32,6 +32,9 @@ class RpcRecord:
     # canceled; and what a check came to: approved, wrong, max_attempts, ended, not_found.
     verification_change: str | None = None
     check_result: str | None = None
+    # The RPC's trace (32 hex digits) when tracing is on ([telemetry]), the caller's when it
+    # sent a traceparent.
+    trace_id: str | None = None
 
     def fields(self) -> dict[str, Any]:
         """The record as log fields: every key, always."""

@@ -78,14 +78,15 @@ Outcome = pb.SendCodeResponse | ServiceError
 class SendStep(Protocol):
     """What a send does once its request_id is claimed and it is counted, before YunPian.
 
-    `prepare` makes the text to send (it may refuse with a ServiceError: nothing is sent);
+    `prepare` makes the text to send and the code in it (it may refuse with a ServiceError:
+    nothing is sent);
     `withdraw` undoes it when nothing was sent. `tag` (set by `prepare`) is recorded with the
     outcome, and a replay of the request_id hands it back.
     """
 
     tag: str
 
-    async def prepare(self) -> str: ...
+    async def prepare(self) -> tuple[str, str]: ...
 
     async def withdraw(self) -> None: ...
 
@@ -107,10 +108,12 @@ class SendOrder:
 @dataclass(frozen=True, slots=True)
 class ReportCollection:
     """Delivery reports are collected: every message sent is kept this long for its report,
-    and, when YunPian pushes them, each send names where (its callback_url)."""
+    and, when YunPian pushes them, each send names where (its callback_url). A report that came
+    before its message was recorded is taken in then, and told to `on_taken_in`."""
 
     keep_s: float
     callback_url: str = ""
+    on_taken_in: Callable[[SentMessage], None] = lambda message: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,16 +330,16 @@ class SendProtocol:
             else:
                 await self._count(order, taken)
             # 4. Prepare the text.
-            text = order.text
+            text, code = order.text, order.code
             if order.step is not None:
                 taken.step = order.step  # from here, what it prepared is withdrawn if unsent
-                text = await order.step.prepare()
+                text, code = await order.step.prepare()
             # 5. Call YunPian.
             if self._shutdown.interrupting:
                 raise _shutting_down()
             if taken.store_failed and self._on_store_failure_allowed is not None:
                 self._on_store_failure_allowed()
-            outcome = await self._call_yunpian(order, text, taken, time_remaining)
+            outcome = await self._call_yunpian(order, text, code, taken, time_remaining)
         except ServiceError as refusal:
             outcome = refusal  # nothing was sent
         except Exception:
@@ -422,13 +425,19 @@ class SendProtocol:
             raise self._limiter.refusal_error(refusal, order.phone.masked)
 
     async def _call_yunpian(
-        self, order: SendOrder, text: str, taken: _Taken, time_remaining: float | None
+        self,
+        order: SendOrder,
+        text: str,
+        code: str,
+        taken: _Taken,
+        time_remaining: float | None,
     ) -> Outcome:
         """The one call to YunPian: its answer, or the error it failed with."""
         try:
             result = await self._yunpian.single_send(
                 order.phone.yunpian_mobile,
                 text,
+                code=code,
                 subject=order.phone.masked,
                 time_remaining=time_remaining,
                 attempt=taken.attempt,
@@ -485,12 +494,15 @@ class SendProtocol:
             self._local.put(key, fingerprint, record, now)
         keep_s = self._reports.keep_s if self._reports else 0.0
         try:
-            await self._store.complete(
+            taken_in = await self._store.complete(
                 key, fingerprint, record, self._record_ttl_s, message, keep_s
             )
         except StoreUnavailableError as error:
             self._local.put(key, fingerprint, record, now)
             self._store_failed("record", error)
+            return
+        if taken_in is not None and self._reports is not None:
+            self._reports.on_taken_in(taken_in)
 
     def _message(self, caller: str, outcome: Outcome) -> SentMessage | None:
         """The message an accepted send keeps for its delivery report (if reports are kept)."""
@@ -501,9 +513,12 @@ class SendProtocol:
     async def _record_message(self, message: SentMessage) -> None:
         assert self._reports is not None
         try:
-            await self._store.record_message(message, self._reports.keep_s)
+            taken_in = await self._store.record_message(message, self._reports.keep_s)
         except StoreUnavailableError as error:
             self._store_failed("record_message", error)
+            return
+        if taken_in is not None:
+            self._reports.on_taken_in(taken_in)
 
     def _excuse(self, taken: _Taken, error: StoreUnavailableError, operation: str) -> None:
         """Lets a store failure pass under "allow"; raises STORE_UNAVAILABLE under "deny"."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from google.protobuf import timestamp_pb2
 
@@ -57,6 +57,8 @@ _VERIFICATION_STATUSES: Final[Mapping[VerificationStatus, pb.VerificationStatus]
 # account template cheap.
 MAX_TEMPLATE_CONTENT_LENGTH: Final = 2000
 _REQUEST_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+_Value = TypeVar("_Value")
+_Checked = TypeVar("_Checked")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,41 @@ def check_request_id(request_id: str) -> None:
             "request_id",
             f"The request_id must be at most {MAX_REQUEST_ID_LENGTH} printable ASCII characters.",
         )
+
+
+class FieldChecks:
+    """A request's independent fields, each checked whatever became of the others: the valid
+    ones can be recorded (the `rpc` event names the phone and usage type of a request whose
+    code was refused), then the first failure, in the order checked, is raised. Checked in the
+    proto's field order, a request is refused for the same field as when checks stopped at the
+    first failure."""
+
+    __slots__ = ("failures",)
+
+    def __init__(self) -> None:
+        self.failures: list[ServiceError] = []
+
+    def value(self, check: Callable[[_Value], _Checked], field: _Value) -> _Checked | None:
+        """What `check` makes of the field; None (the failure kept) when it refuses it."""
+        try:
+            return check(field)
+        except ServiceError as error:
+            self.failures.append(error)
+            return None
+
+    def passes(self, check: Callable[[_Value], object], field: _Value) -> bool:
+        """Whether `check` accepts the field (the failure kept when it does not)."""
+        try:
+            check(field)
+        except ServiceError as error:
+            self.failures.append(error)
+            return False
+        return True
+
+    @property
+    def first(self) -> ServiceError:
+        """The first failure (there must be one)."""
+        return self.failures[0]
 
 
 class SmsServicer:
@@ -149,12 +186,14 @@ class SmsServicer:
 
     async def SendCode(self, request: pb.SendCodeRequest, call: RpcCall) -> pb.SendCodeResponse:
         record = call.record
-        phone = parse_phone(request.phone_number)
-        record.phone, record.international = phone.masked, phone.international
-        check_code(request.code)
-        usage_type = record.usage_type = check_usage_type(request.usage_type)
-        check_request_id(request.request_id)
-        record.idempotency_key = request.request_id or None
+        fields = FieldChecks()
+        phone = fields.value(parse_phone, request.phone_number)
+        fields.passes(check_code, request.code)
+        usage_type = fields.value(check_usage_type, request.usage_type)
+        request_id_valid = fields.passes(check_request_id, request.request_id)
+        _record_fields(record, phone, usage_type, request.request_id if request_id_valid else "")
+        if phone is None or usage_type is None or fields.failures:
+            raise fields.first
         require_usage_type(call.caller, usage_type)
         self._check_international(phone)
         template = self._template(usage_type, phone)
@@ -185,13 +224,15 @@ class SmsServicer:
     async def StartVerification(
         self, request: pb.StartVerificationRequest, call: RpcCall
     ) -> pb.Verification:
-        verifications = self._enabled()
         record = call.record
-        phone = parse_phone(request.phone_number)
-        record.phone, record.international = phone.masked, phone.international
-        usage_type = record.usage_type = check_usage_type(request.usage_type)
-        check_request_id(request.request_id)
-        record.idempotency_key = request.request_id or None
+        fields = FieldChecks()
+        phone = fields.value(parse_phone, request.phone_number)
+        usage_type = fields.value(check_usage_type, request.usage_type)
+        request_id_valid = fields.passes(check_request_id, request.request_id)
+        _record_fields(record, phone, usage_type, request.request_id if request_id_valid else "")
+        verifications = self._enabled()  # refused first, whatever the fields, as always
+        if phone is None or usage_type is None or fields.failures:
+            raise fields.first
         require_usage_type(call.caller, usage_type)
         self._check_international(phone)
         try:
@@ -226,10 +267,14 @@ class SmsServicer:
             check_verification_id(request.verification_id)
             verification_id = request.verification_id
         elif which == "phone_number":
-            phone = parse_phone(request.phone_number)
-            record.phone, record.international = phone.masked, phone.international
-            usage_type = record.usage_type = check_usage_type(request.usage_type)
-            check_typed_code(request.code, verifications.code_length)
+            fields = FieldChecks()
+            phone = fields.value(parse_phone, request.phone_number)
+            usage_type = fields.value(check_usage_type, request.usage_type)
+            _record_fields(record, phone, usage_type, "")
+            length = verifications.code_length
+            fields.passes(lambda code: check_typed_code(code, length), request.code)
+            if phone is None or usage_type is None or fields.failures:
+                raise fields.first
             try:
                 verification_id = await verifications.find(caller, phone, usage_type)
             except ServiceError:
@@ -338,6 +383,16 @@ class SmsServicer:
             time_remaining=call.time_remaining(),
         )
         return template_response(result)
+
+
+def _record_fields(
+    record: RpcRecord, phone: PhoneNumber | None, usage_type: str | None, request_id: str
+) -> None:
+    """Records what a send asked for, as far as it is valid (None or "": not); the phone masked."""
+    if phone is not None:
+        record.phone, record.international = phone.masked, phone.international
+    record.usage_type = usage_type
+    record.idempotency_key = request_id or None
 
 
 def _record_sent(record: RpcRecord, sent: pb.SendCodeResponse) -> None:

@@ -71,17 +71,10 @@ class CodeHasher:
         """The stored form of a code sent for a verification."""
         return self._digest(self._secrets[0], verification_id, code)
 
-    def matches(self, verification_id: str, code: str, hashes: Sequence[str]) -> bool:
-        """Whether `code` is one of the codes whose hashes are stored, under any secret.
-
-        Every candidate is compared with every hash, whatever matches first: constant time.
-        """
-        found = False
-        for secret in self._secrets:
-            candidate = self._digest(secret, verification_id, code).encode()
-            for stored in hashes:
-                found |= hmac.compare_digest(candidate, stored.encode())
-        return found
+    def candidates(self, verification_id: str, code: str) -> tuple[str, ...]:
+        """The stored forms `code` would have under each secret, current first: the store
+        compares them with the hashes of the codes sent."""
+        return tuple(self._digest(secret, verification_id, code) for secret in self._secrets)
 
     @staticmethod
     def _digest(secret: bytes, verification_id: str, code: str) -> str:

@@ -23,6 +23,7 @@ from yunpian_sms_server.config import VerifyConfig
 from yunpian_sms_server.errors import Reason, ServiceError, invalid_argument
 from yunpian_sms_server.phone import PhoneNumber
 from yunpian_sms_server.send_protocol import SendOrder, SendProtocol
+from yunpian_sms_server.shutdown import Shutdown
 from yunpian_sms_server.stores import CheckUse, CodeAdded, Store, store_required
 from yunpian_sms_server.templates import render
 from yunpian_sms_server.verification_codes import check_typed_code, new_code
@@ -74,6 +75,12 @@ class Checked:
     state: VerificationState
     approved: bool
     expired_now: bool = False  # this check found its time had passed
+
+
+def _log_unheard_failure(task: asyncio.Task[tuple[CheckUse, VerificationState | None]]) -> None:
+    """Logs a check the store failed after its call was cancelled: nobody else hears of it."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        _log.warning("verification_check_failed", error=type(error).__name__)
 
 
 def pending_key(caller: str, phone: PhoneNumber, usage_type: str) -> str:
@@ -132,12 +139,13 @@ class _StartStep:
         self.tag = ""  # the verification's id, once prepared
         self.state: VerificationState | None = None
 
-    async def prepare(self) -> str:
-        """A code for the pending verification, its hash kept before it leaves; the SMS text."""
+    async def prepare(self) -> tuple[str, str]:
+        """A code for the pending verification, its hash kept before it leaves; the SMS text
+        and the code."""
         with store_required("nothing was sent"):
             return await self._prepare()
 
-    async def _prepare(self) -> str:
+    async def _prepare(self) -> tuple[str, str]:
         config, keep_s = self._config, self._config.code_ttl_seconds
         for _ in range(_OPEN_ATTEMPTS):
             state = await self._store.open_verification(
@@ -158,7 +166,7 @@ class _StartStep:
                 )
             if added is CodeAdded.ADDED and after is not None:
                 self.tag, self.state, self._code_hash = after.verification_id, after, code_hash
-                return render(self._template, code)
+                return render(self._template, code), code
         raise ServiceError(
             Reason.VERIFICATION_NOT_FOUND,
             "The verification ended while a code was made for it; start again.",
@@ -174,13 +182,19 @@ class Verifications:
     """Starts, checks and cancels verifications in a store, sending through the send protocol."""
 
     def __init__(
-        self, store: Store, sending: SendProtocol, config: VerifyConfig, hasher: CodeHasher
+        self,
+        store: Store,
+        sending: SendProtocol,
+        config: VerifyConfig,
+        hasher: CodeHasher,
+        shutdown: Shutdown,
     ) -> None:
         self.store = store
         self._sending = sending
+        self._shutdown = shutdown
         self._config = config
         self._hasher = hasher
-        self._ending: set[asyncio.Task[tuple[VerificationState | None, bool]]] = set()
+        self._checking: set[asyncio.Task[tuple[CheckUse, VerificationState | None]]] = set()
 
     @property
     def code_length(self) -> int:
@@ -253,58 +267,48 @@ class Verifications:
         return found
 
     async def check(self, caller: str, verification_id: str, code: str) -> Checked:
-        """Uses one check and compares the code; approves (once) or counts a wrong guess."""
+        """Uses one check and compares the code, in one step of the store: approves (once) or
+        counts a wrong guess, the last ending the verification. A check begun is finished even
+        if its call is cancelled meanwhile (its client gave up): the store decides it whole."""
         check_typed_code(code, self._config.code_length)
+        candidates = self._hasher.candidates(verification_id, code)
+        task = asyncio.ensure_future(
+            self.store.use_verification_check(verification_id, caller, candidates, self._keep_s)
+        )
+        self._checking.add(task)
+        task.add_done_callback(self._checked)
         with store_required("the code was not checked"):
-            use, state = await self.store.use_verification_check(
-                verification_id, caller, self._keep_s
-            )
+            use, state = await self._decided(task)
         if use is CheckUse.UNKNOWN or state is None:
             raise not_found()
         if use is CheckUse.EXPIRED_NOW:
             return Checked(state, approved=False, expired_now=True)
-        if use is CheckUse.EXHAUSTED:
-            state.status = VerificationStatus.MAX_ATTEMPTS_REACHED
-            raise ended(state)
         if use is CheckUse.ENDED:
             raise ended(state)
-        if self._hasher.matches(verification_id, code, state.code_hashes):
-            # Only the check that ends it approves it: parallel checks of the right code (on any
-            # replicas) were all counted while it was pending, and all compare true.
-            with store_required("the right code was not approved (the check was used)"):
-                after, approved = await self.store.end_verification(
-                    verification_id, VerificationStatus.APPROVED, self._keep_s
-                )
-            if after is None:
-                raise not_found()  # forgotten meanwhile
-            if not approved:
-                raise ended(after)  # another check approved it, or it just ended
-            return Checked(after, approved=True)
-        if state.checks_remaining == 0:
-            with store_required("the wrong code was counted; its verification's end was not"):
-                after, _ = await self._end_whatever_happens(
-                    verification_id, VerificationStatus.MAX_ATTEMPTS_REACHED
-                )
-            return Checked(after or state, approved=False)
-        return Checked(state, approved=False)
+        return Checked(state, approved=use is CheckUse.APPROVED)
 
-    async def _end_whatever_happens(
-        self, verification_id: str, status: VerificationStatus
-    ) -> tuple[VerificationState | None, bool]:
-        """Ends the verification even if this call is cancelled meanwhile (its client gave up):
-        the check that used the last check must end it, or it would stay pending with none left
-        and its resends would send codes that can never be checked."""
-        task = asyncio.ensure_future(
-            self.store.end_verification(verification_id, status, self._keep_s)
-        )
-        self._ending.add(task)
-        task.add_done_callback(self._ended)
-        return await asyncio.shield(task)
+    async def _decided(
+        self, task: asyncio.Task[tuple[CheckUse, VerificationState | None]]
+    ) -> tuple[CheckUse, VerificationState | None]:
+        """What the store decided of a check, even if the call is cancelled meanwhile: its
+        client then hears nothing, unless a shutdown interrupted it (it hears the decision)."""
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if self._shutdown.absorb_interrupt():
+                return await task
+            task.add_done_callback(_log_unheard_failure)
+            raise
 
-    def _ended(self, task: asyncio.Task[tuple[VerificationState | None, bool]]) -> None:
-        self._ending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            _log.warning("verification_not_ended", error=str(task.exception()))
+    def _checked(self, task: asyncio.Task[tuple[CheckUse, VerificationState | None]]) -> None:
+        self._checking.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the call raises it, or _log_unheard_failure logs it
+
+    async def drain(self) -> None:
+        """Waits for the checks whose calls were cancelled to be decided."""
+        if self._checking:
+            await asyncio.gather(*self._checking, return_exceptions=True)
 
     async def cancel(self, caller: str, verification_id: str) -> tuple[VerificationState, bool]:
         """Cancels the caller's pending verification; (its state, whether this call ended it)."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -33,6 +34,8 @@ SINGLE_SEND_PATH: Final = "/v2/sms/single_send.json"
 TEMPLATES_PATH: Final = "/v2/tpl/get.json"
 PULL_STATUS_PATH: Final = "/v2/sms/pull_status.json"
 # Time kept back from the caller's deadline so our answer reaches it before it gives up.
+# What stands in YunPian's words for a secret they repeat (the API key, the code sent).
+REDACTED: Final = "[redacted]"
 DEADLINE_MARGIN_S: Final = 0.1
 # Below this there is no point calling YunPian: we answer at once, having sent nothing.
 MIN_UPSTREAM_BUDGET_S: Final = 0.01
@@ -114,7 +117,27 @@ def _delivery_unknown(reason: Reason, message: str) -> ServiceError:
     return ServiceError(reason, message, metadata={"delivery": DELIVERY_UNKNOWN})
 
 
-def _parse_answer(status: int, body: bytes, subject: str) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Scrub:
+    """Makes YunPian's words fit for a caller and the logs (an answer may repeat the request):
+    the number sent to, whole, becomes `masked`; the API key and the code sent, in any case,
+    become REDACTED; then any other number-like run is masked."""
+
+    secrets: Sequence[str]
+    mobile: str = ""
+    masked: str = ""
+
+    def __call__(self, text: str) -> str:
+        if self.mobile:
+            text = text.replace(self.mobile, self.masked)
+        present = sorted({secret for secret in self.secrets if secret}, key=len, reverse=True)
+        if present:
+            pattern = "|".join(re.escape(secret) for secret in present)
+            text = re.sub(pattern, REDACTED, text, flags=re.IGNORECASE)
+        return mask_numbers_in_text(text)
+
+
+def _parse_answer(status: int, body: bytes, subject: str, scrub: _Scrub) -> Any:
     """Parses an answer; raises the ServiceError of a YunPian refusal or a malformed answer.
 
     A list (tpl/get.json's answer) is returned as it is: only objects carry a `code`.
@@ -143,11 +166,21 @@ def _parse_answer(status: int, body: bytes, subject: str) -> Any:
         detail = answer.get("detail")
         raise provider_error(
             code,
-            mask_numbers_in_text(msg if isinstance(msg, str) else ""),
-            mask_numbers_in_text(detail if isinstance(detail, str) else ""),
+            scrub(msg if isinstance(msg, str) else ""),
+            scrub(detail if isinstance(detail, str) else ""),
             subject,
         )
     return answer
+
+
+def answer_code(body: bytes) -> int | None:
+    """The `code` of an answer that is a JSON object with one (0: accepted); else None."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    code = answer.get("code") if isinstance(answer, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 class YunpianClient:
@@ -182,11 +215,13 @@ class YunpianClient:
         subject: str,
         time_remaining: float | None,
         attempt: SendAttempt | None = None,
+        code: str = "",
     ) -> Any:
         attempt = attempt or SendAttempt()
         marking = _current_attempt.set(attempt)
+        scrub = _Scrub((self._api_key, code), form.get("mobile", ""), subject)
         try:
-            return await self._post_attempts(path, form, subject, time_remaining, attempt)
+            return await self._post_attempts(path, form, subject, time_remaining, attempt, scrub)
         finally:
             _current_attempt.reset(marking)
 
@@ -197,6 +232,7 @@ class YunpianClient:
         subject: str,
         time_remaining: float | None,
         attempt: SendAttempt,
+        scrub: _Scrub,
     ) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.budget_s(time_remaining)
@@ -212,15 +248,7 @@ class YunpianClient:
                 )
             started = loop.time()
             try:
-                async with self._session.post(
-                    url,
-                    data=body,
-                    timeout=aiohttp.ClientTimeout(total=budget),
-                ) as response:
-                    answer = await response.read()
-                    if self._on_latency is not None:
-                        self._on_latency(path, loop.time() - started)
-                    return _parse_answer(response.status, answer, subject)
+                status, answer = await self._exchange(path, url, body, budget, tries)
             except _TRANSPORT_ERRORS as error:
                 if attempt.connected:
                     raise self._lost(error) from None
@@ -230,8 +258,23 @@ class YunpianClient:
                         "YunPian could not be reached; nothing was sent.",
                         metadata={"error": type(error).__name__},
                     ) from None
+            else:
+                if self._on_latency is not None:
+                    self._on_latency(path, loop.time() - started)
+                return _parse_answer(status, answer, subject, scrub)
             await asyncio.sleep(min(CONNECT_RETRY_BACKOFF_S * tries, deadline - loop.time()))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(
+        self, path: str, url: str, body: bytes, budget_s: float, tries: int
+    ) -> tuple[int, bytes]:
+        """One POST of `body` to `url` (YunPian's `path`), the call's try number `tries`,
+        within `budget_s`: the HTTP status and the body of the answer. (traced_adapters makes
+        a span of it.)"""
+        async with self._session.post(
+            url, data=body, timeout=aiohttp.ClientTimeout(total=budget_s)
+        ) as response:
+            return response.status, await response.read()
 
     @staticmethod
     def _lost(error: BaseException) -> ServiceError:
@@ -254,11 +297,13 @@ class YunpianClient:
         time_remaining: float | None,
         attempt: SendAttempt | None = None,
         callback_url: str = "",
+        code: str = "",
     ) -> SendResult:
         """Sends one SMS; `subject` is the masked number, `time_remaining` the RPC's.
 
         `attempt` is marked connected once the request may have left. With `callback_url`,
-        YunPian pushes the message's delivery report there.
+        YunPian pushes the message's delivery report there. `code`, the code in `text`, never
+        appears in an error, whatever YunPian answers.
         """
         form = {"mobile": mobile, "text": text}
         if callback_url:
@@ -269,6 +314,7 @@ class YunpianClient:
             subject=subject,
             time_remaining=time_remaining,
             attempt=attempt,
+            code=code,
         )
         try:
             sid, count, fee = answer["sid"], answer["count"], answer["fee"]  # a list: TypeError

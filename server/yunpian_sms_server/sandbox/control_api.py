@@ -42,8 +42,9 @@ class ControlApi:
       "malformed", "body": "not_json" | "wrong_shape"}`, `{"kind": "drop"}` (what each does:
       Fault). Optional keys: `"times": N` (default 1), `"path": "/v2/..."` (one of the API paths;
       default single_send), `"mobile": "..."` (only requests whose `mobile` form value
-      is exactly that), `"detail"` (an error fault's own detail text). Faults apply to POST
-      requests only; a request consumes at most one fault, the first pending one that matches.
+      is exactly that), `"detail"` (an error fault's own detail text; `{mobile}`, `{text}` and
+      `{apikey}` in it quote the request's). Faults apply to POST requests only; a request
+      consumes at most one fault, the first pending one that matches.
     * `POST /sandbox/templates` with `{"tpl_id", "tpl_content", "check_status", "reason",
       "country_code", "lang"}` adds or replaces a template; `GET /sandbox/templates` lists them.
     * `POST /sandbox/limits` with `{"enforce": true|false}` turns the per-number limits on or

@@ -86,8 +86,10 @@ class FakeYunpianApi:
             return ApiError(14, "请求体解码失败").response()
         mobile = _form_field(form, "mobile")
         fault = self._account.take_fault(path, mobile)
-        if fault is not None and (answer := await misbehave(request, fault, mobile)) is not None:
-            return answer
+        if fault is not None:
+            quoted = {name: value for name, value in form.items() if isinstance(value, str)}
+            if (answer := await misbehave(request, fault, quoted)) is not None:
+                return answer
         try:
             if not self._account.has_api_key(_form_field(form, "apikey") or ""):
                 raise ApiError(-1)

@@ -188,16 +188,23 @@ class PendingFaults:
         self._faults.clear()
 
 
-async def misbehave(request: web.Request, fault: Fault, mobile: str | None) -> web.Response | None:
+async def misbehave(
+    request: web.Request, fault: Fault, form: Mapping[str, str]
+) -> web.Response | None:
     """Shows a fault to a request: its answer, or None once a delay is over (handle it normally).
 
-    `mobile` is the request's mobile form value, for the detail of an error fault.
+    `form` is the request's text form values. An error fault's own detail may quote them, as an
+    answer that repeats the request would: `{mobile}`, `{text}` and `{apikey}` are replaced.
     """
     if fault.kind == "delay":
         await asyncio.sleep(cast(float, fault.seconds))
         return None
     if fault.kind == "error":
-        return ApiError(cast(int, fault.code), fault.detail, mobile=mobile or "").response()
+        detail = fault.detail
+        if detail is not None:
+            for name in ("mobile", "text", "apikey"):
+                detail = detail.replace("{" + name + "}", form.get(name, ""))
+        return ApiError(cast(int, fault.code), detail, mobile=form.get("mobile", "")).response()
     if fault.kind == "http_status":
         return _nginx_error_page(cast(int, fault.status))
     if fault.kind == "malformed":

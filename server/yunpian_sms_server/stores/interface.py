@@ -97,11 +97,11 @@ class CodeAdded(Enum):
 
 
 class CheckUse(Enum):
-    """What asking for a check of a verification came to."""
+    """What one check of a verification came to (decided in one atomic step)."""
 
-    COUNTED = "counted"  # one check used: compare the code with the hashes now
-    EXHAUSTED = "exhausted"  # no check left (others used them)
-    ENDED = "ended"  # the verification is no longer pending
+    APPROVED = "approved"  # the code was right: this check approved it (and ended it)
+    WRONG = "wrong"  # a wrong code used one check (the last check ends it, MAX_ATTEMPTS_REACHED)
+    ENDED = "ended"  # the verification is no longer pending: nothing used
     EXPIRED_NOW = "expired_now"  # its time had passed: this call ended it as expired
     UNKNOWN = "unknown"  # no such verification of this caller
 
@@ -147,13 +147,16 @@ class Store(Protocol):
         ttl_s: float,
         message: SentMessage | None = None,
         message_keep_s: float = 0.0,
-    ) -> None:
+    ) -> SentMessage | None:
         """Stores the outcome of a request_id for `ttl_s` seconds, whoever holds its claim (and,
-        in the same operation, the message sent, as `record_message` does)."""
+        in the same operation, the message sent, as `record_message` does: what that returns,
+        None without a message)."""
         ...
 
-    async def record_message(self, message: SentMessage, keep_s: float) -> None:
-        """Keeps a message sent, for its delivery report, `keep_s` seconds."""
+    async def record_message(self, message: SentMessage, keep_s: float) -> SentMessage | None:
+        """Keeps a message sent, for its delivery report, `keep_s` seconds (once: recording it
+        again changes nothing). A report of it that came first is taken in: the message as that
+        report says it ended is returned, else None."""
         ...
 
     async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:
@@ -207,11 +210,14 @@ class Store(Protocol):
         ...
 
     async def use_verification_check(
-        self, verification_id: str, caller: str, keep_s: float
+        self, verification_id: str, caller: str, code_hashes: Sequence[str], keep_s: float
     ) -> tuple[CheckUse, VerificationState | None]:
-        """Uses one check of the caller's pending verification (counted before any comparison);
-        ends it as expired if its time has passed. UNKNOWN (and None) for an unknown id or
-        another caller's verification: nothing is used."""
+        """Checks a code of the caller's pending verification in one step: uses one check, and
+        approves it if one of `code_hashes` (the typed code's hash under each secret) is a hash
+        of a code sent, or ends it as MAX_ATTEMPTS_REACHED if that was its last check. Of checks
+        racing, each is counted in turn and only the right one counted first approves. Ends it
+        as expired if its time has passed. UNKNOWN (and None) for an unknown id or another
+        caller's verification: nothing is used."""
         ...
 
     async def end_verification(

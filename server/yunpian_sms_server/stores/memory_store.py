@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import heapq
+import hmac
 import struct
 import time
 from collections.abc import Sequence
@@ -173,22 +174,22 @@ class MemoryStore:
         ttl_s: float,
         message: SentMessage | None = None,
         message_keep_s: float = 0.0,
-    ) -> None:
-        if message is not None:
-            self._messages.record(message, message_keep_s)
+    ) -> SentMessage | None:
+        taken_in = None if message is None else self._messages.record(message, message_keep_s)
         self._leases.pop(key, None)
         self._records.pop(key, None)  # stored again: to the end, in expiry order
         encoded = fingerprint.encode()
         head = _RECORD_HEAD.pack(self._now() + ttl_s, len(encoded))
         self._records[key] = head + encoded + record
+        return taken_in
 
     async def release_claim(self, key: str, holder: str) -> None:
         held = self._leases.get(key)
         if held is not None and held[2] == holder:
             del self._leases[key]
 
-    async def record_message(self, message: SentMessage, keep_s: float) -> None:
-        self._messages.record(message, keep_s)
+    async def record_message(self, message: SentMessage, keep_s: float) -> SentMessage | None:
+        return self._messages.record(message, keep_s)
 
     async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:
         return self._messages.save(reports)
@@ -231,9 +232,9 @@ class MemoryStore:
         return self._verifications.find_pending(pending_key)
 
     async def use_verification_check(
-        self, verification_id: str, caller: str, keep_s: float
+        self, verification_id: str, caller: str, code_hashes: Sequence[str], keep_s: float
     ) -> tuple[CheckUse, VerificationState | None]:
-        return self._verifications.use_check(verification_id, caller, keep_s)
+        return self._verifications.use_check(verification_id, caller, code_hashes, keep_s)
 
     async def end_verification(
         self, verification_id: str, status: VerificationStatus, keep_s: float
@@ -373,7 +374,7 @@ class _Verifications:
         return found
 
     def use_check(
-        self, verification_id: str, caller: str, keep_s: float
+        self, verification_id: str, caller: str, code_hashes: Sequence[str], keep_s: float
     ) -> tuple[CheckUse, VerificationState | None]:
         found = self._states.get(verification_id)
         if found is None or found.caller != caller:
@@ -385,10 +386,18 @@ class _Verifications:
             return CheckUse.EXPIRED_NOW, _copy(state)
         if state.status is not VerificationStatus.PENDING:
             return CheckUse.ENDED, _copy(state)
-        if state.checks_used >= state.max_checks:
-            return CheckUse.EXHAUSTED, _copy(state)
         state.checks_used += 1
-        return CheckUse.COUNTED, _copy(state)
+        # Every typed hash is compared with every stored one, whatever matches first.
+        right = False
+        for typed in code_hashes:
+            for stored in state.code_hashes:
+                right |= hmac.compare_digest(typed.encode(), stored.encode())
+        if right:
+            self._end(state, VerificationStatus.APPROVED, self._now() + keep_s)
+            return CheckUse.APPROVED, _copy(state)
+        if state.checks_used >= state.max_checks:
+            self._end(state, VerificationStatus.MAX_ATTEMPTS_REACHED, self._now() + keep_s)
+        return CheckUse.WRONG, _copy(state)
 
     def end(
         self, verification_id: str, status: VerificationStatus, keep_s: float
@@ -418,22 +427,36 @@ class _Messages:
     def __init__(self) -> None:
         self._messages: dict[str, SentMessage] = {}
         self._early: dict[str, DeliveryReport] = {}
-        # (when, message id, whether it is an early report), a heap.
+        # When each entry (message id, whether it is an early report) is forgotten, and the
+        # same as a heap of (when, message id, early): an entry popped whose time is not its
+        # own any more was stored again since.
+        self._until: dict[tuple[str, bool], float] = {}
         self._forgetting: list[tuple[float, str, bool]] = []
 
     def _forget_gone(self, now: float) -> None:
         while self._forgetting and self._forgetting[0][0] <= now:
-            _, message_id, early = heapq.heappop(self._forgetting)
-            (self._early if early else self._messages).pop(message_id, None)
+            when, message_id, early = heapq.heappop(self._forgetting)
+            if self._until.get((message_id, early)) == when:
+                del self._until[message_id, early]
+                (self._early if early else self._messages).pop(message_id, None)
 
-    def record(self, message: SentMessage, keep_s: float) -> None:
+    def _keep(self, message_id: str, early: bool, until: float) -> None:
+        self._until[message_id, early] = until
+        heapq.heappush(self._forgetting, (until, message_id, early))
+
+    def record(self, message: SentMessage, keep_s: float) -> SentMessage | None:
         now = time.time()
         self._forget_gone(now)
+        if message.message_id in self._messages:
+            return None  # recorded already (a settle can run twice)
         kept = self._messages[message.message_id] = dataclasses.replace(message)
-        heapq.heappush(self._forgetting, (now + keep_s, message.message_id, False))
+        self._keep(message.message_id, False, now + keep_s)
         report = self._early.pop(message.message_id, None)
-        if report is not None:
-            _apply(kept, report)
+        if report is None:
+            return None
+        self._until.pop((message.message_id, True), None)
+        _apply(kept, report)
+        return dataclasses.replace(kept)
 
     def save(self, reports: Sequence[DeliveryReport]) -> SavedReports:
         now = time.time()
@@ -444,11 +467,9 @@ class _Messages:
             message = self._messages.get(report.message_id)
             if message is None:
                 unknown += 1
-                if len(self._early) < MAX_EARLY_REPORTS:
-                    self._early[report.message_id] = report
-                    heapq.heappush(
-                        self._forgetting, (now + EARLY_REPORT_S, report.message_id, True)
-                    )
+                if report.message_id not in self._early and len(self._early) < MAX_EARLY_REPORTS:
+                    self._early[report.message_id] = report  # the first report waits
+                    self._keep(report.message_id, True, now + EARLY_REPORT_S)
             elif message.state is not DeliveryState.PENDING:
                 duplicates += 1
             else:

@@ -4,6 +4,7 @@ one round trip, atomic across replicas."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -121,31 +122,33 @@ EARLY_REPORT_PREFIX: Final = KEY_PREFIX + "msg-early:"
 LEASE_PREFIX: Final = KEY_PREFIX + "lease:"
 _MESSAGE_PRELUDE: Final = """
 -- Records a message sent (KEYS: the message, its early report), taking in a report that came
--- first.
+-- first: returns that report's fields (state, code, detail, received_ms), else false. Recording
+-- a message again changes nothing (a settle can run twice).
 local function record_message(message, early, caller, sent_ms, keep_ms)
+  if redis.call('EXISTS', message) == 1 then return false end
   redis.call('HSET', message, 'caller', caller, 'sent_ms', sent_ms, 'state', 'PENDING')
   redis.call('PEXPIRE', message, tonumber(keep_ms))
   local report = redis.call('HMGET', early, 'state', 'code', 'detail', 'received_ms')
-  if report[1] then
-    redis.call('HSET', message, 'state', report[1], 'code', report[2], 'detail', report[3],
-      'received_ms', report[4])
-    redis.call('DEL', early)
-  end
+  if not report[1] then return false end
+  redis.call('HSET', message, 'state', report[1], 'code', report[2], 'detail', report[3],
+    'received_ms', report[4])
+  redis.call('DEL', early)
+  return report
 end
 """
 
 # KEYS: the request_id's record, then (optionally) the message and its early report. ARGV:
 # fingerprint, record, ttl_ms, then (optionally) caller, sent_ms, keep_ms. Whoever holds the
 # claim: an outcome that may have sent an SMS is kept, always; and the message sent, for its
-# report.
+# report. Returns what record_message returns (false without a message).
 _COMPLETE: Final = (
     _MESSAGE_PRELUDE
     + """
 redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'record', ARGV[2])
 redis.call('HDEL', KEYS[1], 'holder')
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-if KEYS[2] then record_message(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6]) end
-return 0
+if KEYS[2] then return record_message(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6]) end
+return false
 """
 )
 
@@ -153,14 +156,13 @@ return 0
 _RECORD_MESSAGE: Final = (
     _MESSAGE_PRELUDE
     + """
-record_message(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
-return 0
+return record_message(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 """
 )
 
 # KEYS: per report, its message and its early report. ARGV: early_ms, then per report (state,
 # code, detail, received_ms or ''). Returns per report: 'early' (its message is not recorded:
-# the report waits for it), 'duplicate', or {caller, sent_ms} of a message saved now.
+# the first such report waits for it), 'duplicate', or {caller, sent_ms} of a message saved now.
 _SAVE_REPORTS: Final = """
 local answers = {}
 for i = 1, #KEYS / 2 do
@@ -168,9 +170,11 @@ for i = 1, #KEYS / 2 do
   local r = redis.call('HMGET', message, 'state', 'caller', 'sent_ms')
   local base = 1 + 4 * (i - 1)
   if not r[1] then
-    redis.call('HSET', early, 'state', ARGV[base + 1], 'code', ARGV[base + 2],
-      'detail', ARGV[base + 3], 'received_ms', ARGV[base + 4])
-    redis.call('PEXPIRE', early, tonumber(ARGV[1]))
+    if redis.call('EXISTS', early) == 0 then
+      redis.call('HSET', early, 'state', ARGV[base + 1], 'code', ARGV[base + 2],
+        'detail', ARGV[base + 3], 'received_ms', ARGV[base + 4])
+      redis.call('PEXPIRE', early, tonumber(ARGV[1]))
+    end
     answers[i] = 'early'
   elseif r[1] ~= 'PENDING' then
     answers[i] = 'duplicate'
@@ -294,19 +298,34 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'message_
 return 0
 """
 
-# KEYS[1]: the verification. ARGV: id, keep_ms, caller. Returns {'counted' | 'exhausted' |
-# 'ended' | 'expired_now', fields} or {'unknown'} (unknown, or another caller's: nothing used).
+# KEYS[1]: the verification. ARGV: id, keep_ms, caller, then the typed code's hashes. Returns
+# {'approved' | 'wrong' | 'ended' | 'expired_now', fields} or {'unknown'} (unknown, or another
+# caller's: nothing used). One check used and decided in one step: a right code approves, the
+# last wrong one ends it. The hashes are HMACs under a secret the store never sees, and Lua 5.1
+# interns every string, so `==` compares them in constant time.
 _USE_VERIFICATION_CHECK: Final = (
     _VERIFICATION_PRELUDE
     + """
 if redis.call('HGET', KEYS[1], 'caller') ~= ARGV[3] then return {'unknown'} end
-local fields, status, expired_now = live(KEYS[1], ARGV[1], tonumber(ARGV[2]), now_ms())
+local now = now_ms()
+local fields, status, expired_now = live(KEYS[1], ARGV[1], tonumber(ARGV[2]), now)
 if expired_now then return {'expired_now', fields} end
 if status ~= 'PENDING' then return {'ended', fields} end
-local r = redis.call('HMGET', KEYS[1], 'checks', 'max_checks')
-if tonumber(r[1]) >= tonumber(r[2]) then return {'exhausted', fields} end
-redis.call('HINCRBY', KEYS[1], 'checks', 1)
-return {'counted', redis.call('HGETALL', KEYS[1])}
+local r = redis.call('HMGET', KEYS[1], 'checks', 'max_checks', 'hashes')
+local used = tonumber(r[1]) + 1
+redis.call('HSET', KEYS[1], 'checks', used)
+local right = false
+for stored in string.gmatch(r[3], '[^,]+') do
+  for i = 4, #ARGV do
+    if stored == ARGV[i] then right = true end
+  end
+end
+local keep_until = now + tonumber(ARGV[2])
+if right then return {'approved', end_as(KEYS[1], ARGV[1], 'APPROVED', keep_until)} end
+if used >= tonumber(r[2]) then
+  return {'wrong', end_as(KEYS[1], ARGV[1], 'MAX_ATTEMPTS_REACHED', keep_until)}
+end
+return {'wrong', redis.call('HGETALL', KEYS[1])}
 """
 )
 
@@ -352,6 +371,21 @@ def _verification_state(verification_id: str, flat: list[bytes]) -> Verification
         max_checks=int(fields["max_checks"]),
         message_id=fields.get("message_id", ""),
         code_hashes=tuple(hashes.split(",")) if hashes else (),
+    )
+
+
+def _with_report(message: SentMessage, report: list[bytes] | None) -> SentMessage | None:
+    """The message as the report that waited for it says it ended (the fields record_message
+    returns), or None when no report was waiting."""
+    if not report:
+        return None
+    received = _text(report[3])
+    return dataclasses.replace(
+        message,
+        state=DeliveryState(_text(report[0])),
+        carrier_code=_text(report[1]),
+        carrier_detail=_text(report[2]),
+        received_at=int(received) / 1000 if received else None,
     )
 
 
@@ -475,20 +509,22 @@ class RedisStore:
         ttl_s: float,
         message: SentMessage | None = None,
         message_keep_s: float = 0.0,
-    ) -> None:
+    ) -> SentMessage | None:
         keys = [KEY_PREFIX + "idem:" + key]
         args: list[str | int | float | bytes] = [fingerprint, record, _ms(ttl_s)]
         if message is not None:
             keys += _message_keys(message.message_id)
             args += [message.caller, _ms(message.sent_at), _ms(message_keep_s)]
-        await self._run(self._complete, keys, args)
+        taken_in = await self._run(self._complete, keys, args)
+        return None if message is None else _with_report(message, taken_in)
 
-    async def record_message(self, message: SentMessage, keep_s: float) -> None:
-        await self._run(
+    async def record_message(self, message: SentMessage, keep_s: float) -> SentMessage | None:
+        taken_in = await self._run(
             self._record_message,
             _message_keys(message.message_id),
             [message.caller, _ms(message.sent_at), _ms(keep_s)],
         )
+        return _with_report(message, taken_in)
 
     async def save_reports(self, reports: Sequence[DeliveryReport], keep_s: float) -> SavedReports:
         if not reports:
@@ -610,10 +646,10 @@ class RedisStore:
         return None if found is None else found.decode() if isinstance(found, bytes) else found
 
     async def use_verification_check(
-        self, verification_id: str, caller: str, keep_s: float
+        self, verification_id: str, caller: str, code_hashes: Sequence[str], keep_s: float
     ) -> tuple[CheckUse, VerificationState | None]:
         keys = [VERIFICATION_PREFIX + verification_id]
-        args: list[str | int | float] = [verification_id, _ms(keep_s), caller]
+        args: list[str | int | float] = [verification_id, _ms(keep_s), caller, *code_hashes]
         answer = await self._run(self._use_verification_check, keys, args)
         if answer[0] == b"unknown":
             return CheckUse.UNKNOWN, None

@@ -15,7 +15,7 @@ PROTO_RELEASE := $(lastword $(sort $(wildcard releases/proto/v*.binpb)))
 # Root installs system packages directly; anyone else through sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test install lint typecheck buf pytest redis-server generate release-proto bench clean
+.PHONY: run test install lint typecheck buf pytest redis-server go-toolchain generate release-proto bench clean
 
 run: install
 	$(BIN)/yunpian-sms serve --sandbox --listen $(LISTEN) --sandbox-listen $(SANDBOX_LISTEN)
@@ -54,7 +54,7 @@ release-proto: node_modules/.deps
 	test -n "$(VERSION)"
 	cd protos && ../node_modules/.bin/buf build -o ../releases/proto/$(VERSION).binpb
 
-pytest: install redis-server
+pytest: install redis-server go-toolchain
 	$(BIN)/pytest
 
 # The tests start their own redis-server on a loopback port: install Debian's when it is missing.
@@ -62,6 +62,18 @@ redis-server:
 	@command -v redis-server >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+# tests/test_readme.py compiles and runs the README's Go example: Debian's Go, protoc with its
+# Go plugins, and grpc-go with what it needs (protobuf 1.5, which reads the plugin's APIv2 code).
+GO_PACKAGES := golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc \
+  golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev golang-google-protobuf-dev \
+  golang-google-genproto-dev
+
+go-toolchain:
+	@dpkg -s $(GO_PACKAGES) >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    $(GO_PACKAGES) >/dev/null; }
 
 # The benchmark of bench/README.md: a few minutes; prints its figures as JSON.
 bench: install

@@ -3,13 +3,14 @@ one round trip, atomic across replicas."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import functools
+import hashlib
 from collections.abc import Sequence
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from yunpian_sms_server.delivery_state import (
     EARLY_REPORT_S,
@@ -30,11 +31,8 @@ from yunpian_sms_server.stores.interface import (
     SavedReports,
     StoreUnavailableError,
 )
+from yunpian_sms_server.stores.redis_pipe import Arg, RedisPipe
 from yunpian_sms_server.verification_state import VerificationState, VerificationStatus
-
-# Redis operations that take longer than this count as a store failure.
-REDIS_TIMEOUT_S: Final = 1.0
-
 
 # Counting a send in its rate-limit windows, and claiming a request_id, as Lua functions: the
 # scripts below run them alone or (a SendCode with a request_id) together, in one round trip.
@@ -389,6 +387,12 @@ def _with_report(message: SentMessage, report: list[bytes] | None) -> SentMessag
     )
 
 
+@functools.cache
+def _sha1(script: str) -> str:
+    """The name Redis knows a script by (EVALSHA)."""
+    return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis's name, not security
+
+
 def _message_keys(message_id: str) -> list[str]:
     """The keys of a message sent and of a report of it that came early."""
     return [MESSAGE_PREFIX + message_id, EARLY_REPORT_PREFIX + message_id]
@@ -411,35 +415,12 @@ def _window_key(window: Window) -> str:
 class RedisStore:
     """The store shared by every replica, in one Redis server; each operation is one round trip.
 
-    redis-py's pool refuses a command when all its connections are busy; a semaphore of the same
-    size in front of it makes such a command wait for a connection instead.
+    The operations of every call are pipelined on one connection (RedisPipe), at most
+    `max_connections` of them awaiting their replies; more wait their turn.
     """
 
     def __init__(self, url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=REDIS_TIMEOUT_S,
-            socket_connect_timeout=REDIS_TIMEOUT_S,
-            max_connections=max_connections,
-        )
-        self._turns = asyncio.Semaphore(max_connections)
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._claim = self._redis.register_script(_CLAIM)
-        self._claim_and_acquire = self._redis.register_script(_CLAIM_AND_ACQUIRE)
-        self._release = self._redis.register_script(_RELEASE)
-        self._complete = self._redis.register_script(_COMPLETE)
-        self._record_message = self._redis.register_script(_RECORD_MESSAGE)
-        self._save_reports = self._redis.register_script(_SAVE_REPORTS)
-        self._take_lease = self._redis.register_script(_TAKE_LEASE)
-        self._give_up_lease = self._redis.register_script(_GIVE_UP_LEASE)
-        self._release_claim = self._redis.register_script(_RELEASE_CLAIM)
-        self._open_verification = self._redis.register_script(_OPEN_VERIFICATION)
-        self._add_verification_code = self._redis.register_script(_ADD_VERIFICATION_CODE)
-        self._withdraw_verification_code = self._redis.register_script(_WITHDRAW_VERIFICATION_CODE)
-        self._note_verification_message = self._redis.register_script(_NOTE_VERIFICATION_MESSAGE)
-        self._use_verification_check = self._redis.register_script(_USE_VERIFICATION_CHECK)
-        self._end_verification = self._redis.register_script(_END_VERIFICATION)
-        self._get_verification = self._redis.register_script(_GET_VERIFICATION)
+        self._pipe = RedisPipe(url, max_connections)
 
     async def acquire(self, windows: Sequence[Window], token: str) -> Refusal | None:
         if not windows:
@@ -447,13 +428,7 @@ class RedisStore:
         args: list[str | int] = [token]
         for window in windows:
             args += [window.limit.count, int(window.limit.period_s * 1000)]
-        try:
-            async with self._turns:
-                answer = await self._acquire(
-                    keys=[_window_key(window) for window in windows], args=args
-                )
-        except (TimeoutError, RedisError, OSError) as error:
-            raise StoreUnavailableError(type(error).__name__) from None
+        answer = await self._run(_ACQUIRE, [_window_key(window) for window in windows], args)
         if not answer:
             return None
         index, wait_ms = int(answer[0]), int(answer[1])
@@ -462,19 +437,16 @@ class RedisStore:
     async def release(self, windows: Sequence[Window], token: str) -> None:
         if windows:
             keys = [_window_key(window) for window in windows]
-            await self._run(self._release, keys, [token])
+            await self._run(_RELEASE, keys, [token])
 
     async def claim(
         self, key: str, fingerprints: Sequence[str], holder: str, lease_s: float
     ) -> Claim:
-        try:
-            async with self._turns:
-                answer = await self._claim(
-                    keys=[KEY_PREFIX + "idem:" + key],
-                    args=[holder, max(1, int(lease_s * 1000)), *fingerprints],
-                )
-        except (TimeoutError, RedisError, OSError) as error:
-            raise StoreUnavailableError(type(error).__name__) from None
+        answer = await self._run(
+            _CLAIM,
+            [KEY_PREFIX + "idem:" + key],
+            [holder, max(1, int(lease_s * 1000)), *fingerprints],
+        )
         state = ClaimState(answer[0].decode())
         return Claim(state, answer[1] if state is ClaimState.DONE else b"")
 
@@ -490,11 +462,7 @@ class RedisStore:
         for window in windows:
             args += [window.limit.count, int(window.limit.period_s * 1000)]
         keys = [KEY_PREFIX + "idem:" + key, *(_window_key(window) for window in windows)]
-        try:
-            async with self._turns:
-                answer = await self._claim_and_acquire(keys=keys, args=args)
-        except (TimeoutError, RedisError, OSError) as error:
-            raise StoreUnavailableError(type(error).__name__) from None
+        answer = await self._run(_CLAIM_AND_ACQUIRE, keys, args)
         if answer[0] == b"refused":
             index, wait_ms = int(answer[1]), int(answer[2])
             return ClaimCounted(Claim(ClaimState.NEW), Refusal(windows[index - 1], wait_ms / 1000))
@@ -515,12 +483,12 @@ class RedisStore:
         if message is not None:
             keys += _message_keys(message.message_id)
             args += [message.caller, _ms(message.sent_at), _ms(message_keep_s)]
-        taken_in = await self._run(self._complete, keys, args)
+        taken_in = await self._run(_COMPLETE, keys, args)
         return None if message is None else _with_report(message, taken_in)
 
     async def record_message(self, message: SentMessage, keep_s: float) -> SentMessage | None:
         taken_in = await self._run(
-            self._record_message,
+            _RECORD_MESSAGE,
             _message_keys(message.message_id),
             [message.caller, _ms(message.sent_at), _ms(keep_s)],
         )
@@ -534,7 +502,7 @@ class RedisStore:
             received = "" if report.received_at is None else str(_ms(report.received_at))
             args += [report.state.value, report.carrier_code, report.carrier_detail, received]
         keys = [key for report in reports for key in _message_keys(report.message_id)]
-        answers = await self._run(self._save_reports, keys, args)
+        answers = await self._run(_SAVE_REPORTS, keys, args)
         saved, duplicates, unknown = [], 0, 0
         for report, answer in zip(reports, answers, strict=True):
             if answer == b"early":
@@ -557,11 +525,7 @@ class RedisStore:
         return SavedReports(tuple(saved), duplicates, unknown)
 
     async def get_message(self, message_id: str) -> SentMessage | None:
-        try:
-            async with self._turns:
-                fields = await self._redis.hgetall(MESSAGE_PREFIX + message_id)
-        except (TimeoutError, RedisError, OSError) as error:
-            raise StoreUnavailableError(type(error).__name__) from None
+        fields = await self._command("HGETALL", MESSAGE_PREFIX + message_id)  # RESP3: a map
         if not fields:
             return None
         text = {_text(key): _text(value) for key, value in fields.items()}
@@ -577,26 +541,33 @@ class RedisStore:
         )
 
     async def take_lease(self, name: str, holder: str, lease_s: float) -> bool:
-        taken = await self._run(self._take_lease, [LEASE_PREFIX + name], [holder, _ms(lease_s)])
+        taken = await self._run(_TAKE_LEASE, [LEASE_PREFIX + name], [holder, _ms(lease_s)])
         return bool(taken)
 
     async def give_up_lease(self, name: str, holder: str) -> None:
-        await self._run(self._give_up_lease, [LEASE_PREFIX + name], [holder])
+        await self._run(_GIVE_UP_LEASE, [LEASE_PREFIX + name], [holder])
 
     async def release_claim(self, key: str, holder: str) -> None:
+        await self._run(_RELEASE_CLAIM, [KEY_PREFIX + "idem:" + key], [holder])
+
+    async def _run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """Runs a script (by its SHA1 once Redis knows it); a failure is a StoreUnavailableError.
+
+        NOSCRIPT (a Redis restarted or flushed of its scripts) means it did not run: it runs
+        again with its text, which Redis then keeps.
+        """
         try:
-            async with self._turns:
-                await self._release_claim(keys=[KEY_PREFIX + "idem:" + key], args=[holder])
+            try:
+                return await self._pipe.execute("EVALSHA", _sha1(script), len(keys), *keys, *args)
+            except NoScriptError:
+                return await self._pipe.execute("EVAL", script, len(keys), *keys, *args)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
 
-    async def _run(
-        self, script: Any, keys: Sequence[str], args: Sequence[str | int | float | bytes]
-    ) -> Any:
-        """Runs a script in its turn; a Redis failure is a StoreUnavailableError."""
+    async def _command(self, *args: Arg) -> Any:
+        """Redis's reply to one command; a failure is a StoreUnavailableError."""
         try:
-            async with self._turns:
-                return await script(keys=keys, args=args)
+            return await self._pipe.execute(*args)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailableError(type(error).__name__) from None
 
@@ -617,7 +588,7 @@ class RedisStore:
             _ms(keep_s),
             VERIFICATION_PREFIX,
         ]
-        verification_id, flat = await self._run(self._open_verification, keys, args)
+        verification_id, flat = await self._run(_OPEN_VERIFICATION, keys, args)
         return _verification_state(verification_id.decode(), flat)
 
     async def add_verification_code(
@@ -625,24 +596,20 @@ class RedisStore:
     ) -> tuple[CodeAdded, VerificationState | None]:
         keys = [VERIFICATION_PREFIX + verification_id]
         args: list[str | int | float] = [verification_id, code_hash, max_sends, _ms(keep_s)]
-        answer = await self._run(self._add_verification_code, keys, args)
+        answer = await self._run(_ADD_VERIFICATION_CODE, keys, args)
         state = _verification_state(verification_id, answer[1]) if answer[1:] else None
         return CodeAdded(answer[0].decode()), state
 
     async def withdraw_verification_code(self, verification_id: str, code_hash: str) -> None:
         keys = [VERIFICATION_PREFIX + verification_id]
-        await self._run(self._withdraw_verification_code, keys, [code_hash])
+        await self._run(_WITHDRAW_VERIFICATION_CODE, keys, [code_hash])
 
     async def note_verification_message(self, verification_id: str, message_id: str) -> None:
         keys = [VERIFICATION_PREFIX + verification_id]
-        await self._run(self._note_verification_message, keys, [message_id])
+        await self._run(_NOTE_VERIFICATION_MESSAGE, keys, [message_id])
 
     async def find_pending_verification(self, pending_key: str) -> str | None:
-        try:
-            async with self._turns:
-                found = await self._redis.get(PENDING_VERIFICATION_PREFIX + pending_key)
-        except (TimeoutError, RedisError, OSError) as error:
-            raise StoreUnavailableError(type(error).__name__) from None
+        found = await self._command("GET", PENDING_VERIFICATION_PREFIX + pending_key)
         return None if found is None else found.decode() if isinstance(found, bytes) else found
 
     async def use_verification_check(
@@ -650,7 +617,7 @@ class RedisStore:
     ) -> tuple[CheckUse, VerificationState | None]:
         keys = [VERIFICATION_PREFIX + verification_id]
         args: list[str | int | float] = [verification_id, _ms(keep_s), caller, *code_hashes]
-        answer = await self._run(self._use_verification_check, keys, args)
+        answer = await self._run(_USE_VERIFICATION_CHECK, keys, args)
         if answer[0] == b"unknown":
             return CheckUse.UNKNOWN, None
         return CheckUse(answer[0].decode()), _verification_state(verification_id, answer[1])
@@ -660,7 +627,7 @@ class RedisStore:
     ) -> tuple[VerificationState | None, bool]:
         keys = [VERIFICATION_PREFIX + verification_id]
         args: list[str | int | float] = [verification_id, status.value, _ms(keep_s)]
-        answer = await self._run(self._end_verification, keys, args)
+        answer = await self._run(_END_VERIFICATION, keys, args)
         if not answer:
             return None, False
         return _verification_state(verification_id, answer[1]), answer[0] == b"ended"
@@ -669,18 +636,14 @@ class RedisStore:
         self, verification_id: str, keep_s: float
     ) -> VerificationState | None:
         keys = [VERIFICATION_PREFIX + verification_id]
-        flat = await self._run(self._get_verification, keys, [verification_id, _ms(keep_s)])
+        flat = await self._run(_GET_VERIFICATION, keys, [verification_id, _ms(keep_s)])
         return _verification_state(verification_id, flat) if flat else None
 
     async def ping(self) -> None:
-        try:
-            async with self._turns:
-                await self._redis.ping()
-        except (TimeoutError, RedisError, OSError) as error:
-            raise StoreUnavailableError(type(error).__name__) from None
+        await self._command("PING")
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._pipe.close()
 
 
 def url_problem(url: str) -> str | None:

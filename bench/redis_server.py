@@ -3,11 +3,11 @@ of the work the real server gives it: requests (round trips) and commands, per c
 
 Redis's `INFO commandstats` counts every command it runs, including those a Lua script runs
 (`redis.call`) and those a MULTI ... EXEC transaction queues: an EVALSHA whose script makes four
-calls shows as one `evalsha` and four more commands. So the round trips, the requests the server
-sent and waited for, are read from `INFO stats`' `total_reads_processed`: one read of a client's
-socket per request, whatever the request is (one command, a script, a whole pipeline or
-transaction), since a redis-py connection sends its next request only once the previous one is
-answered. commandstats then tells what those requests were.
+calls shows as one `evalsha` and four more commands. Every store operation of a send is one
+script, so the round trips of a call, the requests it sent and waited for one after the other,
+are its scripts (and transactions, if any). The server pipelines the requests of concurrent
+calls on one connection, so Redis reads many requests at once: `INFO stats`'
+`total_reads_processed` per call (`socket_reads_per_call`) says how many reads they shared.
 """
 
 from __future__ import annotations
@@ -93,9 +93,10 @@ class RedisWork:
     """What Redis did for `calls` calls of the real server, per call."""
 
     calls: int
-    round_trips_per_call: float
     # Requests that were scripts (EVAL, EVALSHA, FCALL) or transactions (EXEC), per call.
-    scripts_and_transactions_per_call: float
+    round_trips_per_call: float
+    # Reads of the clients' sockets, per call: pipelined requests share one.
+    socket_reads_per_call: float
     # Every command Redis ran, those inside scripts and transactions included, per call.
     commands_per_call: float
     by_command_per_call: dict[str, float]
@@ -107,7 +108,7 @@ class RedisWork:
         return {
             "calls": self.calls,
             "round_trips_per_call": self.round_trips_per_call,
-            "scripts_and_transactions_per_call": self.scripts_and_transactions_per_call,
+            "socket_reads_per_call": self.socket_reads_per_call,
             "commands_per_call": self.commands_per_call,
             "by_command_per_call": self.by_command_per_call,
             "usec_by_command_per_call": self.usec_by_command_per_call,
@@ -165,8 +166,8 @@ class RedisStats:
         per = 1 / calls if calls else 0.0
         return RedisWork(
             calls=calls,
-            round_trips_per_call=reads * per,
-            scripts_and_transactions_per_call=requests * per,
+            round_trips_per_call=requests * per,
+            socket_reads_per_call=reads * per,
             commands_per_call=sum(by_command.values()) * per,
             by_command_per_call={
                 command: count * per for command, count in sorted(by_command.items())

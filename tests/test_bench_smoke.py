@@ -38,7 +38,7 @@ MEMORY_FIGURES: Final = (
 REDIS_WORK_FIGURES: Final = (
     "calls",
     "round_trips_per_call",
-    "scripts_and_transactions_per_call",
+    "socket_reads_per_call",
     "commands_per_call",
     "redis_cpu_ms_per_call",
     "server_cpu_ms_per_call",

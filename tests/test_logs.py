@@ -11,6 +11,7 @@ import logging
 import re
 import warnings
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import pytest
 import structlog
@@ -65,6 +66,11 @@ def test_events_logged_during_an_rpc_carry_its_record_and_keep_their_own_keys(
     assert during["caller"] == "overridden"
     assert set(RpcRecord("x").fields()) <= set(during)
     assert "request_id" not in after
+
+
+def test_a_records_fields_are_its_dataclass_fields_in_order() -> None:
+    record = RpcRecord("req-7", caller="checkout", international=True, segments=2, fee="0.05")
+    assert list(record.fields().items()) == list(asdict(record).items())
 
 
 # A YunPian answer that repeats the request: the text (and so the code), the key, the number.

@@ -7,10 +7,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
+from urllib.parse import quote_plus, urlencode
 
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import example, given
+from hypothesis import strategies as st
 from support import (
     GENERIC_TEMPLATE,
     PROVIDER_STATUS_CODES,
@@ -34,6 +37,7 @@ from yunpian_sms_server.yunpian import (
     SendAttempt,
     SendResult,
     YunpianClient,
+    form_body,
     open_session,
     provider_error,
 )
@@ -436,3 +440,26 @@ def test_code_2_about_the_mobile_is_a_phone_rejection_with_a_field_violation() -
 def test_code_2_about_another_parameter_is_our_own_malformed_request() -> None:
     error = provider_error(2, "请求参数格式错误", "参数 text 格式不正确", "x")
     assert error.reason is Reason.PROVIDER_REJECTED_REQUEST
+
+
+@given(
+    form=st.dictionaries(
+        st.sampled_from(["mobile", "text", "callback_url", "page_size"]), st.text()
+    ),
+    api_key=st.text(),
+)
+@example(
+    form={
+        "mobile": "+85261234567",
+        "text": "【签名】您的验证码是1a2B。如非本人操作, 请忽略 ~_.-%+&=",
+    },
+    api_key="0123456789abcdef",
+)
+def test_the_form_is_encoded_as_urlencode_encodes_it(form: dict[str, str], api_key: str) -> None:
+    try:
+        expected = urlencode({"apikey": api_key, **form}).encode()
+    except UnicodeEncodeError:  # a lone surrogate: neither can encode it
+        with pytest.raises(UnicodeEncodeError):
+            form_body(form, f"apikey={quote_plus(api_key)}")
+        return
+    assert form_body(form, f"apikey={quote_plus(api_key)}") == expected

@@ -11,6 +11,7 @@ both, except that libraries' info records (the sandbox's access log, ...) show o
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -42,7 +43,11 @@ def merge_rpc_fields(
 ) -> MutableMapping[str, Any]:
     """Puts the current RPC's fields first in the event; the event's own keys win."""
     record = _current_record.get()
-    return event if record is None else {**record.fields(), **event}
+    if record is None:
+        return event
+    fields = record.fields()
+    fields.update(event)
+    return fields
 
 
 def drop_secrets(
@@ -61,6 +66,22 @@ def drop_none(
 
     (JSON keeps them: a fixed set of keys is easier to query.)"""
     return {key: value for key, value in event.items() if value is not None}
+
+
+class ReusedEncoder:
+    """`json.dumps` for structlog's JSONRenderer, its encoder made once: given options,
+    json.dumps makes a JSONEncoder per event (~1.3 µs of each). The renderer passes the same
+    options every time."""
+
+    __slots__ = ("_encoder",)
+
+    def __init__(self) -> None:
+        self._encoder: json.JSONEncoder | None = None
+
+    def __call__(self, obj: Any, **options: Any) -> str:
+        if self._encoder is None:
+            self._encoder = json.JSONEncoder(**options)
+        return self._encoder.encode(obj)
 
 
 def default_format(stream: TextIO) -> str:
@@ -97,7 +118,9 @@ def configure_logging(
         library_renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         finishing.append(drop_none)
     else:
-        renderer = library_renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
+        renderer = library_renderer = structlog.processors.JSONRenderer(
+            serializer=ReusedEncoder(), ensure_ascii=False
+        )
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[

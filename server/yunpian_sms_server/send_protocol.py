@@ -29,6 +29,7 @@ of retries replays it without asking the store.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import struct
@@ -176,13 +177,20 @@ class Fingerprints:
     """
 
     def __init__(self, secret: bytes, previous: Sequence[bytes] = ()) -> None:
-        self._secrets = (secret, *previous)
+        # Each secret's HMAC keyed once and copied per request: hmac.digest keys it (and looks
+        # the hash up by name) every time, ~0.6 µs more.
+        self._keyed = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in (secret, *previous))
 
     def of(self, order: SendOrder) -> tuple[str, ...]:
         """The request's fingerprints, the current secret's first (a request whose code the
         service makes is fingerprinted without it: a retry makes another)."""
         message = "\x1f".join((order.phone.e164, order.usage_type, order.code)).encode()
-        return tuple(hmac.digest(secret, message, "sha256").hex() for secret in self._secrets)
+        fingerprints = []
+        for keyed in self._keyed:
+            mac = keyed.copy()
+            mac.update(message)
+            fingerprints.append(mac.hexdigest())
+        return tuple(fingerprints)
 
 
 class _Flight:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlencode
+from urllib.parse import quote_plus
 
 import aiohttp
 
@@ -51,8 +52,37 @@ HEADERS: Final = {
 }
 # Fees stay the text YunPian wrote ("0.05"); sids parse as exact integers.
 _DECODER: Final = json.JSONDecoder(parse_float=str)
+# Runs of the characters a form value escapes (all but quote_plus's safe ones); and how many of
+# them are remembered escaped: they are pieces of the configured templates (a code is letters and
+# digits, never in one), the "+" of an international number, a configured URL.
+_UNSAFE_RUN: Final = re.compile(r"[^0-9A-Za-z_.~-]+")
+ESCAPED_RUNS_KEPT: Final = 256
 # What a failed call to YunPian raises (besides our own ServiceErrors).
 _TRANSPORT_ERRORS: Final = (TimeoutError, aiohttp.ClientError, OSError)
+
+
+@functools.lru_cache(maxsize=ESCAPED_RUNS_KEPT)
+def _escaped_run(run: str) -> str:
+    return quote_plus(run)
+
+
+def _escaped_match(match: re.Match[str]) -> str:
+    return _escaped_run(match.group())
+
+
+def form_value(value: str) -> str:
+    """`quote_plus(value)`, made of the escaped runs remembered: escaping is per character, so
+    the escaped text is its safe characters and its runs escaped, each the same every call. A
+    template's Chinese text costs urllib's escaping ~8 µs per send, byte by byte."""
+    if value.isascii() and value.isalnum():
+        return value
+    return _UNSAFE_RUN.sub(_escaped_match, value)
+
+
+def form_body(form: Mapping[str, str], head: str = "") -> bytes:
+    """`urlencode(form)` as bytes (`head`, already encoded, first); the keys must be safe."""
+    pairs = [f"{key}={form_value(value)}" for key, value in form.items()]
+    return "&".join([head, *pairs] if head else pairs).encode()
 
 
 class SendAttempt:
@@ -200,6 +230,8 @@ class YunpianClient:
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout_s = timeout_s
+        # The form's first field, the same on every call: encoded once (not remembered).
+        self._form_head = f"apikey={quote_plus(api_key)}"
 
     def budget_s(self, time_remaining: float | None) -> float:
         """How long one call may take: the configured timeout, or less to meet the deadline."""
@@ -238,7 +270,7 @@ class YunpianClient:
         deadline = loop.time() + self.budget_s(time_remaining)
         url = self._base_url + path
         # Encoded here, once: a dict would go through aiohttp's FormData on every attempt.
-        body = urlencode({"apikey": self._api_key, **form}).encode()
+        body = form_body(form, self._form_head)
         for tries in range(1, CONNECT_ATTEMPTS + 1):
             budget = deadline - loop.time()
             if budget < MIN_UPSTREAM_BUDGET_S:

@@ -95,28 +95,36 @@ class MemoryStore:
     async def acquire(self, windows: Sequence[Window], token: str) -> Refusal | None:
         now = self._now()
         self._forget_expired(now)
+        logs = self._logs
         refusal: Refusal | None = None
+        # Each subject's log is kept for the longest period of its windows.
+        keep: dict[str, float] = {}
         for window in windows:
-            entries = self._logs.get(window.subject_key)
-            if not entries or len(entries) < window.limit.count:
+            subject, limit = window.subject_key, window.limit
+            if keep.get(subject, 0.0) < limit.period_s:
+                keep[subject] = limit.period_s
+            entries = logs.get(subject)
+            if not entries or len(entries) < limit.count:
                 continue
-            blocking = entries[len(entries) - window.limit.count][0]
-            wait = blocking + window.limit.period_s - now
+            blocking = entries[len(entries) - limit.count][0]
+            wait = blocking + limit.period_s - now
             if wait > 0 and (refusal is None or wait > refusal.retry_after_s):
                 refusal = Refusal(window, wait)
         if refusal is not None:
             return refusal
-        keep: dict[str, float] = {}
-        for window in windows:
-            keep[window.subject_key] = max(keep.get(window.subject_key, 0.0), window.limit.period_s)
         for subject, keep_s in keep.items():
-            entries = self._logs.get(subject)
+            entries = logs.get(subject)
             if entries is None:
-                self._logs[subject] = [(now, token)]
+                logs[subject] = [(now, token)]
                 heapq.heappush(self._log_expiry, (now + keep_s, keep_s, subject))
                 continue
-            if entries and entries[0][0] <= now - keep_s:
-                del entries[: bisect.bisect_right(entries, now - keep_s, key=_entry_time)]
+            horizon = now - keep_s
+            if entries and entries[0][0] <= horizon:
+                # Usually one entry has aged out since the last send: no search for it.
+                if len(entries) == 1 or entries[1][0] > horizon:
+                    del entries[0]
+                else:
+                    del entries[: bisect.bisect_right(entries, horizon, key=_entry_time)]
             entries.append((now, token))
         return None
 

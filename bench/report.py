@@ -17,7 +17,9 @@ TARGET_THROUGHPUT_RATIO: Final = 0.9
 TARGET_P50_EXTRA_MS: Final = 0.3
 TARGET_VS_THREADPOOL: Final = 20.0
 TARGET_PEAK_RSS_MB: Final = 120.0
-TARGET_GROWTH_MB: Final = 5.0
+# Issue 14: the leak check (state that turns over) grows at most this over its 50,000 calls; the
+# growth with a day of state is printed, no longer judged (it is the state kept, by design).
+TARGET_LEAK_GROWTH_MB: Final = 2.0
 TARGET_STARTUP_S: Final = 1.0
 # The production scenario's (issue 14), each against the bare proxy's SendCode in its rounds.
 TARGET_REDIS_RATIO: Final = 0.75
@@ -136,14 +138,11 @@ def judge(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             ("memory: peak RSS <= 120 MB", memory["peak_rss_mb"], TARGET_PEAK_RSS_MB, "<=")
         )
         checks.append(
-            ("memory: growth second half <= 5 MB", memory["growth_mb"], TARGET_GROWTH_MB, "<=")
-        )
-        checks.append(
             (
                 f"memory, state kept {leak_check['state_kept_s']} s (leak check): growth second "
-                "half <= 5 MB",
+                f"half <= {TARGET_LEAK_GROWTH_MB:g} MB",
                 leak_check["growth_mb"],
-                TARGET_GROWTH_MB,
+                TARGET_LEAK_GROWTH_MB,
                 "<=",
             )
         )

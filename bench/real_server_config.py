@@ -24,6 +24,11 @@ HIGH_RATE_LIMITS: Final = ("100000/1s",)
 # The caller the real server knows the load generator as: production callers authenticate.
 BENCH_CALLER: Final = "bench"
 BENCH_TOKEN: Final = "bench-token-not-a-secret"  # noqa: S105 - a loopback test caller
+# Loopback test secrets, 32 characters or more as the server requires: the request fingerprints
+# key (required with a shared store) and the key of the verification codes' hashes.
+FINGERPRINT_SECRET: Final = "bench-fingerprint-secret-not-a-secret-0123"  # noqa: S105
+VERIFY_SECRET: Final = "bench-verify-secret-not-a-secret-0123456789"  # noqa: S105
+MEMORY_STORE: Final = "memory://"
 # A variable of this prefix would override the file (YUNPIAN_API_KEY, ...), or name another one.
 SERVER_ENV_PREFIX: Final = "YUNPIAN_"
 
@@ -34,22 +39,37 @@ def server_environment(base: Mapping[str, str]) -> dict[str, str]:
 
 
 def production_features(
-    *, metrics_listen: str, per_phone: Sequence[str], idempotency_ttl_s: float
+    *,
+    metrics_listen: str,
+    per_phone: Sequence[str],
+    idempotency_ttl_s: float,
+    store_url: str = MEMORY_STORE,
+    verify: bool = False,
 ) -> dict[str, object]:
     """The production features the benchmark turns on, as keys dotted as the server names them
-    in errors ("server.metrics_listen"), with their values."""
-    return {
+    in errors ("server.metrics_listen"), with their values.
+
+    `store_url` a redis:// one: the store shared by replicas, with its fingerprint secret.
+    `verify`: verifications on ([verify], every other key of it at its default).
+    """
+    features: dict[str, object] = {
         "server.metrics_listen": metrics_listen,
         "limits.per_phone": list(per_phone),
         "limits.per_caller": list(HIGH_RATE_LIMITS),
         "limits.global": list(HIGH_RATE_LIMITS),
-        "store.url": "memory://",
+        "store.url": store_url,
         "store.on_error": "deny",
         "store.idempotency_ttl_seconds": idempotency_ttl_s,
         f"auth.callers.{BENCH_CALLER}.token_sha256": hashlib.sha256(
             BENCH_TOKEN.encode()
         ).hexdigest(),
     }
+    if store_url != MEMORY_STORE:
+        features["store.fingerprint_secret"] = FINGERPRINT_SECRET
+    if verify:
+        features["verify.enabled"] = True
+        features["verify.secret"] = VERIFY_SECRET
+    return features
 
 
 def real_server_keys(

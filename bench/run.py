@@ -19,7 +19,8 @@ from progress import BenchError, log
 from real_server_config import PRODUCTION_PER_PHONE_LIMITS
 from report import environment, judge, log_verdicts
 from rig import open_rig
-from scenarios import FULL, SCENARIOS, SMOKE, Sizes, run_scenarios
+from scenarios import SCENARIOS, run_scenarios
+from sizes import FULL, SMOKE, Sizes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-calls", type=int, help="calls of the memory run")
     parser.add_argument("--rounds", type=int, help="rounds per scenario (median kept)")
     parser.add_argument("--startup-runs", type=int, help="extra starts timed to SERVING")
+    parser.add_argument(
+        "--verify-starts", type=int, help="production: StartVerifications per round (C=64)"
+    )
+    parser.add_argument(
+        "--round-trip-calls", type=int, help="production: calls of each job Redis counts"
+    )
     parser.add_argument("--delay-ms", type=float, default=100.0, help="the slow upstream's delay")
     parser.add_argument("--threadpool-workers", type=int, default=10)
     parser.add_argument(
@@ -77,6 +84,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         "memory_calls": args.memory_calls,
         "rounds": args.rounds,
         "startup_runs": args.startup_runs,
+        "verify_starts": args.verify_starts,
+        "round_trip_calls": args.round_trip_calls,
     }
     return replace(sizes, **{key: value for key, value in overrides.items() if value is not None})
 

@@ -1,82 +1,28 @@
-"""The benchmark's scenarios (zero, slow, memory, startup): which servers each starts, the load
-it sends them, and the figures it reports."""
+"""The benchmark's scenarios (zero, slow, memory, startup; production in production.py): which
+servers each starts, the load it sends them, and the figures it reports."""
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from load_generator import ratios
 from proc_stats import peak_rss_mb
+from production import scenario_production
 from progress import log
 from rig import Rig
 from servers import RealServer, Upstream
+from sizes import Sizes
 
-# zero: upstream 0 ms at C=64 and C=1; slow: the slow upstream at C=256.
-SCENARIOS: Final = ("zero", "slow", "memory", "startup")
+# zero: upstream 0 ms at C=64 and C=1; slow: the slow upstream at C=256; production: the real
+# server on Redis and on memory beside the bare proxy, with verifications (production.py).
+SCENARIOS: Final = ("zero", "slow", "memory", "production", "startup")
 # The memory scenario's leak check keeps every call's state (idempotency record, per-phone log)
 # this long instead of a day, so the state turns over during the run and what remains is leaks.
 LEAK_CHECK_STATE_S: Final = 2
 MS_PER_S: Final = 1000.0
-RATIO_KEYS: Final = (
-    "calls_per_s",
-    "p50_ms",
-    "p90_ms",
-    "p99_ms",
-    "cpu_s_per_1k_calls",
-    "peak_rss_mb",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Sizes:
-    """How many calls each scenario makes; `rounds` alternates the servers to even out drift."""
-
-    c64_calls: int
-    c64_warmup: int
-    c1_calls: int
-    c1_warmup: int
-    c256_calls: int
-    c256_warmup: int
-    threadpool_calls: int
-    threadpool_warmup: int
-    memory_calls: int
-    rounds: int
-    startup_runs: int
-
-
-FULL: Final = Sizes(
-    c64_calls=10_000,
-    c64_warmup=1_000,
-    c1_calls=2_000,
-    c1_warmup=200,
-    c256_calls=256 * 20,
-    c256_warmup=512,
-    threadpool_calls=600,
-    threadpool_warmup=20,
-    memory_calls=50_000,
-    rounds=3,
-    startup_runs=3,
-)
-SMOKE: Final = Sizes(
-    c64_calls=200,
-    c64_warmup=20,
-    c1_calls=20,
-    c1_warmup=5,
-    c256_calls=256,
-    c256_warmup=0,
-    threadpool_calls=20,
-    threadpool_warmup=0,
-    memory_calls=400,
-    rounds=1,
-    startup_runs=0,
-)
-
-
-def ratios(figures: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, float]:
-    """Each figure divided by the reference's (0.0 where the reference is 0)."""
-    return {key: figures[key] / reference[key] if reference[key] else 0.0 for key in RATIO_KEYS}
 
 
 def scenario_upstream_0ms(rig: Rig, sizes: Sizes, startups: list[float]) -> dict[str, Any]:
@@ -245,6 +191,8 @@ def run_scenarios(
         )
     if "memory" in only:
         results["memory"] = scenario_memory(rig, sizes, startups)
+    if "production" in only:
+        results["production"] = scenario_production(rig, sizes, startups)
     if "startup" in only:
         results["startup"] = scenario_startup(rig, sizes, startups)
     return ScenarioResults(results, metrics_serving)

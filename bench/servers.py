@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from processes import HOST, READY_TIMEOUT_S, Processes, free_port
 from progress import BenchError
 from real_server_config import (
+    MEMORY_STORE,
     PRODUCTION_IDEMPOTENCY_TTL_S,
     production_features,
     real_server_keys,
@@ -152,10 +153,19 @@ class Servers:
         process, port = self._processes.spawn_reporting_port(name, argv)
         return Server("threadpool", process, port, upstream)
 
-    def start_real(self, upstream: Upstream, *, state_s: int | None = None) -> RealServer:
+    def start_real(
+        self,
+        upstream: Upstream,
+        *,
+        state_s: int | None = None,
+        label: str = "real",
+        store_url: str = MEMORY_STORE,
+        verify: bool = False,
+    ) -> RealServer:
         """`yunpian-sms serve --config FILE`, timed from spawn to SERVING.
 
         `state_s` keeps idempotency records and per-phone logs that many seconds, not a day.
+        `label` names it in the figures; `store_url` and `verify` as `production_features`.
         """
         name = self._name("real")
         port, metrics_port = free_port(), free_port()
@@ -164,7 +174,11 @@ class Servers:
         if state_s is not None:
             per_phone, ttl_s = [f"1/{state_s}s"], state_s
         features = production_features(
-            metrics_listen=metrics_listen, per_phone=per_phone, idempotency_ttl_s=ttl_s
+            metrics_listen=metrics_listen,
+            per_phone=per_phone,
+            idempotency_ttl_s=ttl_s,
+            store_url=store_url,
+            verify=verify,
         )
         keys = real_server_keys(
             listen=f"{HOST}:{port}", upstream_url=upstream.url, features=features
@@ -182,7 +196,7 @@ class Servers:
         except BenchError as error:
             raise BenchError(f"{name}: {error}: {self._processes.stderr_tail(name)}") from None
         return RealServer(
-            "real",
+            label,
             process,
             port,
             upstream,

@@ -35,7 +35,16 @@ MEMORY_FIGURES: Final = (
     "calls_per_s",
     "cpu_s_per_1k_calls",
 )
-TARGET_COUNT: Final = 8
+REDIS_WORK_FIGURES: Final = (
+    "calls",
+    "round_trips_per_call",
+    "socket_reads_per_call",
+    "commands_per_call",
+    "redis_cpu_ms_per_call",
+    "server_cpu_ms_per_call",
+)
+# issue 6's 7 (its growth bound with a day of state retired by issue 14), and issue 14's 12.
+TARGET_COUNT: Final = 19
 
 
 def _is_number(value: Any) -> bool:
@@ -87,6 +96,25 @@ def test_bench_smoke_run_prints_every_figure_of_every_scenario() -> None:
     leak_check = memory["leak_check"]
     _assert_figures(leak_check, (*MEMORY_FIGURES, "state_kept_s"), "memory.leak_check")
     assert leak_check["log_rpc_events"] == memory["calls"]
+
+    production = scenarios["production"]
+    for concurrency in ("c64", "c1"):
+        for server in ("bare", "redis", "memory"):
+            figures = production[concurrency]["servers"][server]
+            _assert_figures(figures, SERVER_FIGURES, f"production.{concurrency}.{server}")
+            assert figures["calls"] > 0
+        for server in ("redis", "memory"):
+            ratios = production[concurrency]["ratios_to_bare"][server]
+            _assert_figures(ratios, SERVER_FIGURES, f"production.{concurrency}.ratios.{server}")
+    verifications = production["verifications"]
+    for rpc in ("start_verification", "check_verification"):
+        figures = verifications["servers"][rpc]
+        _assert_figures(figures, SERVER_FIGURES, f"production.verifications.{rpc}")
+        assert _is_number(verifications["calls_per_s_vs_bare_send_code"][rpc])
+    for job in ("send_code", "send_code_replay", "start_verification", "check_verification"):
+        work = production["redis_work"][job]
+        _assert_figures(work, REDIS_WORK_FIGURES, f"production.redis_work.{job}")
+        assert work["by_command_per_call"], job  # Redis counted the real server's commands
 
     startup = scenarios["startup"]
     _assert_figures(startup, ("median_s", "max_s"), "startup")

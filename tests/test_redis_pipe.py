@@ -182,3 +182,28 @@ async def test_close_fails_the_calls_still_waiting(redis_server: RedisServer) ->
     await pipe.close()
     results = await asyncio.gather(holding, *queued, return_exceptions=True)
     assert all(isinstance(result, Exception) for result in results), results
+
+
+async def test_a_redis_that_takes_the_connection_but_never_answers_fails_the_call_in_time(
+    own_redis: RedisServer,
+) -> None:
+    # Stopped, its listening socket still completes TCP handshakes: the connection is made and
+    # its HELLO waits for ever unless the pipe gives up.
+    assert own_redis.process is not None
+    os.kill(own_redis.process.pid, signal.SIGSTOP)
+    pipe = RedisPipe(own_redis.url, max_in_flight=4)
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(10 * (REDIS_TIMEOUT_S + TIMEOUT_SLACK_S)):  # else: it hangs
+            results = await asyncio.gather(
+                *(pipe.execute("PING") for _ in range(10)), return_exceptions=True
+            )
+        waited = time.monotonic() - started
+        assert all(isinstance(result, Exception) for result in results), results
+        # Each batch waits for its own connection attempt: at most ten of them, one per call.
+        assert waited < 10 * (REDIS_TIMEOUT_S + TIMEOUT_SLACK_S)
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+        assert await pipe.execute("PING") == b"PONG"
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+        await pipe.close()

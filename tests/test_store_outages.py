@@ -6,7 +6,11 @@ The store is a real redis-server whose server user loses its rights (`set_store`
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Final
 
 import grpc
@@ -28,6 +32,9 @@ from yunpian_sms_server.sandbox import RunningSandbox
 
 PHONE: Final = "13800138000"
 VERIFY_SECRET: Final = "v" * 40
+BURST: Final = 200
+# Far above the store's 1 s wait for Redis: a call that takes this long has hung.
+STALL_DEADLINE_S: Final = 8.0
 
 
 @pytest.fixture(params=["deny", "allow"])
@@ -95,3 +102,52 @@ async def test_every_rpc_that_needs_the_store_answers_store_unavailable_while_it
         pb.CheckVerificationRequest(verification_id=started.verification_id, code="000000")
     )
     assert again.verification.status == pb.VERIFICATION_STATUS_PENDING
+
+
+async def test_a_redis_that_stops_answering_fails_a_burst_in_time_and_its_retries_send_once(
+    start_server: StartServer, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    # Redis alive and connected but silent (SIGSTOP): the calls waiting on it must not hang, and
+    # once it answers again, the retries of the refused calls (same request_ids) each send once.
+    sandbox.sandbox.enforce_limits = False
+    redis = RedisServer(tmp_path)
+    redis.start()
+    assert redis.process is not None
+    try:
+        config = make_config(
+            store={"url": redis.url, "on_error": "deny", "fingerprint_secret": FINGERPRINT_SECRET}
+        )
+        server = await start_server(config)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.SmsServiceStub(channel)
+            await stub.SendCode(pb.SendCodeRequest(phone_number="13900139999", code="123456"))
+            before = len(sandbox.sandbox.messages)
+            requests = [
+                pb.SendCodeRequest(
+                    phone_number=f"1390013{i:04d}", code="123456", request_id=f"stall-{i:04d}"
+                )
+                for i in range(BURST)
+            ]
+            os.kill(redis.process.pid, signal.SIGSTOP)
+            try:
+                answers = await asyncio.gather(
+                    *(stub.SendCode(request, timeout=STALL_DEADLINE_S) for request in requests),
+                    return_exceptions=True,
+                )
+            finally:
+                os.kill(redis.process.pid, signal.SIGCONT)
+            for answer in answers:
+                assert isinstance(answer, grpc.aio.AioRpcError), answer
+                assert answer.code() is grpc.StatusCode.UNAVAILABLE, answer
+                assert error_info(answer).reason == "STORE_UNAVAILABLE", answer
+            assert len(sandbox.sandbox.messages) == before  # nothing went out uncounted
+            retried = await asyncio.gather(*(stub.SendCode(request) for request in requests))
+            again = await asyncio.gather(*(stub.SendCode(request) for request in requests))
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+        redis.stop()
+    assert all(not answer.replayed for answer in retried)
+    assert [answer.message_id for answer in again] == [answer.message_id for answer in retried]
+    assert all(answer.replayed for answer in again)
+    sent_to = [message.mobile for message in sandbox.sandbox.messages[before:]]
+    assert sorted(sent_to) == sorted(request.phone_number for request in requests)

@@ -139,7 +139,10 @@ class RedisPipe:
             return self._link
         connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.connect()
+            # The connect and its handshake (HELLO, AUTH, SELECT): a Redis that accepts the
+            # connection but does not answer must not hold the writer, and every call, for ever.
+            async with asyncio.timeout(REDIS_TIMEOUT_S):
+                await connection.connect()
         except BaseException:
             await connection.disconnect(nowait=True)
             raise

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from support import RedisServer
 
@@ -207,3 +208,20 @@ async def test_a_redis_that_takes_the_connection_but_never_answers_fails_the_cal
     finally:
         os.kill(own_redis.process.pid, signal.SIGCONT)
         await pipe.close()
+
+
+async def test_close_while_connecting_fails_the_calls_waiting_for_the_connection(
+    own_redis: RedisServer,
+) -> None:
+    assert own_redis.process is not None
+    os.kill(own_redis.process.pid, signal.SIGSTOP)  # the connection's handshake waits
+    pipe = RedisPipe(own_redis.url, max_in_flight=4)
+    try:
+        waiting = asyncio.create_task(pipe.execute("PING"))
+        await asyncio.sleep(0.1)
+        await pipe.close()
+        async with asyncio.timeout(TIMEOUT_SLACK_S):  # else: it waits for ever
+            with pytest.raises(RedisConnectionError):
+                await waiting
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)

@@ -78,6 +78,7 @@ class RedisPipe:
         self._link: _Link | None = None
         self._writer: asyncio.Task[None] | None = None
         self._watch: asyncio.TimerHandle | None = None
+        self._breaking: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def execute(self, *args: Arg) -> Any:
@@ -121,9 +122,14 @@ class RedisPipe:
     async def _write(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         try:
             link = await self._open_link()
-        except Exception as error:  # whatever stops the connection fails the batch
+        except BaseException as error:  # whatever stops the connection fails the batch
             for _, future in batch:
-                _fail(future, error)
+                _fail(
+                    future,
+                    RedisConnectionError("the store is closed") if _closing(error) else error,
+                )
+            if _closing(error):
+                raise
             return
         now = asyncio.get_running_loop().time()
         link.waiting.extend((future, now) for _, future in batch)
@@ -195,7 +201,9 @@ class RedisPipe:
             oldest = link.waiting[0][1]
             if asyncio.get_running_loop().time() - oldest > REDIS_TIMEOUT_S:
                 error = TimeoutError("no reply from Redis in time")
-                asyncio.get_running_loop().create_task(self._break(link, error))
+                breaking = asyncio.get_running_loop().create_task(self._break(link, error))
+                self._breaking.add(breaking)  # the loop keeps only a weak reference
+                breaking.add_done_callback(self._breaking.discard)
                 return
         self._watch_soon()
 
@@ -216,6 +224,11 @@ class RedisPipe:
         for _, future in self._queue:
             _fail(future, error)
         self._queue = []
+
+
+def _closing(error: BaseException) -> bool:
+    """The writer is being stopped (close), not the connection failing."""
+    return isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit)
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:

@@ -225,3 +225,31 @@ async def test_close_while_connecting_fails_the_calls_waiting_for_the_connection
                 await waiting
     finally:
         os.kill(own_redis.process.pid, signal.SIGCONT)
+
+
+async def test_a_redis_that_stops_reading_mid_write_does_not_hold_later_calls_for_ever(
+    own_redis: RedisServer,
+) -> None:
+    # A command larger than the sockets' buffers: the writer waits in drain() for a Redis that
+    # reads nothing. Breaking the link must free the writer, else every later call waits (its
+    # command is never written, so no reply's wait is ever watched) until Redis reads again.
+    assert own_redis.process is not None
+    pipe = RedisPipe(own_redis.url, max_in_flight=4)
+    try:
+        assert await pipe.execute("PING") == b"PONG"
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        key = f"pipe-test:{uuid.uuid4().hex}"
+        big = asyncio.create_task(pipe.execute("SET", key, b"x" * (32 << 20)))
+        done, _ = await asyncio.wait({big}, timeout=REDIS_TIMEOUT_S + TIMEOUT_SLACK_S)
+        assert big in done and isinstance(big.exception(), Exception)
+        later = asyncio.create_task(pipe.execute("PING"))
+        done, _ = await asyncio.wait({later}, timeout=REDIS_TIMEOUT_S + TIMEOUT_SLACK_S)
+        assert later in done, "the call waits for as long as Redis stays stopped"
+        assert isinstance(later.exception(), Exception)
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+        async with asyncio.timeout(REDIS_TIMEOUT_S + TIMEOUT_SLACK_S):
+            assert await pipe.execute("PING") == b"PONG"
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+        async with asyncio.timeout(10):
+            await pipe.close()

@@ -217,6 +217,11 @@ class RedisPipe:
             _fail(future, error)
         if link.reader is not None and link.reader is not asyncio.current_task():
             link.reader.cancel()
+        # Closed, a socket whose peer reads nothing keeps its unsent bytes, and the writer waits
+        # in drain() with them (every later call with it) until the peer reads again: abort it.
+        stream = getattr(link.connection, "_writer", None)  # redis-py's asyncio.StreamWriter
+        if stream is not None:
+            stream.transport.abort()
         with contextlib.suppress(RedisError, OSError):
             await link.connection.disconnect(nowait=True)
 

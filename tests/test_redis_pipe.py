@@ -253,3 +253,26 @@ async def test_a_redis_that_stops_reading_mid_write_does_not_hold_later_calls_fo
         os.kill(own_redis.process.pid, signal.SIGCONT)
         async with asyncio.timeout(10):
             await pipe.close()
+
+
+async def test_a_caller_cancelled_while_the_connection_is_made_never_sends(
+    own_redis: RedisServer,
+) -> None:
+    # The module promises: a call cancelled before its command was written never sends it.
+    assert own_redis.process is not None
+    pid = own_redis.process.pid
+    key = f"pipe-test:{uuid.uuid4().hex}"
+    pipe = RedisPipe(own_redis.url, max_in_flight=4)
+    try:
+        os.kill(pid, signal.SIGSTOP)  # the connection's handshake waits...
+        asyncio.get_running_loop().call_later(0.3, os.kill, pid, signal.SIGCONT)  # ...a while
+        cancelled = asyncio.create_task(pipe.execute("INCR", key))
+        await asyncio.sleep(0.1)
+        cancelled.cancel()  # its command is not written yet: the connection is being made
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        async with asyncio.timeout(REDIS_TIMEOUT_S + TIMEOUT_SLACK_S):
+            assert await pipe.execute("GET", key) is None  # the INCR never ran
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await pipe.close()

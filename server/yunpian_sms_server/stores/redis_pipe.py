@@ -131,6 +131,10 @@ class RedisPipe:
             if _closing(error):
                 raise
             return
+        # A call cancelled while the connection was being made never sends its command.
+        batch = [(packed, future) for packed, future in batch if not future.done()]
+        if not batch:
+            return
         now = asyncio.get_running_loop().time()
         link.waiting.extend((future, now) for _, future in batch)
         try:

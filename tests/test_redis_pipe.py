@@ -241,7 +241,8 @@ async def test_a_redis_that_stops_reading_mid_write_does_not_hold_later_calls_fo
         key = f"pipe-test:{uuid.uuid4().hex}"
         big = asyncio.create_task(pipe.execute("SET", key, b"x" * (32 << 20)))
         done, _ = await asyncio.wait({big}, timeout=REDIS_TIMEOUT_S + TIMEOUT_SLACK_S)
-        assert big in done and isinstance(big.exception(), Exception)
+        assert big in done
+        assert isinstance(big.exception(), Exception)
         later = asyncio.create_task(pipe.execute("PING"))
         done, _ = await asyncio.wait({later}, timeout=REDIS_TIMEOUT_S + TIMEOUT_SLACK_S)
         assert later in done, "the call waits for as long as Redis stays stopped"
@@ -275,4 +276,36 @@ async def test_a_caller_cancelled_while_the_connection_is_made_never_sends(
             assert await pipe.execute("GET", key) is None  # the INCR never ran
     finally:
         os.kill(pid, signal.SIGCONT)
+        await pipe.close()
+
+
+def _pipe_tasks() -> set[asyncio.Task[object]]:
+    names = ("_read_forever", "_write_forever", "_break")
+    running = (task for task in asyncio.all_tasks() if not task.done())
+    return {task for task in running if getattr(task.get_coro(), "__name__", "") in names}
+
+
+async def test_close_leaves_no_task_running(redis_server: RedisServer) -> None:
+    before = _pipe_tasks()
+    pipe = RedisPipe(redis_server.url, max_in_flight=4)
+    assert await pipe.execute("PING") == b"PONG"
+    await pipe.close()
+    assert _pipe_tasks() - before == set()
+
+
+async def test_health_checks_of_the_url_do_not_put_replies_out_of_step(
+    redis_server: RedisServer,
+) -> None:
+    # redis-py's health checks (a PING before a command) must never run on the shared link.
+    pipe = RedisPipe(redis_server.url + "?health_check_interval=1", max_in_flight=64)
+    prefix = f"pipe-test:{uuid.uuid4().hex}:"
+    try:
+        for round_ in range(3):
+            replies = await asyncio.gather(
+                *(pipe.execute("SET", f"{prefix}{i}", f"{round_}-{i}", "GET") for i in range(50))
+            )
+            expected = [None if round_ == 0 else f"{round_ - 1}-{i}".encode() for i in range(50)]
+            assert replies == expected
+            await asyncio.sleep(1.2)
+    finally:
         await pipe.close()

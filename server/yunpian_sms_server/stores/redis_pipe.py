@@ -79,6 +79,7 @@ class RedisPipe:
         self._writer: asyncio.Task[None] | None = None
         self._watch: asyncio.TimerHandle | None = None
         self._breaking: set[asyncio.Task[None]] = set()
+        self._readers: set[asyncio.Task[None]] = set()  # of every link, until they end
         self._closed = False
 
     async def execute(self, *args: Arg) -> Any:
@@ -106,6 +107,13 @@ class RedisPipe:
         self._fail_queue(closed)
         if self._link is not None:
             await self._break(self._link, closed)
+        # The readers (a broken link's too: cancelled, or still in its own _break) and the
+        # watchdog's breaks end before close() returns.
+        tasks = self._readers | self._breaking
+        for task in self._readers:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         await self._pool.aclose()
 
     # --- Writing ---------------------------------------------------------------------------
@@ -158,6 +166,8 @@ class RedisPipe:
             raise
         link = _Link(connection)
         link.reader = asyncio.create_task(self._read_forever(link))
+        self._readers.add(link.reader)
+        link.reader.add_done_callback(self._readers.discard)
         self._link = link
         self._watch_soon()
         return link

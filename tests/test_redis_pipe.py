@@ -309,3 +309,24 @@ async def test_health_checks_of_the_url_do_not_put_replies_out_of_step(
             await asyncio.sleep(1.2)
     finally:
         await pipe.close()
+
+
+async def test_an_unexpected_error_in_the_writer_fails_its_batch_not_every_later_call(
+    pipe: RedisPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await pipe.execute("PING") == b"PONG"
+    write = RedisPipe._write
+    failed = False
+
+    async def write_once_failing(self: RedisPipe, batch: list[tuple[bytes, object]]) -> None:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise RuntimeError("a bug")
+        await write(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RedisPipe, "_write", write_once_failing)
+    async with asyncio.timeout(TIMEOUT_SLACK_S):  # else: this call, and every later one, hang
+        with pytest.raises(RuntimeError):
+            await pipe.execute("PING")
+        assert await pipe.execute("PING") == b"PONG"

@@ -91,7 +91,7 @@ class RedisPipe:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._queue.append((packed, future))
             self._queued.set()
-            if self._writer is None:
+            if self._writer is None or self._writer.done():  # none yet, or ended by a bug
                 self._writer = asyncio.create_task(self._write_forever())
             return await future
 
@@ -101,8 +101,7 @@ class RedisPipe:
             self._watch.cancel()
         if self._writer is not None:
             self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await asyncio.wait({self._writer})
         closed = RedisConnectionError("the store is closed")
         self._fail_queue(closed)
         if self._link is not None:
@@ -125,7 +124,11 @@ class RedisPipe:
             batch = [(packed, future) for packed, future in self._queue if not future.done()]
             self._queue = []
             if batch:
-                await self._write(batch)
+                try:
+                    await self._write(batch)
+                except Exception as error:  # a bug: fail the batch, not every later call
+                    for _, future in batch:
+                        _fail(future, error)
 
     async def _write(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         try:

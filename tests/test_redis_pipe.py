@@ -225,3 +225,108 @@ async def test_close_while_connecting_fails_the_calls_waiting_for_the_connection
                 await waiting
     finally:
         os.kill(own_redis.process.pid, signal.SIGCONT)
+
+
+async def test_a_redis_that_stops_reading_mid_write_does_not_hold_later_calls_for_ever(
+    own_redis: RedisServer,
+) -> None:
+    # A command larger than the sockets' buffers: the writer waits in drain() for a Redis that
+    # reads nothing. Breaking the link must free the writer, else every later call waits (its
+    # command is never written, so no reply's wait is ever watched) until Redis reads again.
+    assert own_redis.process is not None
+    pipe = RedisPipe(own_redis.url, max_in_flight=4)
+    try:
+        assert await pipe.execute("PING") == b"PONG"
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        key = f"pipe-test:{uuid.uuid4().hex}"
+        big = asyncio.create_task(pipe.execute("SET", key, b"x" * (32 << 20)))
+        done, _ = await asyncio.wait({big}, timeout=REDIS_TIMEOUT_S + TIMEOUT_SLACK_S)
+        assert big in done
+        assert isinstance(big.exception(), Exception)
+        later = asyncio.create_task(pipe.execute("PING"))
+        done, _ = await asyncio.wait({later}, timeout=REDIS_TIMEOUT_S + TIMEOUT_SLACK_S)
+        assert later in done, "the call waits for as long as Redis stays stopped"
+        assert isinstance(later.exception(), Exception)
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+        async with asyncio.timeout(REDIS_TIMEOUT_S + TIMEOUT_SLACK_S):
+            assert await pipe.execute("PING") == b"PONG"
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+        async with asyncio.timeout(10):
+            await pipe.close()
+
+
+async def test_a_caller_cancelled_while_the_connection_is_made_never_sends(
+    own_redis: RedisServer,
+) -> None:
+    # The module promises: a call cancelled before its command was written never sends it.
+    assert own_redis.process is not None
+    pid = own_redis.process.pid
+    key = f"pipe-test:{uuid.uuid4().hex}"
+    pipe = RedisPipe(own_redis.url, max_in_flight=4)
+    try:
+        os.kill(pid, signal.SIGSTOP)  # the connection's handshake waits...
+        asyncio.get_running_loop().call_later(0.3, os.kill, pid, signal.SIGCONT)  # ...a while
+        cancelled = asyncio.create_task(pipe.execute("INCR", key))
+        await asyncio.sleep(0.1)
+        cancelled.cancel()  # its command is not written yet: the connection is being made
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        async with asyncio.timeout(REDIS_TIMEOUT_S + TIMEOUT_SLACK_S):
+            assert await pipe.execute("GET", key) is None  # the INCR never ran
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await pipe.close()
+
+
+def _pipe_tasks() -> set[asyncio.Task[object]]:
+    names = ("_read_forever", "_write_forever", "_break")
+    running = (task for task in asyncio.all_tasks() if not task.done())
+    return {task for task in running if getattr(task.get_coro(), "__name__", "") in names}
+
+
+async def test_close_leaves_no_task_running(redis_server: RedisServer) -> None:
+    before = _pipe_tasks()
+    pipe = RedisPipe(redis_server.url, max_in_flight=4)
+    assert await pipe.execute("PING") == b"PONG"
+    await pipe.close()
+    assert _pipe_tasks() - before == set()
+
+
+async def test_health_checks_of_the_url_do_not_put_replies_out_of_step(
+    redis_server: RedisServer,
+) -> None:
+    # redis-py's health checks (a PING before a command) must never run on the shared link.
+    pipe = RedisPipe(redis_server.url + "?health_check_interval=1", max_in_flight=64)
+    prefix = f"pipe-test:{uuid.uuid4().hex}:"
+    try:
+        for round_ in range(3):
+            replies = await asyncio.gather(
+                *(pipe.execute("SET", f"{prefix}{i}", f"{round_}-{i}", "GET") for i in range(50))
+            )
+            expected = [None if round_ == 0 else f"{round_ - 1}-{i}".encode() for i in range(50)]
+            assert replies == expected
+            await asyncio.sleep(1.2)
+    finally:
+        await pipe.close()
+
+
+async def test_an_unexpected_error_in_the_writer_fails_its_batch_not_every_later_call(
+    pipe: RedisPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await pipe.execute("PING") == b"PONG"
+    write = RedisPipe._write
+    failed = False
+
+    async def write_once_failing(self: RedisPipe, batch: list[tuple[bytes, object]]) -> None:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise RuntimeError("a bug")
+        await write(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RedisPipe, "_write", write_once_failing)
+    async with asyncio.timeout(TIMEOUT_SLACK_S):  # else: this call, and every later one, hang
+        with pytest.raises(RuntimeError):
+            await pipe.execute("PING")
+        assert await pipe.execute("PING") == b"PONG"

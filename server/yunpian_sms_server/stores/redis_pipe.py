@@ -79,6 +79,7 @@ class RedisPipe:
         self._writer: asyncio.Task[None] | None = None
         self._watch: asyncio.TimerHandle | None = None
         self._breaking: set[asyncio.Task[None]] = set()
+        self._readers: set[asyncio.Task[None]] = set()  # of every link, until they end
         self._closed = False
 
     async def execute(self, *args: Arg) -> Any:
@@ -90,7 +91,7 @@ class RedisPipe:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._queue.append((packed, future))
             self._queued.set()
-            if self._writer is None:
+            if self._writer is None or self._writer.done():  # none yet, or ended by a bug
                 self._writer = asyncio.create_task(self._write_forever())
             return await future
 
@@ -100,12 +101,18 @@ class RedisPipe:
             self._watch.cancel()
         if self._writer is not None:
             self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await asyncio.wait({self._writer})
         closed = RedisConnectionError("the store is closed")
         self._fail_queue(closed)
         if self._link is not None:
             await self._break(self._link, closed)
+        # The readers (a broken link's too: cancelled, or still in its own _break) and the
+        # watchdog's breaks end before close() returns.
+        tasks = self._readers | self._breaking
+        for task in self._readers:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         await self._pool.aclose()
 
     # --- Writing ---------------------------------------------------------------------------
@@ -117,7 +124,11 @@ class RedisPipe:
             batch = [(packed, future) for packed, future in self._queue if not future.done()]
             self._queue = []
             if batch:
-                await self._write(batch)
+                try:
+                    await self._write(batch)
+                except Exception as error:  # a bug: fail the batch, not every later call
+                    for _, future in batch:
+                        _fail(future, error)
 
     async def _write(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         try:
@@ -130,6 +141,10 @@ class RedisPipe:
                 )
             if _closing(error):
                 raise
+            return
+        # A call cancelled while the connection was being made never sends its command.
+        batch = [(packed, future) for packed, future in batch if not future.done()]
+        if not batch:
             return
         now = asyncio.get_running_loop().time()
         link.waiting.extend((future, now) for _, future in batch)
@@ -154,6 +169,8 @@ class RedisPipe:
             raise
         link = _Link(connection)
         link.reader = asyncio.create_task(self._read_forever(link))
+        self._readers.add(link.reader)
+        link.reader.add_done_callback(self._readers.discard)
         self._link = link
         self._watch_soon()
         return link
@@ -217,6 +234,11 @@ class RedisPipe:
             _fail(future, error)
         if link.reader is not None and link.reader is not asyncio.current_task():
             link.reader.cancel()
+        # Closed, a socket whose peer reads nothing keeps its unsent bytes, and the writer waits
+        # in drain() with them (every later call with it) until the peer reads again: abort it.
+        stream = getattr(link.connection, "_writer", None)  # redis-py's asyncio.StreamWriter
+        if stream is not None:
+            stream.transport.abort()
         with contextlib.suppress(RedisError, OSError):
             await link.connection.disconnect(nowait=True)
 

@@ -665,18 +665,6 @@ def test_make_run_serves_where_the_pages_say() -> None:
     assert command[command.index("--sandbox-listen") + 1] == SANDBOX_ADDRESS
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(REPO)))
-def test_every_link_points_into_the_repository(page: Path) -> None:
-    text = page.read_text(encoding="utf-8")
-    for target in re.findall(r"\]\(([^)\s]+)\)", text):
-        if target.startswith(("https://", "http://", "#")):
-            continue
-        path = (page.parent / target.split("#", 1)[0]).resolve()
-        where = f"{page.relative_to(REPO)} links to {target}"
-        assert path.is_relative_to(REPO), f"{where}, which is outside the repository"
-        assert path.exists(), f"{where}, which does not exist"
-
-
 def test_shown_output_patterns_hold_ids_across_outputs() -> None:
     ids: dict[str, str] = {}
     check_output(

@@ -14,7 +14,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from typing import Final, Literal, cast
 
@@ -184,9 +184,10 @@ class DeliveryReport:
         }
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReportStats:
-    """What the reports did since the sandbox started or was reset.
+    """What the reports did since the sandbox started or was reset (the keeper counts in one;
+    `stats()` hands out a copy).
 
     `pulls` successful pull_status requests handed out `pulled` reports in all, `pull_sizes`
     of them per request (the last MAX_LISTED_PULLS, oldest first). A push is one POST of up to
@@ -209,19 +210,7 @@ class ReportStats:
     dropped: int = 0
 
     def to_json(self) -> JsonObject:
-        return {
-            "pulls": self.pulls,
-            "pulled": self.pulled,
-            "pull_sizes": list(self.pull_sizes),
-            "push_attempts": self.push_attempts,
-            "push_successes": self.push_successes,
-            "push_failures": self.push_failures,
-            "push_given_up": self.push_given_up,
-            "pushed": self.pushed,
-            "given_up_reports": self.given_up_reports,
-            "expired": self.expired,
-            "dropped": self.dropped,
-        }
+        return {**asdict(self), "pull_sizes": list(self.pull_sizes)}
 
 
 @dataclass(eq=False)
@@ -233,21 +222,6 @@ class PushBatch:
     attempts: int = 0
     next_attempt_at: float = 0.0
     in_flight: bool = False
-
-
-@dataclass
-class _Counters:
-    pulls: int = 0
-    pulled: int = 0
-    pull_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=MAX_LISTED_PULLS))
-    push_attempts: int = 0
-    push_successes: int = 0
-    push_failures: int = 0
-    push_given_up: int = 0
-    pushed: int = 0
-    given_up_reports: int = 0
-    expired: int = 0
-    dropped: int = 0
 
 
 # Heap entries: (available_at, sid, tiebreak, report); the tiebreak keeps equal sids apart.
@@ -267,7 +241,8 @@ class DeliveryReports:
         self._to_pull: list[_Entry] = []
         self._to_push: list[_Entry] = []
         self._batches: list[PushBatch] = []
-        self._counters = _Counters()
+        self._counters = ReportStats()
+        self._pull_sizes: deque[int] = deque(maxlen=MAX_LISTED_PULLS)
         self._accepted = 0  # messages accepted under the current settings
         self._failed = 0  # FAIL reports decided under the current settings
         self._tiebreak = itertools.count()
@@ -334,7 +309,7 @@ class DeliveryReports:
         counters = self._counters
         counters.pulls += 1
         counters.pulled += len(taken)
-        counters.pull_sizes.append(len(taken))
+        self._pull_sizes.append(len(taken))
         return taken
 
     def _expire(self, now: float) -> None:
@@ -418,27 +393,15 @@ class DeliveryReports:
 
     def stats(self) -> ReportStats:
         """A snapshot of the counts."""
-        c = self._counters
-        return ReportStats(
-            pulls=c.pulls,
-            pulled=c.pulled,
-            pull_sizes=tuple(c.pull_sizes),
-            push_attempts=c.push_attempts,
-            push_successes=c.push_successes,
-            push_failures=c.push_failures,
-            push_given_up=c.push_given_up,
-            pushed=c.pushed,
-            given_up_reports=c.given_up_reports,
-            expired=c.expired,
-            dropped=c.dropped,
-        )
+        return replace(self._counters, pull_sizes=tuple(self._pull_sizes))
 
     def reset(self) -> None:
         """Forgets every report and count and restores the initial settings."""
         self._to_pull.clear()
         self._to_push.clear()
         self._batches.clear()
-        self._counters = _Counters()
+        self._counters = ReportStats()
+        self._pull_sizes.clear()
         self.configure(self._initial)
 
     def _changed(self) -> None:

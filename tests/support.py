@@ -95,6 +95,18 @@ BASE_CONFIG: dict[str, Any] = {
 }
 
 
+def push_delivery(token: str, port: int | None = None) -> dict[str, Any]:
+    """A [delivery] table in push mode: the report endpoint on `port` (a free one by default)
+    of loopback, naming itself as the callback URL, behind `token`."""
+    port = free_port() if port is None else port
+    return {
+        "mode": "push",
+        "listen": f"127.0.0.1:{port}",
+        "path_token": token,
+        "public_url": f"http://127.0.0.1:{port}",
+    }
+
+
 def make_config(**sections: dict[str, Any]) -> Config:
     """BASE_CONFIG with whole top-level tables replaced (and no drain on stopping, unless set)."""
     data = {**BASE_CONFIG, **sections}

@@ -19,9 +19,9 @@ from support import (
     CLIENT_KINDS,
     Client,
     StartServer,
-    free_port,
     log_events,
     make_config,
+    push_delivery,
     rpcs,
     target_of,
     wait_until_not_serving,
@@ -66,14 +66,7 @@ def slow_reports(sandbox: RunningSandbox) -> None:
 
 def push_config(**sections: dict[str, Any]) -> Config:
     """Reports pushed by the sandbox to the server's report endpoint on a free loopback port."""
-    port = free_port()
-    delivery = {
-        "mode": "push",
-        "listen": f"127.0.0.1:{port}",
-        "path_token": PUSH_TOKEN,
-        "public_url": f"http://127.0.0.1:{port}",
-    }
-    return make_config(delivery=delivery, **sections)
+    return make_config(delivery=push_delivery(PUSH_TOKEN), **sections)
 
 
 async def settled(sms: Client, message_id: str) -> DeliveryStatus:

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import BASE_CONFIG, StartServe, free_port
+from support import BASE_CONFIG, StartServe, push_delivery
 
 from yunpian_sms_server.app import SmsServer
 from yunpian_sms_server.sandbox import RunningSandbox
@@ -187,13 +187,7 @@ SETTLE_WITHIN_S = 20.0
 async def served_push(start_serve: StartServe) -> ServedSandbox:
     """`serve --sandbox` with `[delivery] mode = "push"`: each send names the server's own
     report endpoint as its callback_url, where the sandbox posts the report."""
-    port = free_port()
-    delivery = {
-        "mode": "push",
-        "listen": f"127.0.0.1:{port}",
-        "path_token": PUSH_TOKEN,
-        "public_url": f"http://127.0.0.1:{port}",
-    }
+    delivery = push_delivery(PUSH_TOKEN)
     process = await start_serve({**BASE_CONFIG, "delivery": delivery}, "--sandbox")
     [serving] = process.events_named("serving")
     return ServedSandbox(process.target, serving["sandbox"])

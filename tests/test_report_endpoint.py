@@ -28,6 +28,7 @@ from support import (
     free_port,
     log_events,
     make_config,
+    push_delivery,
     scrape,
     set_store,
     value,
@@ -55,13 +56,10 @@ NEVER_S = 600.0
 
 def push(port: int, *, public: bool = True) -> dict[str, Any]:
     """[delivery] in push mode, the endpoint on `port`, naming itself as the callback URL."""
-    return {
-        "mode": "push",
-        "listen": f"127.0.0.1:{port}",
-        "path_token": TOKEN,
-        "public_url": f"http://127.0.0.1:{port}" if public else "",
-        "report_wait_seconds": 30.0,
-    }
+    delivery = {**push_delivery(TOKEN, port), "report_wait_seconds": 30.0}
+    if not public:
+        delivery["public_url"] = ""
+    return delivery
 
 
 async def push_server(
